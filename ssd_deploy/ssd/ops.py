@@ -7,7 +7,6 @@ for their device. The default implementation is the PyTorch reference listing (`
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -20,41 +19,41 @@ NAMESPACE = "ssd_deploy"
 
 @torch.library.custom_op(f"{NAMESPACE}::ssd_scan", mutates_args=())
 def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dt_bias: Tensor,
-             initial_state: Optional[Tensor], chunk_size: int = 256, dt_softplus: bool = True, dt_min: float = 0.0,
-             dt_max: float = math.inf) -> tuple[Tensor, Tensor]:
+             initial_state: Optional[Tensor], chunk_size: int, dt_softplus: bool, dt_min: float,
+             dt_max: float) -> tuple[Tensor, Tensor]:
     y, state = reference.ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size=chunk_size,
                                      dt_softplus=dt_softplus, dt_min=dt_min, dt_max=dt_max)
     return y, state.float().contiguous()
 
 
 @ssd_scan.register_fake
-def _(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size=256, dt_softplus=True, dt_min=0.0, dt_max=math.inf):
+def _(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus, dt_min, dt_max):
     b, _, h, p = x.shape
     return torch.empty_like(x), x.new_empty(b, h, p, B.shape[-1], dtype=torch.float32)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::ssd_step", mutates_args=())
 def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dt_bias: Tensor,
-             dt_softplus: bool = True, dt_min: float = 0.0, dt_max: float = math.inf) -> tuple[Tensor, Tensor]:
+             dt_softplus: bool, dt_min: float, dt_max: float) -> tuple[Tensor, Tensor]:
     y, new = reference.ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus=dt_softplus, dt_min=dt_min,
                                 dt_max=dt_max)
     return y, new.float().contiguous()
 
 
 @ssd_step.register_fake
-def _(state, x, dt, A, B, C, D, dt_bias, dt_softplus=True, dt_min=0.0, dt_max=math.inf):
+def _(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_min, dt_max):
     return torch.empty_like(x), torch.empty_like(state, dtype=torch.float32)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::causal_conv1d", mutates_args=())
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_state: Tensor,
-                  silu: bool = True) -> tuple[Tensor, Tensor]:
+                  silu: bool) -> tuple[Tensor, Tensor]:
     y, new = reference.causal_conv1d(x, weight, bias, conv_state, silu=silu)
     return y, new.contiguous()
 
 
 @causal_conv1d.register_fake
-def _(x, weight, bias, conv_state, silu=True):
+def _(x, weight, bias, conv_state, silu):
     return torch.empty_like(x), torch.empty_like(conv_state)
 
 

@@ -1,0 +1,137 @@
+"""The Mamba-2 language model in PyTorch, calling the four ``ssd_deploy::`` ops (DESIGN §2 block order).
+
+Prefill and decode share one code path: ``forward`` takes and returns the per-layer conv and ssm states, so a prompt
+can be fed whole, in pieces, or token by token. Module and parameter names follow mamba_ssm's checkpoint keys
+(``backbone.layers.N.mixer.in_proj.weight`` ...), so a mamba_ssm state dict loads as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import Mamba2Config
+from .ssd import ops  # noqa: F401  (registers torch.ops.ssd_deploy)
+
+# Parameters that stay float32 whatever the model dtype: they are tiny and the op contracts take them in fp32.
+FP32_PARAMS = ("A_log", "D", "dt_bias", "conv1d.weight", "conv1d.bias", "mixer.norm.weight")
+
+States = list[Tensor]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        v = x.float()
+        v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (v * self.weight.float()).to(self.weight.dtype)
+
+
+class GatedNormWeight(nn.Module):
+    """Holds ``mixer.norm.weight``; the computation is the ``gated_rmsnorm`` op."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, cfg: Mamba2Config):
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.nheads
+        self.in_proj = nn.Linear(cfg.d_model, cfg.d_in_proj, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim, bias=cfg.conv_bias)
+        self.dt_bias = nn.Parameter(torch.zeros(h))
+        self.A_log = nn.Parameter(torch.zeros(h))
+        self.D = nn.Parameter(torch.ones(cfg.d_inner if cfg.D_has_hdim else h))
+        self.norm = GatedNormWeight(cfg.d_inner)
+        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, u: Tensor, conv_state: Tensor, ssm_state: Tensor, decode: bool = False):
+        cfg = self.cfg
+        b, l, _ = u.shape
+        h, p, g, n = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
+        z, xBC, dt = torch.split(self.in_proj(u), [cfg.d_inner, cfg.conv_dim, h], dim=-1)
+        conv_bias = None if self.conv1d.bias is None else self.conv1d.bias.float()
+        xBC, conv_state = torch.ops.ssd_deploy.causal_conv1d(
+            xBC.contiguous(), self.conv1d.weight.float().squeeze(1), conv_bias, conv_state, True)
+        x, B, C = torch.split(xBC, [cfg.d_inner, g * n, g * n], dim=-1)
+        A = -torch.exp(self.A_log.float())
+        D = self.D.float().reshape(h, p) if cfg.D_has_hdim else self.D.float()
+        if decode:  # the split decode graph / the torch runner's step: one token, no chunk machinery
+            y, ssm_state = torch.ops.ssd_deploy.ssd_step(
+                ssm_state, x.reshape(b, h, p), dt.reshape(b, h), A, B.reshape(b, g, n), C.reshape(b, g, n), D,
+                self.dt_bias.float(), True, cfg.dt_min, cfg.dt_max)
+        else:
+            y, ssm_state = torch.ops.ssd_deploy.ssd_scan(
+                x.reshape(b, l, h, p), dt.contiguous(), A, B.reshape(b, l, g, n), C.reshape(b, l, g, n), D,
+                self.dt_bias.float(), ssm_state, cfg.chunk_size, True, cfg.dt_min, cfg.dt_max)
+        y = torch.ops.ssd_deploy.gated_rmsnorm(y.reshape(b, l, cfg.d_inner), z.contiguous(),
+                                               self.norm.weight.float(), cfg.norm_eps, cfg.group_size)
+        return self.out_proj(y), conv_state, ssm_state
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Mamba2Config):
+        super().__init__()
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = Mamba2Mixer(cfg)
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: Mamba2Config):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+class Mamba2LM(nn.Module):
+    def __init__(self, cfg: Mamba2Config):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.embedding.weight.dtype
+
+    def cast(self, dtype: torch.dtype) -> "Mamba2LM":
+        """Casts to ``dtype`` except the small parameters that the op contracts take in float32."""
+        self.to(dtype)
+        for name, param in self.named_parameters():
+            if name.endswith(FP32_PARAMS):
+                param.data = param.data.float()
+        return self
+
+    def init_states(self, batch: int, device=None) -> tuple[States, States]:
+        """Zero states, float32 (DESIGN §3)."""
+        shapes = self.cfg.state_shapes(batch)
+        conv = [torch.zeros(shapes["conv"], device=device) for _ in range(self.cfg.n_layer)]
+        ssm = [torch.zeros(shapes["ssm"], device=device) for _ in range(self.cfg.n_layer)]
+        return conv, ssm
+
+    def forward(self, input_ids: Tensor, conv_states: States, ssm_states: States, decode: bool = False,
+                last_token_only: bool = False):
+        """input_ids [b, l] → (logits [b, l or 1, padded_vocab], new conv states, new ssm states)."""
+        hidden = self.backbone.embedding(input_ids)
+        residual = hidden.float() if self.cfg.residual_in_fp32 else hidden
+        new_conv, new_ssm = [], []
+        for layer, conv, ssm in zip(self.backbone.layers, conv_states, ssm_states):
+            out, conv, ssm = layer.mixer(layer.norm(residual), conv, ssm, decode)
+            residual = residual + out.to(residual.dtype)
+            new_conv.append(conv)
+            new_ssm.append(ssm)
+        if last_token_only:
+            residual = residual[:, -1:]
+        logits = F.linear(self.backbone.norm_f(residual), self.lm_head.weight)
+        return logits, new_conv, new_ssm
