@@ -1,0 +1,158 @@
+"""Export: checkpoint → one traced graph → ONNX of the chosen flavor, with metadata, written atomically.
+
+The model is traced once by ``torch.onnx`` (dynamo); the ``ssd_deploy::`` custom ops stay single nodes in that
+trace and the flavor's translation table decides what each becomes (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import onnx_ir
+import torch
+from torch import nn
+
+from .. import __version__
+from ..checkpoint import checkpoint_hash, load_model
+from ..config import Mamba2Config
+from ..errors import UserError
+from ..model import Mamba2LM
+from . import portable
+from .metadata import DATA_FILE, INPUT_IDS, LOGITS, MODEL_FILE, ExportMetadata, state_names
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FLAVORS = ("portable",)
+EXTERNAL_DATA = ("auto", "always", "never")
+IR_VERSION = 10  # ONNX 1.23 writes 14 by default; current ONNX Runtime releases load 10
+EXTERNAL_AUTO_BYTES = 1 << 30  # protobuf cannot hold 2 GiB; go external well before
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    flavor: str = "portable"
+    dtype: str = "fp32"
+    opset: int = portable.OPSET
+    external_data: str = "auto"
+    logits: str = "all"  # "all" | "last"
+    graph: str = "unified"  # "unified" | "decode" (a single-token graph using ssd_step)
+
+    def check(self):
+        if self.flavor not in FLAVORS:
+            raise UserError(f"unknown flavor {self.flavor!r}; choose one of {', '.join(FLAVORS)}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.opset < portable.OPSET:
+            raise UserError(f"opset {self.opset} is too old; ssd-deploy needs opset >= {portable.OPSET}")
+        if self.external_data not in EXTERNAL_DATA:
+            raise UserError(f"--external-data must be one of {', '.join(EXTERNAL_DATA)}")
+        if self.logits not in ("all", "last"):
+            raise UserError("logits must be 'all' or 'last'")
+        if self.graph not in ("unified", "decode"):
+            raise UserError("graph must be 'unified' or 'decode'")
+
+
+class GraphInterface(nn.Module):
+    """The model with the flat ONNX interface of DESIGN §3: input_ids, then (conv_state.i, ssm_state.i) per layer."""
+
+    def __init__(self, model: Mamba2LM, opts: ExportOptions):
+        super().__init__()
+        self.model = model
+        self.decode = opts.graph == "decode"
+        self.last = opts.logits == "last"
+
+    def forward(self, input_ids, *states):
+        logits, conv, ssm = self.model(input_ids, list(states[0::2]), list(states[1::2]), decode=self.decode,
+                                       last_token_only=self.last)
+        return (logits, *[t for pair in zip(conv, ssm) for t in pair])
+
+
+def translation_table(flavor: str, cfg: Mamba2Config) -> dict:
+    """The flavor's lowering of each ssd_deploy op (only 'portable' for now)."""
+    dims = portable.Dims.of(cfg)
+    ops = torch.ops.ssd_deploy
+
+    def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus, dt_min, dt_max):
+        return portable.ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus, dt_min,
+                                 dt_max, dims)
+
+    def ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_min, dt_max):
+        return portable.ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_min, dt_max, dims)
+
+    def causal_conv1d(x, weight, bias, conv_state, silu):
+        return portable.causal_conv1d(x, weight, bias, conv_state, silu, dims)
+
+    return {ops.ssd_scan.default: ssd_scan, ops.ssd_step.default: ssd_step,
+            ops.causal_conv1d.default: causal_conv1d, ops.gated_rmsnorm.default: portable.gated_rmsnorm}
+
+
+def trace(model: Mamba2LM, opts: ExportOptions, table: dict) -> onnx_ir.Model:
+    cfg = model.cfg
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    seq = 1 if opts.graph == "decode" else torch.export.Dim("seq", min=1, max=1 << 20)
+    sample_len = 1 if opts.graph == "decode" else 5
+    ids = torch.zeros(2, sample_len, dtype=torch.long)
+    conv, ssm = model.init_states(2)
+    states = [t for pair in zip(conv, ssm) for t in pair]
+    names = state_names(cfg.n_layer)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            GraphInterface(model, opts), (ids, *states), dynamo=True, verbose=False, report=False,
+            input_names=[INPUT_IDS] + [i for i, _ in names], output_names=[LOGITS] + [o for _, o in names],
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "states": tuple({0: batch} for _ in states)},
+            custom_translation_table=table, opset_version=opts.opset, optimize=True)
+    return prog.model
+
+
+def _use_external(model: onnx_ir.Model, mode: str) -> bool:
+    if mode != "auto":
+        return mode == "always"
+    size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    return size > EXTERNAL_AUTO_BYTES
+
+
+def save_atomically(model: onnx_ir.Model, out_dir: Path, external: bool, check: Callable[[Path], None]) -> Path:
+    """Writes into a temporary sibling directory, checks there, then renames: a failure leaves nothing behind."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"{out_dir}: exists and is not an empty directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        path = tmp / MODEL_FILE
+        onnx_ir.save(model, path, external_data=DATA_FILE if external else None)
+        check(path)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir / MODEL_FILE
+
+
+def check_model(path: Path):
+    """ONNX checker and strict shape inference over the saved file (path-based: works past 2 GiB)."""
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(), recipe: dict | None = None) -> Path:
+    opts.check()
+    model = load_model(ckpt_dir, DTYPES[opts.dtype])
+    cfg = model.cfg
+    graph = trace(model, opts, translation_table(opts.flavor, cfg))
+    graph.ir_version = IR_VERSION
+    meta = ExportMetadata(
+        config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opts.opset,
+        exporter=f"ssd-deploy {__version__}; torch {torch.__version__}; onnx {onnx.__version__}",
+        checkpoint_sha256=checkpoint_hash(ckpt_dir), logits=opts.logits,
+        graph="decode" if opts.graph == "decode" else "unified", recipe=recipe or {})
+    graph.metadata_props.update(meta.to_props())
+    return save_atomically(graph, out_dir, _use_external(graph, opts.external_data), check_model)

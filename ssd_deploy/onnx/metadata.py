@@ -1,0 +1,129 @@
+"""What an exported model says about itself (DESIGN §3): everything a runtime needs without the checkpoint.
+
+Stored as ONNX ``metadata_props`` under the ``ssd_deploy.`` prefix; values are strings (JSON where structured).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ..config import Mamba2Config
+from ..errors import UserError
+
+PREFIX = "ssd_deploy."
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+
+INPUT_IDS = "input_ids"
+LOGITS = "logits"
+
+# DESIGN §3 layouts; a flavor whose ops want another layout says so here and every runner honours it
+LAYOUT_CONV = "b,d,k-1"
+LAYOUT_SSM = "b,h,p,n"
+
+
+def state_names(n_layer: int) -> list[tuple[str, str]]:
+    """(input, output) names of every state, in graph order: conv_state.0, ssm_state.0, conv_state.1, ..."""
+    names = []
+    for i in range(n_layer):
+        names += [(f"conv_state.{i}", f"conv_state_out.{i}"), (f"ssm_state.{i}", f"ssm_state_out.{i}")]
+    return names
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    name: str
+    output: str
+    shape: tuple  # "batch" for the dynamic axis
+    dtype: str
+    layout: str
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    config: Mamba2Config
+    flavor: str
+    dtype: str  # activations and logits: fp32 | fp16 | bf16
+    opset: int
+    exporter: str
+    checkpoint_sha256: str
+    logits: str = "all"  # "all" positions or "last" position only
+    graph: str = "unified"  # "unified" (prefill and decode) | "prefill" | "decode"
+    state_dtype: str = "fp32"
+    ssm_layout: str = LAYOUT_SSM
+    recipe: dict = field(default_factory=dict)
+
+    @property
+    def states(self) -> list[StateSpec]:
+        shapes = self.config.state_shapes()
+        specs = []
+        for i, (inp, out) in enumerate(state_names(self.config.n_layer)):
+            kind = "conv" if i % 2 == 0 else "ssm"
+            shape = shapes[kind]
+            layout = LAYOUT_CONV if kind == "conv" else self.ssm_layout
+            if kind == "ssm" and layout != LAYOUT_SSM:  # b,h,n,p
+                shape = (shape[0], shape[1], shape[3], shape[2])
+            specs.append(StateSpec(inp, out, shape, self.state_dtype, layout))
+        return specs
+
+    def to_props(self) -> dict[str, str]:
+        props = {
+            "config": json.dumps(self.config.to_dict(), sort_keys=True),
+            "flavor": self.flavor, "dtype": self.dtype, "opset": str(self.opset), "exporter": self.exporter,
+            "checkpoint_sha256": self.checkpoint_sha256, "logits": self.logits, "graph": self.graph,
+            "chunk_size": str(self.config.chunk_size),
+            "states": json.dumps([s.__dict__ for s in self.states]),
+            "recipe": json.dumps(self.recipe, sort_keys=True),
+        }
+        return {PREFIX + k: v for k, v in props.items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], where: str = "model") -> "ExportMetadata":
+        p = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+        if "config" not in p:
+            raise UserError(f"{where}: not exported by ssd-deploy (no {PREFIX}config metadata)")
+        try:
+            states = json.loads(p["states"])
+            return cls(config=Mamba2Config.from_dict(json.loads(p["config"])), flavor=p["flavor"], dtype=p["dtype"],
+                       opset=int(p["opset"]), exporter=p["exporter"], checkpoint_sha256=p["checkpoint_sha256"],
+                       logits=p["logits"], graph=p["graph"], state_dtype=states[0]["dtype"] if states else "fp32",
+                       ssm_layout=states[1]["layout"] if len(states) > 1 else LAYOUT_SSM,
+                       recipe=json.loads(p.get("recipe", "{}")))
+        except (KeyError, ValueError, IndexError, TypeError) as e:
+            raise UserError(f"{where}: malformed ssd-deploy metadata ({e})") from None
+
+
+def model_path(export_dir: Path) -> Path:
+    d = Path(export_dir)
+    path = d / MODEL_FILE if d.is_dir() else d
+    if not path.is_file():
+        raise UserError(f"{export_dir}: no exported model ({MODEL_FILE}) found")
+    return path
+
+
+def load_graph(export_dir: Path) -> onnx.ModelProto:
+    """The graph without its weights (fast, any size)."""
+    path = model_path(export_dir)
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf decode errors have no common public type
+        raise UserError(f"{path}: not a readable ONNX model ({e})") from None
+
+
+def read_metadata(export_dir: Path) -> ExportMetadata:
+    proto = load_graph(export_dir)
+    return ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(model_path(export_dir)))
+
+
+def summary(meta: ExportMetadata) -> dict[str, Any]:
+    cfg = meta.config
+    return {"flavor": meta.flavor, "dtype": meta.dtype, "graph": meta.graph, "logits": meta.logits,
+            "opset": meta.opset, "exporter": meta.exporter, "checkpoint_sha256": meta.checkpoint_sha256,
+            "layers": cfg.n_layer, "d_model": cfg.d_model, "heads": cfg.nheads, "headdim": cfg.headdim,
+            "d_state": cfg.d_state, "ngroups": cfg.ngroups, "chunk_size": cfg.chunk_size,
+            "vocab": cfg.padded_vocab_size}

@@ -1,0 +1,196 @@
+"""The `portable` lowering (DESIGN §4): the four ops as standard ONNX ops (opset 18), for any ONNX runtime and for
+TensorRT without plugins.
+
+Each function is a torch.onnx translation function: it receives the op's inputs as symbolic ONNX values and its
+attributes as Python values, and builds the subgraph with onnxscript ops. Static sizes (heads, groups, ...) come from
+the model config through ``Dims``; batch and sequence stay dynamic.
+
+The scan is the chunked SSD algorithm of ``ssd/reference.py::ssd_chunked`` written with MatMul/Exp/masks:
+* the chunk is min(chunk_size, l), so decode (l = 1) runs on 1x1 "chunks" and never pays for a full chunk;
+* cumulative sums inside a chunk are a MatMul with a sliced upper-triangular constant (no CumSum: TensorRT has had
+  CumSum bugs and is slow on it); the sum over chunks uses a triangular mask built from Range;
+* everything is computed in float32, whatever the activation dtype, then cast back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir
+from onnxscript import opset18 as op
+
+from ..config import Mamba2Config
+from ..ssd.reference import SOFTPLUS_THRESHOLD
+
+FLOAT = 1  # onnx.TensorProto.FLOAT
+OPSET = 18
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Static sizes the lowerings need (everything but batch and sequence)."""
+    h: int
+    p: int
+    g: int
+    n: int
+    k: int
+    D_has_hdim: bool
+    chunk_size: int
+
+    @classmethod
+    def of(cls, cfg: Mamba2Config) -> "Dims":
+        return cls(cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state, cfg.d_conv, cfg.D_has_hdim, cfg.chunk_size)
+
+    @property
+    def r(self) -> int:
+        return self.h // self.g
+
+    @property
+    def conv_dim(self) -> int:
+        return self.h * self.p + 2 * self.g * self.n
+
+
+def ints(*v: int):
+    return op.Constant(value_ints=list(v))
+
+
+def scalar(v: float):
+    return op.Constant(value_float=float(v))
+
+
+def f32(t):
+    return op.Cast(t, to=FLOAT)
+
+
+def silu(t):
+    return op.Mul(t, op.Sigmoid(t))
+
+
+def process_dt(dt, dt_bias, dt_softplus: bool, dt_min: float, dt_max: float):
+    """dt' = clamp(softplus(dt + dt_bias), dt_min, dt_max) in fp32, softplus skipped above the threshold."""
+    v = op.Add(f32(dt), dt_bias)
+    if dt_softplus:
+        v = op.Where(op.LessOrEqual(v, scalar(SOFTPLUS_THRESHOLD)), op.Softplus(v), v)
+    v = op.Max(v, scalar(dt_min))
+    return v if math.isinf(dt_max) else op.Min(v, scalar(dt_max))
+
+
+def d_skip(D, x, dims: Dims):
+    """D ⊙ x for x [..., h, p] in fp32."""
+    return op.Mul(D if dims.D_has_hdim else op.Unsqueeze(D, ints(-1)), x)
+
+
+def gated_rmsnorm(y, z, weight, eps: float, group_size: int):
+    v = op.Mul(f32(y), silu(f32(z)))
+    grouped = op.Reshape(v, ints(0, 0, -1, group_size))
+    ms = op.ReduceMean(op.Mul(grouped, grouped), ints(-1), keepdims=1)
+    grouped = op.Div(grouped, op.Sqrt(op.Add(ms, scalar(eps))))
+    return op.CastLike(op.Mul(op.Reshape(grouped, op.Shape(v)), weight), y)
+
+
+def causal_conv1d(x, weight, bias, conv_state, silu_act: bool, dims: Dims):
+    """x [b,l,d] → depthwise Conv over [carried k-1 inputs, x] → y [b,l,d]; the new state is the window's tail."""
+    window = op.Concat(conv_state, op.Transpose(f32(x), perm=[0, 2, 1]), axis=2)  # [b,d,k-1+l]
+    w = op.Unsqueeze(weight, ints(1))  # [d,1,k]
+    y = op.Conv(window, w, bias, group=dims.conv_dim) if bias is not None else op.Conv(window, w, group=dims.conv_dim)
+    if silu_act:
+        y = silu(y)
+    new_state = _seq_tail(window, ints(-(dims.k - 1)), 2)
+    return op.CastLike(op.Transpose(y, perm=[0, 2, 1]), x), new_state
+
+
+def _tri(size: int, lower: bool):
+    """[size, size] float32 triangular ones; upper[k, i] = 1 for k <= i turns x @ upper into a cumulative sum."""
+    m = np.tril(np.ones((size, size), np.float32)) if lower else np.triu(np.ones((size, size), np.float32))
+    return op.Constant(value=onnx_ir.tensor(m, name=f"tri_{'lower' if lower else 'upper'}_{size}"))
+
+
+def _seq_tail(t, start, axis: int):
+    """t[..., start:, ...] along ``axis``."""
+    return op.Slice(t, start, ints(2**62), ints(axis))
+
+
+def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size: int, dt_softplus: bool, dt_min: float,
+             dt_max: float, dims: Dims):
+    g, r, p, n = dims.g, dims.r, dims.p, dims.n
+    xf = f32(x)
+    seq = op.Shape(x, start=1, end=2)  # [l]
+    q = op.Min(seq, ints(chunk_size))  # chunk length actually used: min(Q, l)
+    nc = op.Div(op.Sub(op.Add(seq, q), ints(1)), q)  # number of chunks
+    pad = op.Sub(op.Mul(nc, q), seq)
+
+    def pad_seq(t, rank: int):  # zeros at the end of axis 1 up to nc*q: dt' = 0 neither decays nor feeds the state
+        return op.Pad(t, op.Concat(ints(*([0] * (rank + 1))), pad, ints(*([0] * (rank - 2))), axis=0))
+
+    dtp = process_dt(dt, dt_bias, dt_softplus, dt_min, dt_max)  # [b,l,h]
+    xdt = pad_seq(op.Mul(xf, op.Unsqueeze(dtp, ints(-1))), 4)
+    dtp = pad_seq(dtp, 3)
+    Bp, Cp = pad_seq(f32(B), 4), pad_seq(f32(C), 4)
+
+    # chunked layouts [b, c, g, r, ...]; B and C stay per group ([b, c, g, 1, ...]) and broadcast over heads
+    X = op.Transpose(op.Reshape(xdt, op.Concat(ints(0, -1), q, ints(g, r, p), axis=0)),
+                     perm=[0, 1, 3, 4, 2, 5])  # [b,c,g,r,q,p]
+    Bc = op.Transpose(op.Reshape(Bp, op.Concat(ints(0, -1), q, ints(g, 1, n), axis=0)),
+                      perm=[0, 1, 3, 4, 2, 5])  # [b,c,g,1,q,n]
+    Cc = op.Transpose(op.Reshape(Cp, op.Concat(ints(0, -1), q, ints(g, 1, n), axis=0)),
+                      perm=[0, 1, 3, 4, 2, 5])
+    dA = op.Transpose(op.Reshape(op.Mul(dtp, A), op.Concat(ints(0, -1), q, ints(g, r), axis=0)),
+                      perm=[0, 1, 3, 4, 2])  # [b,c,g,r,q]
+    qq = op.Concat(q, q, axis=0)
+    upper = op.Slice(_tri(chunk_size, lower=False), ints(0, 0), qq, ints(0, 1))
+    cum = op.MatMul(dA, upper)  # inclusive cumulative sum inside each chunk
+
+    # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cum_i - cum_j) x_j dt_j
+    causal = op.Cast(op.Slice(_tri(chunk_size, lower=True), ints(0, 0), qq, ints(0, 1)), to=9)  # bool
+    seg = op.Sub(op.Unsqueeze(cum, ints(-1)), op.Unsqueeze(cum, ints(-2)))
+    decay = op.Exp(op.Where(causal, seg, scalar(-math.inf)))  # [b,c,g,r,q,q]
+    CB = op.MatMul(Cc, op.Transpose(Bc, perm=[0, 1, 2, 3, 5, 4]))  # [b,c,g,1,q,q]
+    y = op.MatMul(op.Mul(CB, decay), X)  # [b,c,g,r,q,p]
+
+    # 2. each chunk's own final state (from zero)
+    last = op.Slice(cum, ints(-1), ints(2**62), ints(-1))  # [b,c,g,r,1]
+    to_end = op.Exp(op.Sub(last, cum))
+    Xw = op.Mul(X, op.Unsqueeze(to_end, ints(-1)))
+    states = op.MatMul(op.Transpose(Xw, perm=[0, 1, 2, 3, 5, 4]), Bc)  # [b,c,g,r,p,n]
+
+    # 3. pass states between chunks: S_z = sum_{c<=z} exp(T_z - T_c) s_c with s_0 the initial state
+    init = op.Reshape(initial_state, ints(0, 1, g, r, p, n))
+    allst = op.Concat(init, states, axis=1)  # [b,c+1,g,r,p,n]
+    allst = op.Reshape(op.Transpose(allst, perm=[0, 2, 3, 1, 4, 5]), ints(0, g, r, -1, p * n))  # [b,g,r,c+1,pn]
+    totals = op.Transpose(op.Squeeze(last, ints(-1)), perm=[0, 2, 3, 1])  # [b,g,r,c]
+    totals = op.Pad(totals, ints(0, 0, 0, 1, 0, 0, 0, 0))  # [b,g,r,c+1] with a leading 0
+    idx = op.Range(op.Constant(value_int=0), op.Squeeze(op.Add(nc, ints(1)), ints(0)), op.Constant(value_int=1))
+    row, col = op.Unsqueeze(idx, ints(1)), op.Unsqueeze(idx, ints(0))
+    ctot = op.MatMul(totals, op.Cast(op.LessOrEqual(row, col), to=FLOAT))  # cumulative sum over chunks
+    chunk_seg = op.Sub(op.Unsqueeze(ctot, ints(-1)), op.Unsqueeze(ctot, ints(-2)))
+    chunk_decay = op.Exp(op.Where(op.GreaterOrEqual(row, col), chunk_seg, scalar(-math.inf)))
+    passed = op.MatMul(chunk_decay, allst)  # [b,g,r,c+1,pn]
+    final = op.Reshape(_seq_tail(passed, ints(-1), 3), ints(0, g * r, p, n))
+    entering = op.Slice(passed, ints(0), nc, ints(3))  # state entering each chunk [b,g,r,c,pn]
+    entering = op.Transpose(op.Reshape(entering, ints(0, g, r, -1, p, n)), perm=[0, 3, 1, 2, 5, 4])  # [b,c,g,r,n,p]
+
+    # 4. the entering state seen from each position of its chunk
+    y = op.Add(y, op.Mul(op.MatMul(Cc, entering), op.Unsqueeze(op.Exp(cum), ints(-1))))
+
+    y = op.Reshape(op.Transpose(y, perm=[0, 1, 4, 2, 3, 5]), ints(0, -1, g * r, p))  # [b,L,h,p]
+    y = op.Slice(y, ints(0), seq, ints(1))
+    y = op.Add(y, d_skip(D, xf, dims))
+    return op.CastLike(y, x), final
+
+
+def ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus: bool, dt_min: float, dt_max: float, dims: Dims):
+    """One token: S' = exp(dt'A) S + dt' x ⊗ B; y = S'·C + D x (split decode graphs)."""
+    g, r, p, n = dims.g, dims.r, dims.p, dims.n
+    dtp = process_dt(dt, dt_bias, dt_softplus, dt_min, dt_max)  # [b,h]
+    xf = f32(x)
+    S = op.Reshape(state, ints(0, g, r, p, n))
+    decay = op.Reshape(op.Exp(op.Mul(dtp, A)), ints(0, g, r, 1, 1))
+    xdt = op.Reshape(op.Mul(xf, op.Unsqueeze(dtp, ints(-1))), ints(0, g, r, p, 1))
+    Bg = op.Reshape(f32(B), ints(0, g, 1, 1, n))
+    S = op.Add(op.Mul(S, decay), op.Mul(xdt, Bg))
+    Cg = op.Reshape(f32(C), ints(0, g, 1, n, 1))
+    y = op.Reshape(op.MatMul(S, Cg), ints(0, g * r, p))
+    y = op.Add(y, d_skip(D, xf, dims))
+    return op.CastLike(y, x), op.Reshape(S, ints(0, g * r, p, n))
