@@ -6,6 +6,7 @@ trace and the flavor's translation table decides what each becomes (DESIGN §4).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -93,6 +94,8 @@ def translation_table(flavor: str, cfg: Mamba2Config) -> dict:
 
 
 def trace(model: Mamba2LM, opts: ExportOptions, table: dict) -> onnx_ir.Model:
+    # the exporter warns about every torchvision op it cannot register; none of them is ours
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     cfg = model.cfg
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = 1 if opts.graph == "decode" else torch.export.Dim("seq", min=1, max=1 << 20)

@@ -1,0 +1,26 @@
+"""Feeds of the graph interface (DESIGN §3): the one data format every runner takes and returns.
+
+A feed is a dict of numpy arrays named as the graph's inputs (input_ids, conv_state.i, ssm_state.i); a runner
+returns the outputs (logits, conv_state_out.i, ssm_state_out.i). States are carried by renaming outputs to inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..onnx.metadata import INPUT_IDS, ExportMetadata
+
+NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+
+
+def zero_states(meta: ExportMetadata, batch: int) -> dict[str, np.ndarray]:
+    return {s.name: np.zeros((batch, *s.shape[1:]), NUMPY_DTYPES[s.dtype]) for s in meta.states}
+
+
+def feed(input_ids: np.ndarray, states: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {INPUT_IDS: np.ascontiguousarray(input_ids, dtype=np.int64), **states}
+
+
+def carried_states(meta: ExportMetadata, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The states to feed the next call: each state output under its input name."""
+    return {s.name: outputs[s.output] for s in meta.states}

@@ -1,0 +1,29 @@
+"""ONNX Runtime sessions for exported models (CPU or CUDA provider), wrapped in Polygraphy's OnnxrtRunner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from polygraphy.backend.onnxrt import OnnxrtRunner
+
+from ..errors import UserError
+from ..onnx.metadata import model_path
+
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def ort_session(export_dir: Path, provider: str = "cpu", model_file: Path | None = None):
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise UserError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    if PROVIDERS[provider][0] not in ort.get_available_providers():
+        raise UserError(f"ONNX Runtime here has no {PROVIDERS[provider][0]} (install onnxruntime-gpu for cuda)")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    path = model_file or model_path(export_dir)
+    return ort.InferenceSession(str(path), opts, providers=PROVIDERS[provider])
+
+
+def ort_runner(export_dir: Path, provider: str = "cpu", model_file: Path | None = None) -> OnnxrtRunner:
+    return OnnxrtRunner(lambda: ort_session(export_dir, provider, model_file), name=f"onnxruntime-{provider}")

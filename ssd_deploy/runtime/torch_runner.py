@@ -1,0 +1,55 @@
+"""The PyTorch reference model as a Polygraphy runner over the graph interface, so it is compared with every
+other backend by the same machinery."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from polygraphy.backend.base import BaseRunner
+
+from ..model import Mamba2LM
+from ..onnx.metadata import INPUT_IDS, LOGITS, state_names
+
+
+class TorchRunner(BaseRunner):
+    def __init__(self, model: Mamba2LM, name: str = "torch", decode_step: bool = True):
+        """``decode_step``: single-token calls go through the ssd_step op instead of the scan (as a deployment
+        would); both are the contract, and the tests prove them equal."""
+        super().__init__(name=name, prefix="torch-runner")
+        self.model = model
+        self.decode_step = decode_step
+        self.names = state_names(model.cfg.n_layer)
+
+    def activate_impl(self):
+        pass
+
+    def deactivate_impl(self):
+        pass
+
+    def get_input_metadata_impl(self):
+        from polygraphy.common import TensorMetadata
+        meta = TensorMetadata()
+        meta.add(INPUT_IDS, np.int64, ("batch", "seq"))
+        for spec_name, shape in zip([i for i, _ in self.names], self._state_shapes()):
+            meta.add(spec_name, np.float32, shape)
+        return meta
+
+    def _state_shapes(self):
+        shapes = self.model.cfg.state_shapes()
+        return [shapes["conv" if i % 2 == 0 else "ssm"] for i in range(len(self.names))]
+
+    @torch.no_grad()
+    def infer_impl(self, feed_dict):
+        ids = torch.from_numpy(np.asarray(feed_dict[INPUT_IDS]))
+        states = [torch.from_numpy(np.asarray(feed_dict[i], dtype=np.float32)) for i, _ in self.names]
+        start = time.perf_counter()
+        logits, conv, ssm = self.model(ids, states[0::2], states[1::2],
+                                       decode=self.decode_step and ids.shape[1] == 1)
+        self.inference_time = time.perf_counter() - start
+        out = OrderedDict([(LOGITS, logits.float().numpy())])
+        for (_, o), t in zip(self.names, [t for pair in zip(conv, ssm) for t in pair]):
+            out[o] = t.float().numpy()
+        return out

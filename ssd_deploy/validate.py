@@ -1,0 +1,149 @@
+"""validate: an exported model against the PyTorch reference, prefill then K decode steps with carried states.
+
+Both runners are Polygraphy runners over the same feeds; each carries its own states from call to call (so drift
+shows), and Polygraphy's Comparator compares every call's outputs with our norm-relative error (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from polygraphy.comparator import Comparator, IterationResult, RunResults
+from polygraphy.logger import G_LOGGER
+
+from .checkpoint import load_model
+from .errors import UserError
+from .onnx.metadata import LOGITS, ExportMetadata, read_metadata
+from .runtime.feeds import carried_states, feed, zero_states
+from .runtime.torch_runner import TorchRunner
+
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}  # end to end, DESIGN §6
+
+
+@dataclass
+class OutputError:
+    call: str
+    output: str
+    rel: float
+    max_abs: float
+    finite: bool
+    tol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.finite and self.rel <= self.tol
+
+    def __bool__(self):
+        return self.ok
+
+
+@dataclass
+class Report:
+    backend: str
+    dtype: str
+    flavor: str
+    batch: int
+    prompt_len: int
+    steps: int
+    errors: list[OutputError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.errors) and all(e.ok for e in self.errors)
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in asdict(self).items() if k != "errors"}, "ok": self.ok,
+                "errors": [{**asdict(e), "ok": e.ok} for e in self.errors]}
+
+
+def relative_error(out: np.ndarray, ref: np.ndarray) -> tuple[float, float, bool]:
+    out64, ref64 = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    finite = bool(np.isfinite(out64).all())
+    if out64.shape != ref64.shape:
+        raise UserError(f"output shape {out64.shape} differs from the reference's {ref64.shape}")
+    diff = out64 - ref64
+    denom = np.linalg.norm(ref64)
+    rel = float(np.linalg.norm(diff) / denom) if denom > 0 else float(np.linalg.norm(diff))
+    return (rel if finite else float("nan")), float(np.abs(diff).max(initial=0.0)), finite
+
+
+def _group(name: str) -> str:
+    """logits / conv_state / ssm_state: states are reported as the worst layer."""
+    return name.split("_out.")[0] if "_out." in name else name
+
+
+def compare_outputs(tol: float, call_names: list[str], sink: list[OutputError]):
+    """A Polygraphy compare_func: one OutputError per output group, worst layer for states."""
+    calls = iter(call_names)
+
+    def compare(ref: IterationResult, out: IterationResult):
+        call = next(calls)
+        worst: dict[str, OutputError] = OrderedDict()
+        for name, ref_arr in ref.items():
+            rel, max_abs, finite = relative_error(out[name], ref_arr)
+            err = OutputError(call, _group(name), rel, max_abs, finite, tol)
+            cur = worst.get(err.output)
+            if cur is None or not err.finite or (cur.finite and err.rel > cur.rel):
+                worst[err.output] = err
+        sink.extend(worst.values())
+        return OrderedDict((k, bool(v)) for k, v in worst.items())
+
+    return compare
+
+
+def _run(runner, meta: ExportMetadata, prompt: np.ndarray, steps: np.ndarray) -> list[IterationResult]:
+    results = []
+    states = zero_states(meta, prompt.shape[0])
+    with runner:
+        for ids in [prompt] + [steps[:, i:i + 1] for i in range(steps.shape[1])]:
+            out = runner.infer(feed(ids, states))
+            results.append(IterationResult({k: np.asarray(v) for k, v in out.items()}, runner_name=runner.name))
+            states = {k: np.asarray(v, dtype=np.float32) for k, v in carried_states(meta, out).items()}
+    return results
+
+
+def validate(export_dir: Path, ckpt_dir: Path, backend_runner, steps: int = 4, batch: int = 2,
+             prompt_len: int | None = None, seed: int | None = None) -> Report:
+    """``backend_runner``: a Polygraphy runner for the exported model (ONNX Runtime, TensorRT, ...)."""
+    meta = read_metadata(export_dir)
+    reference = load_model(ckpt_dir)
+    if reference.cfg.to_dict() != meta.config.to_dict():
+        raise UserError(f"{ckpt_dir}: its config differs from the one {export_dir} was exported from")
+    if steps < 0 or batch < 1:
+        raise UserError("steps must be >= 0 and batch >= 1")
+    cfg = meta.config
+    if meta.graph == "decode":
+        prompt_len = 1
+    # default: past one chunk and not a multiple of it, so chunking, padding and state passing are all exercised
+    prompt_len = prompt_len or cfg.chunk_size + cfg.chunk_size // 2 + 3
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, cfg.vocab_size, (batch, prompt_len))
+    step_ids = rng.integers(0, cfg.vocab_size, (batch, steps))
+    ref_runner = TorchRunner(reference)
+    ref_results = _run(ref_runner, meta, prompt, step_ids)
+    out_results = _run(backend_runner, meta, prompt, step_ids)
+    if meta.logits == "last":
+        for r in ref_results:
+            r[LOGITS] = r[LOGITS][:, -1:]
+    report = Report(backend=backend_runner.name, dtype=meta.dtype, flavor=meta.flavor, batch=batch,
+                    prompt_len=prompt_len, steps=steps)
+    calls = ["prefill"] + [f"step {i + 1}" for i in range(steps)]
+    G_LOGGER.module_severity = G_LOGGER.ERROR  # our report replaces Polygraphy's per-iteration log
+    run_results = RunResults([(ref_runner.name, ref_results), (backend_runner.name, out_results)])
+    Comparator.compare_accuracy(run_results, compare_func=compare_outputs(TOLERANCE[meta.dtype], calls,
+                                                                           report.errors))
+    return report
+
+
+def format_report(report: Report) -> str:
+    lines = [f"validate: {report.backend} ({report.flavor}, {report.dtype}) vs PyTorch reference; batch "
+             f"{report.batch}, prompt {report.prompt_len} tokens, {report.steps} decode steps",
+             f"{'call':<10} {'output':<11} {'rel err':>10} {'max abs':>10} {'tol':>8}  result"]
+    for e in report.errors:
+        lines.append(f"{e.call:<10} {e.output:<11} {e.rel:>10.3e} {e.max_abs:>10.3e} {e.tol:>8.0e}  "
+                     f"{'ok' if e.ok else ('NaN/Inf' if not e.finite else 'FAIL')}")
+    lines.append("PASS" if report.ok else "FAIL")
+    return "\n".join(lines)
