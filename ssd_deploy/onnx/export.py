@@ -29,7 +29,7 @@ from . import portable
 from .metadata import DATA_FILE, INPUT_IDS, LOGITS, MODEL_FILE, ExportMetadata, state_names
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FLAVORS = ("portable",)
+FLAVORS = {"portable": portable}  # flavor name → module with lowerings(dims) (and optionally finalize(model))
 EXTERNAL_DATA = ("auto", "always", "never")
 IR_VERSION = 10  # ONNX 1.23 writes 14 by default; current ONNX Runtime releases load 10
 EXTERNAL_AUTO_BYTES = 1 << 30  # protobuf cannot hold 2 GiB; go external well before
@@ -74,23 +74,10 @@ class GraphInterface(nn.Module):
         return (logits, *[t for pair in zip(conv, ssm) for t in pair])
 
 
-def translation_table(flavor: str, cfg: Mamba2Config) -> dict:
-    """The flavor's lowering of each ssd_deploy op (only 'portable' for now)."""
-    dims = portable.Dims.of(cfg)
+def translation_table(flavor, cfg: Mamba2Config) -> dict:
+    """torch.onnx's custom translation table: each ssd_deploy op → the flavor's lowering of it."""
     ops = torch.ops.ssd_deploy
-
-    def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus, dt_min, dt_max):
-        return portable.ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus, dt_min,
-                                 dt_max, dims)
-
-    def ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_min, dt_max):
-        return portable.ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_min, dt_max, dims)
-
-    def causal_conv1d(x, weight, bias, conv_state, silu):
-        return portable.causal_conv1d(x, weight, bias, conv_state, silu, dims)
-
-    return {ops.ssd_scan.default: ssd_scan, ops.ssd_step.default: ssd_step,
-            ops.causal_conv1d.default: causal_conv1d, ops.gated_rmsnorm.default: portable.gated_rmsnorm}
+    return {getattr(ops, name).default: fn for name, fn in flavor.lowerings(portable.Dims.of(cfg)).items()}
 
 
 def trace(model: Mamba2LM, opts: ExportOptions, table: dict) -> onnx_ir.Model:
@@ -150,7 +137,10 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
     opts.check()
     model = load_model(ckpt_dir, DTYPES[opts.dtype])
     cfg = model.cfg
-    graph = trace(model, opts, translation_table(opts.flavor, cfg))
+    flavor = FLAVORS[opts.flavor]
+    graph = trace(model, opts, translation_table(flavor, cfg))
+    if hasattr(flavor, "finalize"):  # rewrites that tracing cannot express (custom-domain nodes)
+        graph = flavor.finalize(graph, cfg)
     graph.ir_version = IR_VERSION
     meta = ExportMetadata(
         config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opts.opset,

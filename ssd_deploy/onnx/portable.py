@@ -194,3 +194,18 @@ def ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus: bool, dt_min: float
     y = op.Reshape(op.MatMul(S, Cg), ints(0, g * r, p))
     y = op.Add(y, d_skip(D, xf, dims))
     return op.CastLike(y, x), op.Reshape(S, ints(0, g * r, p, n))
+
+
+def lowerings(dims: Dims) -> dict:
+    """The translation of each ssd_deploy op (names as in ssd/ops.py), static sizes bound."""
+
+    def scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus, dt_min, dt_max):
+        return ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus, dt_min, dt_max, dims)
+
+    def step(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_min, dt_max):
+        return ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_min, dt_max, dims)
+
+    def conv(x, weight, bias, conv_state, silu):
+        return causal_conv1d(x, weight, bias, conv_state, silu, dims)
+
+    return {"ssd_scan": scan, "ssd_step": step, "causal_conv1d": conv, "gated_rmsnorm": gated_rmsnorm}
