@@ -1,0 +1,286 @@
+"""Chunked SSD forward (the ``ssd_scan`` contract of DESIGN §2) in four Triton kernels.
+
+With chunks of Q tokens, per batch b, head h and chunk c (positions i, j inside the chunk, cum = cumulative sum of
+dt'·A inside the chunk):
+
+1. ``_dt_kernel``: dt' = clamp(softplus(dt + dt_bias)) and cum, both [b, h, chunks, Q] in fp32. Positions past the
+   end of the sequence get dt' = 0: they neither decay nor feed the state, so cum[Q-1] is the chunk's total decay.
+2. ``_cb_kernel``: CB[i, j] = C_i · B_j per group (shared by the heads of the group), fp32.
+3. ``_states_kernel``: the state entering every chunk, walking the chunks in order:
+   S_{c+1} = exp(cum[Q-1]) S_c + Σ_j exp(cum[Q-1] - cum_j) dt'_j x_j ⊗ B_j. Fusing the chunk's own state with the
+   passing between chunks means the per-chunk states are never written and read back (mamba_ssm writes them, reads
+   them, writes the passed ones); the last S is the final state.
+4. ``_out_kernel``: y_i = exp(cum_i) C_i · S_c + Σ_{j≤i} CB[i, j] exp(cum_i - cum_j) dt'_j x_j + D ⊙ x_i.
+
+Decays, cumulative sums and states are fp32; matrix products take operands in the I/O dtype with fp32 accumulation
+(fp32 operands at full precision, see ``common.dot_precision``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import dot_precision, on_device, process_dt, tuned
+
+MIN_CHUNK = 16  # tl.dot needs every dimension ≥ 16
+
+
+def chunk_length(chunk_size: int, seqlen: int) -> int:
+    """The chunk the kernels use: a power of two (block shapes must be), at most ``chunk_size`` (rounded down) and
+    no longer than the sequence needs (decode, l = 1, pays for 16 positions, not 256). Chunking does not change
+    the result beyond rounding, so this is free to choose."""
+    q = 1 << max(int(chunk_size), 1).bit_length() - 1
+    return max(MIN_CHUNK, min(q, triton.next_power_of_2(seqlen)))
+
+
+@triton.jit
+def _dt_kernel(dt_ptr, A_ptr, dt_bias_ptr, dtp_ptr, cum_ptr,
+               seqlen, nheads, nchunks, dt_min, dt_max,
+               DT_SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_H: tl.constexpr):
+    pid_bc = tl.program_id(0)
+    b = pid_bc // nchunks
+    c = pid_bc % nchunks
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_q = tl.arange(0, Q)
+    t = c * Q + offs_q
+    hmask = offs_h < nheads
+    valid = hmask[:, None] & (t[None, :] < seqlen)
+    raw = tl.load(dt_ptr + (b.to(tl.int64) * seqlen + t[None, :]) * nheads + offs_h[:, None], mask=valid,
+                  other=0.0).to(tl.float32)
+    bias = tl.load(dt_bias_ptr + offs_h, mask=hmask, other=0.0)
+    dtp = tl.where(valid, process_dt(raw, bias[:, None], dt_min, dt_max, DT_SOFTPLUS), 0.0)
+    A = tl.load(A_ptr + offs_h, mask=hmask, other=0.0)
+    cum = tl.cumsum(dtp * A[:, None], axis=1)
+    out = ((b.to(tl.int64) * nheads + offs_h[:, None]) * nchunks + c) * Q + offs_q[None, :]
+    tl.store(dtp_ptr + out, dtp, mask=hmask[:, None])
+    tl.store(cum_ptr + out, cum, mask=hmask[:, None])
+
+
+@tuned([
+    triton.Config({"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_N": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_K": 128, "BLOCK_N": 32}, num_warps=8, num_stages=3),
+], key=["Q", "dstate"])
+@triton.jit
+def _cb_kernel(C_ptr, B_ptr, cb_ptr,
+               seqlen, nchunks, ngroups, dstate,
+               Q: tl.constexpr, DOT_PREC: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    num_k: tl.constexpr = tl.cdiv(Q, BLOCK_K)
+    pid_m = tl.program_id(0) // num_k
+    pid_k = tl.program_id(0) % num_k
+    # Blocks wholly above the diagonal are never used unmasked (see _out_kernel): skip them.
+    if pid_k * BLOCK_K >= (pid_m + 1) * BLOCK_M:
+        return
+    pid_bc = tl.program_id(1)
+    b = pid_bc // nchunks
+    c = pid_bc % nchunks
+    g = tl.program_id(2)
+    chunk_len = min(Q, seqlen - c * Q)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_n = tl.arange(0, BLOCK_N)
+    row = (b.to(tl.int64) * seqlen + c * Q) * ngroups + g  # [b, l, g, n] at (b, c*Q, g, 0), in rows of dstate
+    C_ptrs = C_ptr + (row + offs_m[:, None] * ngroups) * dstate + offs_n[None, :]
+    B_ptrs = B_ptr + (row + offs_k[None, :] * ngroups) * dstate + offs_n[:, None]
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for n0 in range(0, dstate, BLOCK_N):
+        nmask = offs_n < dstate - n0
+        Cm = tl.load(C_ptrs, mask=(offs_m[:, None] < chunk_len) & nmask[None, :], other=0.0)
+        Bk = tl.load(B_ptrs, mask=nmask[:, None] & (offs_k[None, :] < chunk_len), other=0.0)
+        acc = tl.dot(Cm, Bk, acc, input_precision=DOT_PREC)
+        C_ptrs += BLOCK_N
+        B_ptrs += BLOCK_N
+    out = ((b.to(tl.int64) * nchunks + c) * ngroups + g) * Q * Q
+    tl.store(cb_ptr + out + offs_m[:, None] * Q + offs_k[None, :], acc,
+             mask=(offs_m[:, None] < Q) & (offs_k[None, :] < Q))
+
+
+@tuned([
+    triton.Config({"BLOCK_P": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_P": 32, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_P": 32, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_P": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_P": 64, "BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_P": 16, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+], key=["Q", "hdim", "dstate", "programs"])
+@triton.jit
+def _states_kernel(x_ptr, B_ptr, dtp_ptr, cum_ptr, init_ptr, ent_ptr, final_ptr,
+                   seqlen, nchunks, nheads, hdim, ngroups, dstate, heads_per_group, programs,
+                   HAS_INIT: tl.constexpr, Q: tl.constexpr, DOT_PREC: tl.constexpr,
+                   BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    num_n = tl.cdiv(dstate, BLOCK_N)
+    pid_p = tl.program_id(0) // num_n
+    pid_n = tl.program_id(0) % num_n
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(2)
+    g = h // heads_per_group
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    pmask = offs_p < hdim
+    nmask = offs_n < dstate
+    tile = offs_p[:, None] * dstate + offs_n[None, :]
+    tile_mask = pmask[:, None] & nmask[None, :]
+    bh = b * nheads + h
+    if HAS_INIT:
+        s = tl.load(init_ptr + bh * hdim * dstate + tile, mask=tile_mask, other=0.0)
+    else:
+        s = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    x_base = x_ptr + b * seqlen * nheads * hdim + h * hdim
+    B_base = B_ptr + b * seqlen * ngroups * dstate + g * dstate
+    for c in range(0, nchunks):
+        tl.store(ent_ptr + ((b * nchunks + c) * nheads + h) * hdim * dstate + tile, s, mask=tile_mask)
+        col = (bh * nchunks + c) * Q
+        cum_last = tl.load(cum_ptr + col + Q - 1)
+        s = s * tl.exp(cum_last)
+        chunk_len = min(Q, seqlen - c * Q)
+        for k0 in range(0, chunk_len, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            kmask = offs_k < chunk_len
+            cum_k = tl.load(cum_ptr + col + offs_k, mask=kmask, other=0.0)
+            dtp_k = tl.load(dtp_ptr + col + offs_k, mask=kmask, other=0.0)
+            t = c * Q + offs_k
+            xT = tl.load(x_base + t[None, :] * (nheads * hdim) + offs_p[:, None], mask=pmask[:, None] & kmask[None, :],
+                         other=0.0)
+            Bk = tl.load(B_base + t[:, None] * (ngroups * dstate) + offs_n[None, :],
+                         mask=kmask[:, None] & nmask[None, :], other=0.0)
+            scaled = (Bk.to(tl.float32) * (tl.exp(cum_last - cum_k) * dtp_k)[:, None]).to(xT.dtype)
+            s = tl.dot(xT, scaled, s, input_precision=DOT_PREC)
+    tl.store(final_ptr + bh * hdim * dstate + tile, s, mask=tile_mask)
+
+
+@tuned([
+    triton.Config({"BLOCK_M": 64, "BLOCK_P": 64, "BLOCK_K": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_P": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_P": 64, "BLOCK_K": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_P": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_P": 32, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_P": 32, "BLOCK_K": 64}, num_warps=4, num_stages=2),
+], key=["Q", "hdim", "dstate"])
+@triton.jit
+def _out_kernel(x_ptr, C_ptr, cb_ptr, dtp_ptr, cum_ptr, ent_ptr, D_ptr, y_ptr,
+                seqlen, nchunks, nheads, hdim, ngroups, dstate, heads_per_group,
+                D_HAS_HDIM: tl.constexpr, Q: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    num_p = tl.cdiv(hdim, BLOCK_P)
+    pid_m = tl.program_id(0) // num_p
+    pid_p = tl.program_id(0) % num_p
+    pid_bc = tl.program_id(1)
+    b = (pid_bc // nchunks).to(tl.int64)
+    c = pid_bc % nchunks
+    h = tl.program_id(2)
+    g = h // heads_per_group
+    chunk_len = min(Q, seqlen - c * Q)
+    if pid_m * BLOCK_M >= chunk_len:  # rows past the end of the sequence
+        return
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    mmask = offs_m < chunk_len
+    pmask = offs_p < hdim
+    nmask = offs_n < dstate
+    col = ((b * nheads + h) * nchunks + c) * Q
+    cum_m = tl.load(cum_ptr + col + offs_m, mask=offs_m < Q, other=0.0)
+
+    # The state entering the chunk, decayed to each row.
+    Cm = tl.load(C_ptr + ((b * seqlen + c * Q + offs_m[:, None]) * ngroups + g) * dstate + offs_n[None, :],
+                 mask=mmask[:, None] & nmask[None, :], other=0.0)
+    ent = tl.load(ent_ptr + ((b * nchunks + c) * nheads + h) * hdim * dstate + offs_p[None, :] * dstate
+                  + offs_n[:, None], mask=nmask[:, None] & pmask[None, :], other=0.0)
+    acc = tl.dot(Cm, ent.to(Cm.dtype), input_precision=DOT_PREC) * tl.exp(cum_m)[:, None]
+
+    # Inside the chunk: causal, so only columns up to this block's last row.
+    x_base = x_ptr + (b * seqlen + c * Q) * nheads * hdim + h * hdim
+    cb_base = cb_ptr + ((b * nchunks + c) * ngroups + g) * Q * Q
+    k_end = min((pid_m + 1) * BLOCK_M, chunk_len)
+    for k0 in range(0, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        kmask = offs_k < k_end
+        causal = (offs_m[:, None] >= offs_k[None, :]) & kmask[None, :] & mmask[:, None]
+        # _cb_kernel skips blocks above the diagonal: what is read there is garbage, and only tl.where (a select,
+        # never a product) may drop it.
+        cb = tl.load(cb_base + offs_m[:, None] * Q + offs_k[None, :], mask=(offs_m[:, None] < Q) & kmask[None, :],
+                     other=0.0)
+        cum_k = tl.load(cum_ptr + col + offs_k, mask=kmask, other=0.0)
+        dtp_k = tl.load(dtp_ptr + col + offs_k, mask=kmask, other=0.0)
+        decay = tl.exp(tl.where(causal, cum_m[:, None] - cum_k[None, :], 0.0))
+        w = tl.where(causal, cb * decay * dtp_k[None, :], 0.0)
+        xk = tl.load(x_base + offs_k[:, None] * (nheads * hdim) + offs_p[None, :],
+                     mask=kmask[:, None] & pmask[None, :], other=0.0)
+        acc = tl.dot(w.to(xk.dtype), xk, acc, input_precision=DOT_PREC)
+
+    io = (b * seqlen + c * Q + offs_m[:, None]) * (nheads * hdim) + h * hdim + offs_p[None, :]
+    io_mask = mmask[:, None] & pmask[None, :]
+    xm = tl.load(x_ptr + io, mask=io_mask, other=0.0).to(tl.float32)
+    if D_HAS_HDIM:
+        D = tl.load(D_ptr + h * hdim + offs_p, mask=pmask, other=0.0)[None, :]
+    else:
+        D = tl.load(D_ptr + h)
+    acc += xm * D
+    tl.store(y_ptr + io, acc.to(y_ptr.dtype.element_ty), mask=io_mask)
+
+
+def _check(x, dt, A, B, C, D, dt_bias, initial_state):
+    b, l, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"ssd_scan: x must be float32, float16 or bfloat16, got {x.dtype}")
+    if B.dtype != x.dtype or C.dtype != x.dtype:
+        raise ValueError(f"ssd_scan: B and C must have x's dtype {x.dtype}, got {B.dtype}, {C.dtype}")
+    expected = {"dt": (dt, (b, l, h)), "A": (A, (h,)), "B": (B, (b, l, g, n)), "C": (C, (b, l, g, n)),
+                "dt_bias": (dt_bias, (h,))}
+    for name, (t, shape) in expected.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"ssd_scan: {name} must have shape {shape}, got {tuple(t.shape)}")
+    if tuple(D.shape) not in ((h,), (h, p)):
+        raise ValueError(f"ssd_scan: D must have shape ({h},) or ({h}, {p}), got {tuple(D.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (b, h, p, n):
+        raise ValueError(f"ssd_scan: initial_state must have shape {(b, h, p, n)}, got {tuple(initial_state.shape)}")
+    if l < 1 or h % g:
+        raise ValueError(f"ssd_scan: need l >= 1 and heads ({h}) divisible by groups ({g})")
+
+
+def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state=None, chunk_size=256, dt_softplus=True, dt_min=0.0,
+             dt_max=math.inf, *, y=None, final_state=None):
+    """The ``ssd_scan`` op on Triton: returns (y in x's dtype, final_state fp32 [b,h,p,n]).
+
+    ``y`` and ``final_state`` may be given (tests poison them to prove every element is written)."""
+    _check(x, dt, A, B, C, D, dt_bias, initial_state)
+    b, l, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
+    A, D, dt_bias = (t.float().contiguous() for t in (A, D, dt_bias))
+    init = None if initial_state is None else initial_state.float().contiguous()
+    q = chunk_length(chunk_size, l)
+    nc = triton.cdiv(l, q)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    y = torch.empty_like(x) if y is None else y
+    final_state = torch.empty(b, h, p, n, **f32) if final_state is None else final_state
+    prec = dot_precision(x.dtype)
+    with on_device(x):
+        dtp = torch.empty(b, h, nc, q, **f32)
+        cum = torch.empty(b, h, nc, q, **f32)
+        block_h = min(triton.next_power_of_2(h), max(1, 4096 // q))
+        _dt_kernel[(b * nc, triton.cdiv(h, block_h))](
+            dt, A, dt_bias, dtp, cum, l, h, nc, float(dt_min), float(dt_max),
+            DT_SOFTPLUS=bool(dt_softplus), Q=q, BLOCK_H=block_h)
+
+        cb = torch.empty(b, nc, g, q, q, **f32)
+        _cb_kernel[lambda m: (triton.cdiv(q, m["BLOCK_M"]) * triton.cdiv(q, m["BLOCK_K"]), b * nc, g)](
+            C, B, cb, l, nc, g, n, Q=q, DOT_PREC=prec)
+
+        entering = torch.empty(b, nc, h, p, n, **f32)
+        programs = b * h
+        _states_kernel[lambda m: (triton.cdiv(p, m["BLOCK_P"]) * triton.cdiv(n, m["BLOCK_N"]), b, h)](
+            x, B, dtp, cum, init if init is not None else final_state, entering, final_state,
+            l, nc, h, p, g, n, h // g, programs, HAS_INIT=init is not None, Q=q, DOT_PREC=prec)
+
+        _out_kernel[lambda m: (triton.cdiv(q, m["BLOCK_M"]) * triton.cdiv(p, m["BLOCK_P"]), b * nc, h)](
+            x, C, cb, dtp, cum, entering, D, y, l, nc, h, p, g, n, h // g,
+            D_HAS_HDIM=D.dim() == 2, Q=q, DOT_PREC=prec, BLOCK_N=max(16, triton.next_power_of_2(n)))
+    return y, final_state
