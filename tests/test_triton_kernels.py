@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import rel_err  # NaN for any NaN (an unwritten poisoned element, say), which fails every tolerance
 from ssd_deploy.ssd import reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,12 +52,6 @@ def make_inputs(b, l, h, p, n, g, dtype, device="cpu", d_has_hdim=False, softplu
     for k in ("x", "dt", "B", "C"):
         t[k] = t[k].to(dtype)
     return {k: v.to(device) for k, v in t.items()}
-
-
-def rel_err(out, ref) -> float:
-    """‖out − ref‖ / ‖ref‖ in float64; NaN anywhere (an unwritten poisoned element, say) gives NaN, which fails."""
-    out, ref = out.double(), ref.double()
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 def as64(t):

@@ -71,7 +71,7 @@ def _cb_kernel(C_ptr, B_ptr, cb_ptr,
                seqlen, nchunks, ngroups, dstate,
                Q: tl.constexpr, DOT_PREC: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    num_k: tl.constexpr = tl.cdiv(Q, BLOCK_K)
+    num_k: tl.constexpr = (Q + BLOCK_K - 1) // BLOCK_K
     pid_m = tl.program_id(0) // num_k
     pid_k = tl.program_id(0) % num_k
     # Blocks wholly above the diagonal are never used unmasked (see _out_kernel): skip them.
