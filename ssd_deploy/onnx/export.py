@@ -25,11 +25,11 @@ from ..checkpoint import checkpoint_hash, load_model
 from ..config import Mamba2Config
 from ..errors import UserError
 from ..model import Mamba2LM
-from . import portable
+from . import ort, portable
 from .metadata import DATA_FILE, INPUT_IDS, LOGITS, MODEL_FILE, ExportMetadata, state_names
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FLAVORS = {"portable": portable}  # flavor name → module with lowerings(dims) (and optionally finalize(model))
+FLAVORS = {"portable": portable, "ort": ort}  # flavor name → module with lowerings(dims) (and optionally finalize(model))
 EXTERNAL_DATA = ("auto", "always", "never")
 IR_VERSION = 10  # ONNX 1.23 writes 14 by default; current ONNX Runtime releases load 10
 EXTERNAL_AUTO_BYTES = 1 << 30  # protobuf cannot hold 2 GiB; go external well before
@@ -101,6 +101,17 @@ def trace(model: Mamba2LM, opts: ExportOptions, table: dict) -> onnx_ir.Model:
     return prog.model
 
 
+def strip_trace_metadata(model: onnx_ir.Model):
+    """Drops the exporter's per-node provenance (stack traces with absolute paths, FX node text): it bloats the
+    graph and would make the bytes depend on where ssd-deploy is installed."""
+    for node in onnx_ir.traversal.RecursiveGraphIterator(model.graph):
+        node.metadata_props.clear()
+        for value in node.outputs:
+            value.metadata_props.clear()
+    for value in model.graph.inputs:
+        value.metadata_props.clear()
+
+
 def _use_external(model: onnx_ir.Model, mode: str) -> bool:
     if mode != "auto":
         return mode == "always"
@@ -141,6 +152,7 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
     graph = trace(model, opts, translation_table(flavor, cfg))
     if hasattr(flavor, "finalize"):  # rewrites that tracing cannot express (custom-domain nodes)
         graph = flavor.finalize(graph, cfg)
+    strip_trace_metadata(graph)
     graph.ir_version = IR_VERSION
     meta = ExportMetadata(
         config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opts.opset,

@@ -22,7 +22,11 @@ def ort_session(export_dir: Path, provider: str = "cpu", model_file: Path | None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     path = model_file or model_path(export_dir)
-    return ort.InferenceSession(str(path), opts, providers=PROVIDERS[provider])
+    try:
+        return ort.InferenceSession(str(path), opts, providers=PROVIDERS[provider])
+    except Exception as e:  # ORT's pybind errors share no public base type
+        hint = " (bf16 graphs need TensorRT or the CUDA provider)" if "bfloat16" in str(e) or "MatMul" in str(e) else ""
+        raise UserError(f"ONNX Runtime ({provider}) cannot load {path}: {e}{hint}") from None
 
 
 def ort_runner(export_dir: Path, provider: str = "cpu", model_file: Path | None = None) -> OnnxrtRunner:

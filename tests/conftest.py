@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random checkpoints in both on-disk formats, built once per session, and the error metric
+of DESIGN §6."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ssd_deploy.checkpoint import random_model, write_checkpoint
+from ssd_deploy.presets import preset
+
+
+def rel_err(out, ref) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64; NaN anywhere gives NaN (which fails every tolerance)."""
+    out = torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out).double()
+    ref = torch.as_tensor(np.asarray(ref) if not isinstance(ref, torch.Tensor) else ref).double()
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    if not torch.isfinite(out).all():
+        return float("nan")
+    return float((out - ref).norm() / ref.norm())
+
+
+TINY = preset("tiny")
+# tiny variants covering every branch of the contract: one group, groups > 1, D per head-dim, dt clamp, untied head
+VARIANTS = {
+    "g1": dataclasses.replace(TINY, ngroups=1),
+    "g4": dataclasses.replace(TINY, ngroups=4, chunk_size=16),
+    "hdimD-limit": dataclasses.replace(TINY, D_has_hdim=True, dt_min=0.01, dt_max=0.05, tie_embeddings=False),
+}
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory):
+    """make_checkpoint(cfg, fmt='hf', seed=0) → path of a random checkpoint, cached per (cfg, fmt, seed)."""
+    cache = {}
+
+    def make(cfg=TINY, fmt="hf", seed=0):
+        key = (cfg, fmt, seed)
+        if key not in cache:
+            out = tmp_path_factory.mktemp("ckpt") / f"{fmt}-{seed}"
+            cache[key] = write_checkpoint(random_model(cfg, seed), out, fmt)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(make_checkpoint):
+    return make_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_ckpt, tmp_path_factory):
+    from ssd_deploy.onnx.export import export
+
+    return export(tiny_ckpt, tmp_path_factory.mktemp("export") / "portable").parent

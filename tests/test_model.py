@@ -1,0 +1,79 @@
+"""The PyTorch reference model: one code path for prefill and decode, and parity with Hugging Face."""
+
+import pytest
+import torch
+
+from conftest import TINY, VARIANTS, rel_err
+from ssd_deploy.checkpoint import random_model
+from ssd_deploy.ssd import reference as R
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@torch.no_grad()
+def test_prefill_split_equals_whole_equals_decode_steps(variant):
+    model = random_model(VARIANTS[variant], seed=5)
+    q = model.cfg.chunk_size
+    ids = torch.randint(0, model.cfg.vocab_size, (2, q + 7))
+    whole, conv_w, ssm_w = model(ids, *model.init_states(2))
+    l1 = 5  # a cut inside the first chunk: the second piece crosses a chunk boundary of the whole
+    a, conv, ssm = model(ids[:, :l1], *model.init_states(2))
+    b, conv, ssm = model(ids[:, l1:], conv, ssm)
+    assert rel_err(torch.cat([a, b], 1), whole) < 1e-5
+    assert all(rel_err(s, t) < 1e-5 for s, t in zip(ssm + conv, ssm_w + conv_w))
+    for decode in (False, True):  # the scan at l = 1, and the step op
+        conv, ssm = model.init_states(2)
+        steps = []
+        for t in range(ids.shape[1]):
+            out, conv, ssm = model(ids[:, t:t + 1], conv, ssm, decode=decode)
+            steps.append(out)
+        assert rel_err(torch.cat(steps, 1), whole) < 1e-5
+        assert all(rel_err(s, t) < 1e-5 for s, t in zip(ssm, ssm_w))
+
+
+@torch.no_grad()
+def test_mixer_matches_float64_sequential_recurrence():
+    """The whole mixer in fp32 (chunked scan) against the same mixer in float64 with the sequential listing."""
+    model = random_model(VARIANTS["g4"], seed=6)
+    mixer = model.backbone.layers[0].mixer
+    u = torch.randn(2, 37, model.cfg.d_model)
+    conv, ssm = (s[0] for s in model.init_states(2))
+    y32, _, s32 = mixer(u, conv, ssm)
+    mixer64 = random_model(VARIANTS["g4"], seed=6).double().backbone.layers[0].mixer
+    cfg = model.cfg
+    zxbcdt = mixer64.in_proj(u.double())
+    z, xBC, dt = torch.split(zxbcdt, [cfg.d_inner, cfg.conv_dim, cfg.nheads], dim=-1)
+    xBC, _ = R.causal_conv1d(xBC, mixer64.conv1d.weight.squeeze(1), mixer64.conv1d.bias)
+    gn = cfg.ngroups * cfg.d_state
+    x, B, C = torch.split(xBC, [cfg.d_inner, gn, gn], dim=-1)
+    b, l = u.shape[:2]
+    y, s64 = R.ssd_sequential(x.reshape(b, l, cfg.nheads, cfg.headdim), dt, -torch.exp(mixer64.A_log),
+                              B.reshape(b, l, cfg.ngroups, -1), C.reshape(b, l, cfg.ngroups, -1), mixer64.D,
+                              mixer64.dt_bias)
+    y = R.gated_rmsnorm(y.reshape(b, l, -1), z, mixer64.norm.weight, cfg.norm_eps, cfg.group_size)
+    assert rel_err(y32, mixer64.out_proj(y)) < 1e-5
+    assert rel_err(s32, s64) < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["g1", "g4"])
+@torch.no_grad()
+def test_parity_with_hugging_face(make_checkpoint, variant):
+    transformers = pytest.importorskip("transformers", reason="HF parity needs transformers (test extra)")
+    cfg = VARIANTS[variant]
+    path = make_checkpoint(cfg, "hf", seed=7)
+    hf = transformers.Mamba2ForCausalLM.from_pretrained(path, local_files_only=True).eval()
+    ours = random_model(cfg, seed=7)
+    ids = torch.randint(0, cfg.vocab_size, (2, 2 * cfg.chunk_size + 5))
+    ref = hf(ids).logits
+    got, _, _ = ours(ids, *ours.init_states(2))
+    assert rel_err(got, ref) < 1e-4
+
+
+def test_cast_keeps_contract_parameters_in_fp32():
+    model = random_model(TINY).cast(torch.float16)
+    params = dict(model.named_parameters())
+    assert params["backbone.layers.0.mixer.A_log"].dtype == torch.float32
+    assert params["backbone.layers.0.mixer.conv1d.weight"].dtype == torch.float32
+    assert params["backbone.layers.0.mixer.in_proj.weight"].dtype == torch.float16
+    ids = torch.randint(0, TINY.vocab_size, (1, 9))
+    logits, conv, ssm = model(ids, *model.init_states(1))
+    assert logits.dtype == torch.float16 and ssm[0].dtype == torch.float32 and conv[0].dtype == torch.float32
