@@ -1,0 +1,56 @@
+"""The ssd-deploy CLI through click's runner: the main paths, and one clear message (no traceback) for bad input."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ssd_deploy.cli import main
+
+
+@pytest.fixture
+def cli():
+    def invoke(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def test_new_export_validate_inspect(cli, tmp_path):
+    r = cli("new", tmp_path / "ck", "--preset", "tiny", "--format", "mamba_ssm", "--seed", "3")
+    assert r.exit_code == 0 and (tmp_path / "ck" / "pytorch_model.bin").is_file()
+    r = cli("export", tmp_path / "ck", "-o", tmp_path / "ex")
+    assert r.exit_code == 0 and (tmp_path / "ex" / "model.onnx").is_file()
+    r = cli("validate", tmp_path / "ex", "--against", tmp_path / "ck", "--steps", "2", "--json")
+    assert r.exit_code == 0
+    report = json.loads(r.output)
+    assert report["ok"] and len(report["errors"]) == 9
+    r = cli("inspect", tmp_path / "ex")
+    assert r.exit_code == 0 and "flavor: portable" in r.output and "MatMul" in r.output
+    info = json.loads(cli("inspect", tmp_path / "ex", "--json").output)
+    assert info["inputs"][0]["name"] == "input_ids"
+
+
+def test_demo(cli):
+    r = cli("demo")
+    assert r.exit_code == 0, r.output
+    assert "PASS" in r.output and "export:" in r.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["export", "/nonexistent/ckpt", "-o", "{tmp}/o"], "not a directory"),
+    (["new", "{tmp}/n", "--preset", "huge"], "unknown preset"),
+    (["validate", "{tmp}", "--against", "{tmp}"], "no exported model"),
+    (["inspect", "{tmp}"], "no exported model"),
+])
+def test_bad_input_is_one_message(cli, tmp_path, args, message):
+    r = cli(*[a.format(tmp=tmp_path) for a in args])
+    assert r.exit_code == 2
+    assert message in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_malformed_config_message(cli, tmp_path):
+    (tmp_path / "config.json").write_text('{"d_model": 64}')
+    r = cli("export", tmp_path, "-o", tmp_path / "o")
+    assert r.exit_code == 2 and "lacks n_layer, vocab_size" in r.output

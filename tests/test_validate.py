@@ -1,0 +1,53 @@
+"""validate: passes a faithful export, fails a corrupted one, never passes NaN."""
+
+import numpy as np
+import onnx
+import pytest
+
+from ssd_deploy.errors import UserError
+from ssd_deploy.runtime.ort_runner import ort_runner
+from ssd_deploy.validate import OutputError, format_report, relative_error, validate
+
+
+def test_faithful_export_passes(tiny_export, tiny_ckpt):
+    report = validate(tiny_export, tiny_ckpt, ort_runner(tiny_export), steps=3, batch=2)
+    assert report.ok
+    assert [e.call for e in report.errors[::3]] == ["prefill", "step 1", "step 2", "step 3"]
+    assert {e.output for e in report.errors} == {"logits", "conv_state", "ssm_state"}
+    assert report.prompt_len == 32 + 16 + 3  # past one chunk, not a multiple of it
+    assert "PASS" in format_report(report)
+
+
+def test_corrupted_export_fails(tiny_export, tiny_ckpt, tmp_path):
+    proto = onnx.load(str(tiny_export / "model.onnx"))
+    target = next(t for t in proto.graph.initializer if "dt_bias" in t.name)
+    arr = onnx.numpy_helper.to_array(target).copy()
+    arr[0] += 0.5  # one head's dt bias: only the SSD path notices
+    target.CopyFrom(onnx.numpy_helper.from_array(arr, target.name))
+    (tmp_path / "bad").mkdir()
+    onnx.save(proto, str(tmp_path / "bad" / "model.onnx"))
+    report = validate(tmp_path / "bad", tiny_ckpt, ort_runner(tmp_path / "bad"), steps=2)
+    assert not report.ok
+    assert any(e.output == "ssm_state" and not e.ok for e in report.errors)
+    assert "FAIL" in format_report(report)
+
+
+def test_nan_never_passes():
+    out = np.ones(4, np.float32)
+    out[2] = np.nan
+    rel, _, finite = relative_error(out, np.ones(4, np.float32))
+    err = OutputError("prefill", "logits", rel, 0.0, finite, tol=1e9)
+    assert not finite and not err.ok
+
+
+def test_mismatched_checkpoint_is_refused(tiny_export, make_checkpoint):
+    from conftest import VARIANTS
+
+    other = make_checkpoint(VARIANTS["g1"])
+    with pytest.raises(UserError, match="config differs"):
+        validate(tiny_export, other, ort_runner(tiny_export))
+
+
+def test_not_an_export(tmp_path, tiny_ckpt):
+    with pytest.raises(UserError, match="no exported model"):
+        validate(tmp_path, tiny_ckpt, None)
