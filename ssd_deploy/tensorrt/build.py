@@ -1,0 +1,209 @@
+"""Exported ONNX → TensorRT engine with one optimization profile per shape regime, and its JSON sidecar.
+
+The graph is parsed from its file, so weights in an external data file are found. A ``trt``-flavor graph needs the
+plugin library loaded into the builder's registry before parsing; other graphs need nothing. Engine, sidecar and
+timing cache are written to temporary names and renamed, so a failed build leaves the previous files untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import UserError
+from ..onnx.metadata import model_path, read_metadata
+from . import api as trt_api
+from .profiles import Profile, plan, recipe_ranges
+from .progress import build_progress
+from .sidecar import (AHEAD_OF_TIME, PLUGIN_LIBRARY, Sidecar, gpu_compute_capability, onnx_files, sha256_bytes,
+                      sha256_files, sidecar_path)
+
+ENGINE_FILE = "model.engine"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "export"  # export recipes shipped beside the package
+SHOWN_ERRORS = 20  # TensorRT log lines quoted when a build fails
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    profile: str | None = None  # decode | prefill | both (default: the recipe's, else both)
+    batch: str | None = None  # "MIN,OPT,MAX"
+    seq: str | None = None  # "MIN,OPT,MAX" of the prefill profile
+    recipe: dict | None = None  # a resolved recipe replacing the one stored in the export
+    plugins: Path | None = None
+    timing_cache: Path | None = None
+    workspace_mb: int | None = None
+    engine: Path | None = None  # default: EXPORT_DIR/model.engine
+    verbose: bool = False  # echo TensorRT's log (warnings and up; info with it) while building
+
+
+@dataclass
+class BuildResult:
+    engine: Path
+    sidecar: Path
+    record: Sidecar
+    notes: list[str] = field(default_factory=list)
+
+
+def read_recipe(name_or_path: str) -> dict:
+    """A recipe TOML file by path, or by name from the shipped ``export/`` recipes."""
+    import tomllib
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+        raise UserError(f"recipe {name_or_path!r}: no file {path}; shipped recipes: {', '.join(shipped) or 'none'}")
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UserError(f"{path}: unreadable recipe ({e})") from None
+
+
+def parse_errors(parser, onnx_path: Path, label: str) -> str:
+    """Every parser error in one message: node index, op type, node name, TensorRT's description."""
+    lines = []
+    for i in range(parser.num_errors):
+        e = parser.get_error(i)
+        where = f"node {e.node()} ({e.node_operator()} {e.node_name()!r})" if e.node() >= 0 else "graph"
+        lines.append(f"  {where}: {e.desc().strip()} [{e.code().name}]")
+    return f"{onnx_path}: {label}'s ONNX parser rejected the graph ({len(lines)} error(s)):\n" + "\n".join(lines)
+
+
+def write_files(files: dict[Path, bytes]):
+    """Writes every file under a temporary name, then renames them in order: an interrupted write leaves the old
+    files (an engine renamed without its new sidecar is caught by the sidecar's engine_sha256)."""
+    temps: dict[Path, str] = {}
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            temps[path] = tmp
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o644)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _plugins(meta_flavor: str, plugins: Path | None, api: trt_api.TrtApi, onnx_path: Path) -> Path | None:
+    if meta_flavor == "ort":
+        raise UserError(f"{onnx_path}: an ort-flavor graph uses ONNX Runtime contrib ops, which TensorRT cannot "
+                        f"parse; export the portable flavor (or trt, with the plugin library) for TensorRT")
+    if meta_flavor != "trt":
+        return None  # a plugin library given anyway is not needed, so not recorded as a run-time requirement
+    api.check_plugins(f"{onnx_path} (trt flavor)")
+    if plugins is None:
+        raise UserError(f"{onnx_path} is a trt-flavor graph: pass the plugin library with --plugins "
+                        f"{PLUGIN_LIBRARY} (cmake -S plugins -B plugins/build && cmake --build plugins/build)")
+    if not Path(plugins).is_file():
+        raise UserError(f"--plugins {plugins}: no such file")
+    return Path(plugins).resolve()
+
+
+def add_profiles(builder, config, network, profiles: list[Profile]) -> list:
+    """One TensorRT optimization profile per ``profiles`` entry, in order; returns them."""
+    inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
+    made = []
+    for p in profiles:
+        prof = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in p.shapes(inputs).items():
+            prof.set_shape(name, lo, opt, hi)
+        if config.add_optimization_profile(prof) < 0:
+            raise UserError(f"TensorRT refused the {p.name} profile (batch {p.batch}, seq {p.seq})")
+        made.append(prof)
+    return made
+
+
+def build(export_dir: Path, opts: BuildOptions = BuildOptions(), api: trt_api.TrtApi | None = None,
+          console: Console | None = None) -> BuildResult:
+    onnx_path = model_path(export_dir)
+    export_dir = onnx_path.parent
+    meta = read_metadata(export_dir)
+    api = api or trt_api.load()
+    console = console or Console(stderr=True)
+    notes: list[str] = []
+
+    plugins = _plugins(meta.flavor, opts.plugins, api, onnx_path)
+    if opts.plugins is not None and plugins is None:
+        notes.append(f"--plugins ignored: a {meta.flavor}-flavor graph needs no plugins")
+    ranges = recipe_ranges(opts.recipe if opts.recipe is not None else meta.recipe)
+    profiles = plan(opts.profile, opts.batch, opts.seq, ranges, meta.graph)
+    workspace_mb = opts.workspace_mb or ranges.workspace_mb
+    if workspace_mb is not None and workspace_mb < 1:
+        raise UserError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
+    engine_path = Path(opts.engine) if opts.engine else export_dir / ENGINE_FILE
+    if engine_path.is_dir():
+        raise UserError(f"-o {engine_path}: is a directory; give the engine's file name")
+    gpu = gpu_compute_capability()
+    if not api.builds_ahead_of_time and gpu is None:
+        raise UserError(f"{api.display_name} builds engines for the GPU it runs on, and there is no CUDA GPU here; "
+                        f"TensorRT-RTX (SSD_DEPLOY_TENSORRT=tensorrt_rtx) builds without one")
+
+    log: list[tuple[str, str]] = []
+
+    def sink(severity: str, msg: str):
+        if severity == "VERBOSE" or (severity == "INFO" and not opts.verbose):
+            return
+        log.append((severity, msg))
+        if opts.verbose:
+            console.print(f"[TensorRT {severity.lower()}] {msg}", markup=False, highlight=False)
+
+    logger = api.logger(sink)
+    builder = api.module.Builder(logger)
+    if plugins is not None:
+        api.load_plugins(builder, plugins)
+    network = api.create_network(builder)
+    parser = api.module.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise UserError(parse_errors(parser, onnx_path, api.display_name))
+    config = builder.create_builder_config()
+    add_profiles(builder, config, network, profiles)
+    if workspace_mb is not None:
+        api.set_workspace(config, workspace_mb << 20)
+    cache = None
+    if opts.timing_cache is not None:
+        if api.supports_timing_cache:
+            cache_path = Path(opts.timing_cache)
+            cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+            config.set_timing_cache(cache, ignore_mismatch=False)
+        else:
+            notes.append(f"--timing-cache ignored: {api.display_name}'s timing cache does not change its engines, "
+                         f"and using one would make the ahead-of-time build need a GPU")
+
+    onnx_sha = sha256_files(onnx_files(export_dir))
+    plugins_record = {"path": str(plugins), "sha256": sha256_files([plugins])} if plugins else None
+    names = "+".join(p.name for p in profiles)
+    console.print(f"building {engine_path.name} with {api.display_name} from {onnx_path} ({meta.flavor}, "
+                  f"{meta.dtype}; profiles {names})", highlight=False, soft_wrap=True)
+    start = time.perf_counter()
+    with build_progress(api, console) as monitor:
+        if monitor is not None:
+            config.progress_monitor = monitor
+        data = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if data is None:
+        errors = [m for s, m in log if s in ("ERROR", "INTERNAL_ERROR")] or [m for _, m in log]
+        raise UserError(f"{api.display_name} could not build an engine from {onnx_path}:\n  " +
+                        "\n  ".join(errors[-SHOWN_ERRORS:]))
+
+    record = Sidecar(
+        tensorrt=api.package, tensorrt_version=api.version,
+        compute_capability=AHEAD_OF_TIME if api.builds_ahead_of_time else gpu,
+        compute_targets=api.compute_targets(config), build_gpu=gpu, profiles=profiles, export=meta.to_props(),
+        onnx_sha256=onnx_sha, onnx_dir=str(export_dir.resolve()), engine_sha256=sha256_bytes(data),
+        plugins=plugins_record, build_seconds=round(seconds, 3))
+    files = {engine_path: data, sidecar_path(engine_path): record.to_json()}
+    if cache is not None:
+        files[Path(opts.timing_cache)] = cache.serialize()
+    write_files(files)
+    return BuildResult(engine_path, sidecar_path(engine_path), record, notes)
