@@ -151,12 +151,16 @@ def _import(package: str) -> ModuleType | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
 def load(package: str | None = None) -> TrtApi:
     """The TensorRT API to use: ``package`` if given, else $SSD_DEPLOY_TENSORRT, else the first importable one."""
     wanted = package or os.environ.get(ENV_VAR) or None
     if wanted is not None and wanted not in PACKAGES:
         raise UserError(f"{ENV_VAR}={wanted!r}: choose one of {', '.join(PACKAGES)}")
+    return _load(wanted)
+
+
+@functools.lru_cache(maxsize=None)
+def _load(wanted: str | None) -> TrtApi:
     for name in [wanted] if wanted else PACKAGES:
         module = _import(name)
         if module is not None:
