@@ -50,6 +50,9 @@ int ssd_causal_conv1d(const void* x, const float* weight, const float* bias, con
 int ssd_gated_rmsnorm(const void* y, const void* z, const float* weight, void* out, int rows, int d, int group_size,
                       float eps, ssd_dtype_t dtype, cudaStream_t stream);
 
+// A readable message for any return code of the functions above (static storage; never NULL).
+const char* ssd_error_string(int code);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,66 @@
+// C ABI of the SSD scan and step (ssd_kernels.h): argument checks and the choice between the two implementations.
+#include <cuda_runtime.h>
+
+#include "ssd_internal.h"
+
+namespace {
+
+// Below this many tokens the recurrence beats a chunk of tensor-core work (a chunk tile is 128 or 256 tokens).
+constexpr int kMinChunkedTokens = 64;
+
+bool valid_dtype(ssd_dtype_t t) { return t == SSD_F32 || t == SSD_F16 || t == SSD_BF16; }
+
+bool valid_sizes(int b, int l, int h, int p, int g, int n) {
+    return b > 0 && l > 0 && h > 0 && p > 0 && g > 0 && n > 0 && h % g == 0 && n <= ssd::kRecurrentMaxN;
+}
+
+bool use_chunked(const ssd::ScanProblem& pb) { return pb.l >= kMinChunkedTokens && ssd::chunked_supported(pb); }
+
+}  // namespace
+
+extern "C" {
+
+size_t ssd_scan_workspace_size(int b, int l, int h, int p, int g, int n, int chunk_size, ssd_dtype_t dtype) {
+    (void)chunk_size;
+    if (!valid_sizes(b, l, h, p, g, n) || !valid_dtype(dtype)) return 0;
+    // Answer for aligned tensors: those take the chunked path when the shape allows, misaligned ones need nothing.
+    static const char kAligned[16] __attribute__((aligned(16))) = {};
+    ssd::ScanProblem pb{};
+    pb.x = pb.B = pb.C = pb.y = const_cast<char*>(kAligned);
+    pb.state_out = reinterpret_cast<float*>(const_cast<char*>(kAligned));
+    pb.b = b, pb.l = l, pb.h = h, pb.p = p, pb.g = g, pb.n = n, pb.dtype = dtype;
+    return use_chunked(pb) ? ssd::chunked_workspace_size(b, h, p, n) : 0;
+}
+
+int ssd_scan(const void* x, const void* dt, const float* A, const void* B, const void* C, const float* D,
+             int D_has_hdim, const float* dt_bias, const float* initial_state, void* y, float* final_state, int b,
+             int l, int h, int p, int g, int n, int chunk_size, ssd_dt_params_t dtp, ssd_dtype_t dtype,
+             void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+    if (!x || !dt || !A || !B || !C || !y || !final_state || chunk_size < 1) return SSD_ERR_BAD_ARG;
+    if (!valid_sizes(b, l, h, p, g, n) || !valid_dtype(dtype)) return SSD_ERR_BAD_ARG;
+    const ssd::ScanProblem pb{x, dt, A, B, C, D, D_has_hdim, dt_bias, initial_state, y, final_state,
+                              b, l, h, p, g, n, dtp, dtype};
+    if (use_chunked(pb)) return ssd::run_chunked(pb, chunk_size, workspace, workspace_bytes, stream);
+    return ssd::run_recurrent(pb, stream);
+}
+
+int ssd_step(const float* state_in, const void* x, const void* dt, const float* A, const void* B, const void* C,
+             const float* D, int D_has_hdim, const float* dt_bias, void* y, float* state_out, int b, int h, int p,
+             int g, int n, ssd_dt_params_t dtp, ssd_dtype_t dtype, cudaStream_t stream) {
+    if (!x || !dt || !A || !B || !C || !y || !state_out) return SSD_ERR_BAD_ARG;
+    if (!valid_sizes(b, 1, h, p, g, n) || !valid_dtype(dtype)) return SSD_ERR_BAD_ARG;
+    const ssd::ScanProblem pb{x, dt, A, B, C, D, D_has_hdim, dt_bias, state_in, y, state_out,
+                              b, 1, h, p, g, n, dtp, dtype};
+    return ssd::run_recurrent(pb, stream);
+}
+
+const char* ssd_error_string(int code) {
+    switch (code) {
+        case 0: return "success";
+        case SSD_ERR_BAD_ARG: return "invalid argument (a size, pointer or dtype the contract does not allow)";
+        case SSD_ERR_WORKSPACE: return "workspace smaller than ssd_scan_workspace_size";
+        default: return code > 0 ? cudaGetErrorString(static_cast<cudaError_t>(code)) : "unknown error";
+    }
+}
+
+}  // extern "C"

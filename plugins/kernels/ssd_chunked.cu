@@ -1,0 +1,361 @@
+// Chunked SSD prefill on tensor cores (fp16/bf16 I/O, fp32 accumulation, decays and states), one fused kernel.
+//
+// One block per (chunk c, batch-head bh), Q tokens (Q/32 warps). Blocks take tile numbers from an atomic ticket in
+// chunk-major order, so every block that a block waits for is already running (no deadlock whatever the grid):
+//   1. x, B (then C) chunk -> shared memory by cp.async; dt' and the inclusive cumsum of dt'A, one token per thread.
+//   2. S_c = sum_j exp(cum_end - cum_j) dt'_j x_j ⊗ B_j: the chunk's own state, from zero (mma, P x N x Q).
+//   3. Chain: wait until chunk c-1 of this bh published S_in(c); publish S_in(c+1) = exp(cum_end) S_in(c) + S_c
+//      into a two-slot ring (or final_state). Only this step is serial across chunks; it moves 2 x 32 KiB through L2.
+//   4. y_i = exp(cum_i) C_i·S_in(c) + sum_{j<=i} (C_i·B_j) exp(cum_i - cum_j) dt'_j x_j + D x_i, per 16-row block:
+//      C·Bᵀ tiles stay in registers and become the A operand of the next mma (no CB matrix in memory).
+// Each warp takes the row blocks w and 2W-1-w so that every warp does the same amount of causal work.
+#include <cuda_runtime.h>
+
+#include <atomic>
+
+#include "device_utils.cuh"
+#include "mma_sm80.cuh"
+#include "ssd_internal.h"
+
+namespace ssd {
+namespace {
+
+struct ChunkArgs {
+    ScanProblem pb;
+    float* ring;    // [b*h][2][P][N]: S_in of the chunk being chained, by chunk parity
+    int* counters;  // [b*h]: number of chunks whose entering state is published
+    int* ticket;    // tile counter
+    int nchunks;
+};
+
+template <int Q, int P, int N>
+struct Tile {
+    static constexpr int W = Q / 32;           // warps; also one token per thread in the dt pass
+    static constexpr int XS = P + 8;           // padded row strides (elements): ldmatrix rows land on
+    static constexpr int BS = N + 8;           // distinct banks
+    static constexpr int AUX = (Q * XS > P * BS) ? Q * XS : P * BS;  // x·w [Q][XS], then S_in [P][BS]
+    static constexpr int WM = (P / 32 < W) ? P / 32 : W;              // warp grid of step 2 over P x N
+    static constexpr int WN = W / WM;
+    static constexpr int TM = P / WM, TN = N / WN;
+    static constexpr int MT = TM / 16, NT = TN / 8;
+    static constexpr size_t SMEM = 2 * static_cast<size_t>(Q * XS + 2 * Q * BS + AUX) + 4 * 3 * Q;
+    static_assert(P % 32 == 0 && N % 16 == 0 && W % WM == 0 && TN % 16 == 0, "unsupported tile");
+};
+
+template <typename T, int Q, int P, int N>
+__global__ void __launch_bounds__(Q, 256 / Q) ssd_chunked_kernel(const ChunkArgs a) {
+    using S = Tile<Q, P, N>;
+    using M = MmaType<T>;
+    const ScanProblem& pb = a.pb;
+    extern __shared__ __align__(128) unsigned char smem[];
+    T* xs = reinterpret_cast<T*>(smem);  // [Q][XS]
+    T* bs = xs + Q * S::XS;              // [Q][BS]
+    T* cs = bs + Q * S::BS;              // [Q][BS]
+    T* aux = cs + Q * S::BS;             // [Q][XS] x·w, then [P][BS] S_in
+    float* cum = reinterpret_cast<float*>(aux + S::AUX);
+    float* dts = cum + Q;
+    float* wts = dts + Q;
+    __shared__ int s_tile;
+    __shared__ float s_wsum[S::W];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    if (tid == 0) s_tile = atomicAdd(a.ticket, 1);
+    __syncthreads();
+    const int bhs = pb.b * pb.h;
+    const int c = s_tile / bhs, bh = s_tile % bhs;
+    const int bi = bh / pb.h, hi = bh % pb.h, gi = hi / (pb.h / pb.g);
+    const int t0 = c * Q;
+    const int nvalid = min(Q, pb.l - t0);
+    const size_t tok0 = static_cast<size_t>(bi) * pb.l + t0;
+
+    // 1. loads: x and B in one group (step 2), C in a second one that lands while step 2 runs
+    const T* xg = static_cast<const T*>(pb.x) + (tok0 * pb.h + hi) * P;
+    const T* bg = static_cast<const T*>(pb.B) + (tok0 * pb.g + gi) * N;
+    const T* cg = static_cast<const T*>(pb.C) + (tok0 * pb.g + gi) * N;
+    constexpr int XV = P / 8, BV = N / 8;  // 16-byte pieces per row
+    for (int i = tid; i < Q * XV; i += Q) {
+        const int r = i / XV, v = i % XV;
+        const bool ok = r < nvalid;
+        cp_async16(smem_addr(xs + r * S::XS + v * 8), ok ? xg + static_cast<size_t>(r) * pb.h * P + v * 8 : pb.x, ok);
+    }
+    for (int i = tid; i < Q * BV; i += Q) {
+        const int r = i / BV, v = i % BV;
+        const bool ok = r < nvalid;
+        cp_async16(smem_addr(bs + r * S::BS + v * 8), ok ? bg + static_cast<size_t>(r) * pb.g * N + v * 8 : pb.B, ok);
+    }
+    cp_async_commit();
+    for (int i = tid; i < Q * BV; i += Q) {
+        const int r = i / BV, v = i % BV;
+        const bool ok = r < nvalid;
+        cp_async16(smem_addr(cs + r * S::BS + v * 8), ok ? cg + static_cast<size_t>(r) * pb.g * N + v * 8 : pb.C, ok);
+    }
+    cp_async_commit();
+
+    // dt' (0 past the end: no decay, no input) and the inclusive cumsum of dt'A over the chunk
+    float dtp = 0.f;
+    if (tid < nvalid) {
+        const float bias = pb.dt_bias ? pb.dt_bias[hi] : 0.f;
+        dtp = process_dt(to_f(static_cast<const T*>(pb.dt)[(tok0 + tid) * pb.h + hi]) + bias, pb.dtp);
+    }
+    float v = dtp * pb.A[hi];
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const float u = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o) v += u;
+    }
+    if (lane == 31) s_wsum[warp] = v;
+    __syncthreads();
+    float total = 0.f;
+#pragma unroll
+    for (int w = 0; w < S::W; ++w) {
+        const float ws = s_wsum[w];
+        if (w < warp) v += ws;
+        total += ws;
+    }
+    cum[tid] = v;
+    dts[tid] = dtp;
+    wts[tid] = __expf(total - v) * dtp;
+    cp_async_wait<1>();
+    __syncthreads();
+
+    // x·w: the input of step 2, scaled by each token's decay to the chunk end
+    for (int i = tid; i < Q * XV; i += Q) {
+        const int r = i / XV, col = (i % XV) * 8;
+        float e[8];
+        load_vec<T, 8>(xs + r * S::XS + col, e);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) e[k] *= wts[r];
+        store_vec<T, 8>(aux + r * S::XS + col, e);
+    }
+    __syncthreads();
+
+    // 2. S_c[p][n] = sum_j xw[j][p] B[j][n]: A = xwᵀ and B both from [k][.] storage (ldmatrix.trans)
+    const int wm = warp % S::WM, wn = warp / S::WM;
+    const int mi = lane >> 3, mr = lane & 7;  // which 8x8 matrix of an x4 load this lane addresses, and its row
+    float st[S::MT][S::NT][4];
+#pragma unroll
+    for (int i = 0; i < S::MT; ++i)
+#pragma unroll
+        for (int j = 0; j < S::NT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) st[i][j][r] = 0.f;
+#pragma unroll 2
+    for (int ks = 0; ks < Q / 16; ++ks) {
+        uint32_t af[S::MT][4];
+#pragma unroll
+        for (int mt = 0; mt < S::MT; ++mt) {
+            const int k = ks * 16 + mr + (mi >> 1) * 8, m = wm * S::TM + mt * 16 + (mi & 1) * 8;
+            ldsm_x4_t(af[mt], smem_addr(aux + k * S::XS + m));
+        }
+#pragma unroll
+        for (int nt2 = 0; nt2 < S::NT / 2; ++nt2) {
+            uint32_t bf[4];
+            const int k = ks * 16 + mr + (mi & 1) * 8, n = wn * S::TN + nt2 * 16 + (mi >> 1) * 8;
+            ldsm_x4_t(bf, smem_addr(bs + k * S::BS + n));
+#pragma unroll
+            for (int mt = 0; mt < S::MT; ++mt) {
+                M::mma(st[mt][2 * nt2], af[mt], bf[0], bf[1]);
+                M::mma(st[mt][2 * nt2 + 1], af[mt], bf[2], bf[3]);
+            }
+        }
+    }
+
+    // 3. chain the entering states
+    if (c > 0 && tid == 0) {
+        while (ld_acquire(a.counters + bh) < c) __nanosleep(32);
+    }
+    __syncthreads();  // the state is published, and no warp reads x·w any more (aux becomes S_in)
+    {
+        const size_t pn = static_cast<size_t>(P) * N;
+        const float* enter = c == 0 ? (pb.state_in ? pb.state_in + bh * pn : nullptr)
+                                    : a.ring + (static_cast<size_t>(bh) * 2 + (c & 1)) * pn;
+        float* leave = c == a.nchunks - 1 ? pb.state_out + bh * pn
+                                          : a.ring + (static_cast<size_t>(bh) * 2 + ((c + 1) & 1)) * pn;
+        const float decay = __expf(total);
+#pragma unroll
+        for (int mt = 0; mt < S::MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < S::NT; ++nt)
+#pragma unroll
+                for (int hr = 0; hr < 2; ++hr) {
+                    const int p = wm * S::TM + mt * 16 + (lane >> 2) + hr * 8;
+                    const int n = wn * S::TN + nt * 8 + (lane & 3) * 2;
+                    float2 e = make_float2(0.f, 0.f);
+                    if (enter) {
+                        // L2 reads: another SM wrote the ring, and this SM's L1 may hold an older copy
+                        e = c == 0 ? *reinterpret_cast<const float2*>(enter + p * N + n)
+                                   : __ldcg(reinterpret_cast<const float2*>(enter + p * N + n));
+                    }
+                    const float2 o = make_float2(fmaf(decay, e.x, st[mt][nt][2 * hr]),
+                                                 fmaf(decay, e.y, st[mt][nt][2 * hr + 1]));
+                    __stcg(reinterpret_cast<float2*>(leave + p * N + n), o);
+                    *reinterpret_cast<uint32_t*>(aux + p * S::BS + n) = M::pack(e.x, e.y);
+                }
+    }
+    __threadfence();
+    cp_async_wait<0>();
+    __syncthreads();
+    if (tid == 0 && c < a.nchunks - 1) st_release(a.counters + bh, c + 1);
+
+    // 4. outputs, 16 rows at a time
+    T* yg = static_cast<T*>(pb.y) + (tok0 * pb.h + hi) * P;
+    const int ra_off = lane >> 2;  // this lane's rows in a 16-row block: ra_off and ra_off + 8
+#pragma unroll 1
+    for (int half = 0; half < 2; ++half) {
+        const int rb = half == 0 ? warp : 2 * S::W - 1 - warp;
+        const int i0 = rb * 16;
+        if (i0 >= nvalid) continue;
+        uint32_t cf[N / 16][4];
+#pragma unroll
+        for (int ks = 0; ks < N / 16; ++ks)
+            ldsm_x4(cf[ks], smem_addr(cs + (i0 + (lane & 15)) * S::BS + ks * 16 + (lane >> 4) * 8));
+
+        // exp(cum_i) C_i · S_in: B operand = S_in[p][n], [n_out][k] storage
+        float yacc[P / 8][4];
+#pragma unroll
+        for (int pt = 0; pt < P / 8; ++pt)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) yacc[pt][r] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < N / 16; ++ks)
+#pragma unroll
+            for (int pt2 = 0; pt2 < P / 16; ++pt2) {
+                uint32_t bf[4];
+                ldsm_x4(bf, smem_addr(aux + (pt2 * 16 + mr + (mi >> 1) * 8) * S::BS + ks * 16 + (mi & 1) * 8));
+                M::mma(yacc[2 * pt2], cf[ks], bf[0], bf[1]);
+                M::mma(yacc[2 * pt2 + 1], cf[ks], bf[2], bf[3]);
+            }
+        const int ia = i0 + ra_off, ib = ia + 8;
+        const float ca = cum[ia], cb = cum[ib];
+        const float ea = __expf(ca), eb = __expf(cb);
+#pragma unroll
+        for (int pt = 0; pt < P / 8; ++pt) {
+            yacc[pt][0] *= ea;
+            yacc[pt][1] *= ea;
+            yacc[pt][2] *= eb;
+            yacc[pt][3] *= eb;
+        }
+
+        // causal part: G = C_i·B_jᵀ (16x16, registers), P = G ⊙ exp(cum_i - cum_j) dt'_j (j <= i), y += P x_j
+#pragma unroll 1
+        for (int jb = 0; jb <= rb; ++jb) {
+            float gacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+            for (int ks = 0; ks < N / 16; ++ks) {
+                uint32_t bf[4];
+                ldsm_x4(bf, smem_addr(bs + (jb * 16 + mr + (mi >> 1) * 8) * S::BS + ks * 16 + (mi & 1) * 8));
+                M::mma(gacc[0], cf[ks], bf[0], bf[1]);
+                M::mma(gacc[1], cf[ks], bf[2], bf[3]);
+            }
+            uint32_t pf[4];
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                const int j = jb * 16 + nt * 8 + (lane & 3) * 2;
+                const float cj0 = cum[j], cj1 = cum[j + 1], d0 = dts[j], d1 = dts[j + 1];
+                const float p00 = j <= ia ? gacc[nt][0] * __expf(ca - cj0) * d0 : 0.f;
+                const float p01 = j + 1 <= ia ? gacc[nt][1] * __expf(ca - cj1) * d1 : 0.f;
+                const float p10 = j <= ib ? gacc[nt][2] * __expf(cb - cj0) * d0 : 0.f;
+                const float p11 = j + 1 <= ib ? gacc[nt][3] * __expf(cb - cj1) * d1 : 0.f;
+                pf[2 * nt] = M::pack(p00, p01);
+                pf[2 * nt + 1] = M::pack(p10, p11);
+            }
+#pragma unroll
+            for (int pt2 = 0; pt2 < P / 16; ++pt2) {
+                uint32_t bf[4];
+                ldsm_x4_t(bf, smem_addr(xs + (jb * 16 + mr + (mi & 1) * 8) * S::XS + pt2 * 16 + (mi >> 1) * 8));
+                M::mma(yacc[2 * pt2], pf, bf[0], bf[1]);
+                M::mma(yacc[2 * pt2 + 1], pf, bf[2], bf[3]);
+            }
+        }
+
+        // + D x, stored straight from the accumulators (pairs of columns)
+#pragma unroll
+        for (int pt = 0; pt < P / 8; ++pt) {
+            const int pc = pt * 8 + (lane & 3) * 2;
+            float d0 = 0.f, d1 = 0.f;
+            if (pb.D) {
+                d0 = pb.D_has_hdim ? pb.D[hi * P + pc] : pb.D[hi];
+                d1 = pb.D_has_hdim ? pb.D[hi * P + pc + 1] : d0;
+            }
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                const int i = hr ? ib : ia;
+                if (i < nvalid) {
+                    const float x0 = to_f(xs[i * S::XS + pc]), x1 = to_f(xs[i * S::XS + pc + 1]);
+                    *reinterpret_cast<uint32_t*>(yg + static_cast<size_t>(i) * pb.h * P + pc) =
+                        M::pack(fmaf(d0, x0, yacc[pt][2 * hr]), fmaf(d1, x1, yacc[pt][2 * hr + 1]));
+                }
+            }
+        }
+    }
+}
+
+size_t align256(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
+
+template <typename T, int Q, int P, int N>
+int launch(const ScanProblem& pb, void* ws, cudaStream_t stream) {
+    using S = Tile<Q, P, N>;
+    const int bhs = pb.b * pb.h;
+    ChunkArgs a{pb, nullptr, nullptr, nullptr, (pb.l + Q - 1) / Q};
+    a.ring = static_cast<float*>(ws);
+    a.counters = reinterpret_cast<int*>(static_cast<char*>(ws) + align256(2 * static_cast<size_t>(bhs) * P * N * 4));
+    a.ticket = a.counters + bhs;
+    cudaError_t e = cudaMemsetAsync(a.counters, 0, (bhs + 1) * sizeof(int), stream);
+    if (e != cudaSuccess) return e;
+    auto kernel = ssd_chunked_kernel<T, Q, P, N>;
+    // Raise the kernel's shared-memory limit once per device: not again inside a CUDA graph capture.
+    static std::atomic<unsigned long long> raised{0};
+    int dev = 0;
+    e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    const unsigned long long bit = dev < 64 ? 1ull << dev : 0ull;
+    if (!(raised.load() & bit)) {
+        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::SMEM));
+        if (e != cudaSuccess) return e;
+        raised.fetch_or(bit);
+    }
+    const long tiles = static_cast<long>(a.nchunks) * bhs;
+    kernel<<<static_cast<unsigned>(tiles), Q, S::SMEM, stream>>>(a);
+    return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T, int Q>
+int launch_shape(const ScanProblem& pb, void* ws, cudaStream_t stream) {
+    if (pb.p == 64 && pb.n == 128) return launch<T, Q, 64, 128>(pb, ws, stream);
+    if (pb.p == 64 && pb.n == 64) return launch<T, Q, 64, 64>(pb, ws, stream);
+    return SSD_ERR_BAD_ARG;
+}
+
+template <typename T>
+int launch_dtype(const ScanProblem& pb, int q, void* ws, cudaStream_t stream) {
+    return q == 128 ? launch_shape<T, 128>(pb, ws, stream) : launch_shape<T, 256>(pb, ws, stream);
+}
+
+}  // namespace
+
+int chunk_tile(int chunk_size) { return chunk_size >= 256 ? 256 : 128; }
+
+bool chunked_supported(const ScanProblem& pb) {
+    const bool shape = pb.p == 64 && (pb.n == 128 || pb.n == 64);
+    const bool dtype = pb.dtype == SSD_F16 || pb.dtype == SSD_BF16;
+    // cp.async moves 16-byte pieces; every row start is then aligned when the bases are
+    const bool aligned = aligned16(pb.x) && aligned16(pb.B) && aligned16(pb.C) && aligned16(pb.y) &&
+                         (pb.state_in == nullptr || aligned16(pb.state_in)) && aligned16(pb.state_out);
+    return shape && dtype && aligned;
+}
+
+size_t chunked_workspace_size(int b, int h, int p, int n) {
+    const size_t bhs = static_cast<size_t>(b) * h;
+    return align256(2 * bhs * p * n * sizeof(float)) + align256((bhs + 1) * sizeof(int));
+}
+
+int run_chunked(const ScanProblem& pb, int chunk_size, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+    if (workspace_bytes < chunked_workspace_size(pb.b, pb.h, pb.p, pb.n)) return SSD_ERR_WORKSPACE;
+    if (!workspace || !aligned16(workspace)) return SSD_ERR_BAD_ARG;
+    const int q = chunk_tile(chunk_size);
+    if (pb.dtype == SSD_BF16) return launch_dtype<__nv_bfloat16>(pb, q, workspace, stream);
+    if (pb.dtype == SSD_F16) return launch_dtype<__half>(pb, q, workspace, stream);
+    return SSD_ERR_BAD_ARG;
+}
+
+}  // namespace ssd

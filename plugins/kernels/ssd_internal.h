@@ -1,0 +1,40 @@
+// Internal interface between the C ABI (ssd_api.cu) and the two implementations of the SSD recurrence.
+#pragma once
+#include <stddef.h>
+
+#include "ssd_kernels.h"
+
+namespace ssd {
+
+// One SSD problem in the contract's layouts. l = 1 is a decode step. state_in may be NULL (zeros) and may equal
+// state_out; D and dt_bias may be NULL (zeros).
+struct ScanProblem {
+    const void* x;
+    const void* dt;
+    const float* A;
+    const void* B;
+    const void* C;
+    const float* D;
+    int D_has_hdim;
+    const float* dt_bias;
+    const float* state_in;
+    void* y;
+    float* state_out;
+    int b, l, h, p, g, n;
+    ssd_dt_params_t dtp;
+    ssd_dtype_t dtype;
+};
+
+// Token-by-token recurrence on CUDA cores, one thread group per state row: exact for every dtype and shape (n up to
+// kRecurrentMaxN), and the fastest choice for decode and short prompts.
+constexpr int kRecurrentMaxN = 512;
+int run_recurrent(const ScanProblem& pb, cudaStream_t stream);
+
+// Chunked SSD on tensor cores (fp16/bf16, head dim and state size of the instantiated tiles).
+// chunk_tile(chunk_size) is the chunk length the kernel will use for a requested chunk size.
+int chunk_tile(int chunk_size);
+bool chunked_supported(const ScanProblem& pb);
+size_t chunked_workspace_size(int b, int h, int p, int n);
+int run_chunked(const ScanProblem& pb, int chunk_size, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace ssd

@@ -1,0 +1,333 @@
+"""The ssd_kernels CUDA library (``plugins/kernels``) from Python, through ctypes.
+
+``ssd_scan``, ``ssd_step``, ``causal_conv1d`` and ``gated_rmsnorm`` take torch CUDA tensors in the layouts and
+dtypes of the op contract (DESIGN §2) and have the signatures of the reference listings (``ssd/reference.py``),
+plus a keyword-only ``out`` for preallocated outputs (CUDA graphs; ``ssd_step(..., out=(y, state))`` updates the
+state in place). Every argument is checked before the library is loaded or CUDA is touched: a mistake raises
+``ValueError`` naming the tensor. The library is found through ``SSD_DEPLOY_KERNELS_LIB``, else in
+``plugins/build/``; ``build()`` compiles it with CMake.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .errors import UserError
+
+ENV_LIB = "SSD_DEPLOY_KERNELS_LIB"
+PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
+DEFAULT_BUILD_DIR = PLUGINS_DIR / "build"
+LIB_NAME = "libssd_kernels.so"
+MAX_STATE_SIZE = 512  # n beyond this is refused by the library (kRecurrentMaxN)
+MAX_CONV_WIDTH = 64
+
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+SYMBOLS = ("ssd_scan_workspace_size", "ssd_scan", "ssd_step", "ssd_causal_conv1d", "ssd_gated_rmsnorm",
+           "ssd_error_string")
+
+
+class _DtParams(ctypes.Structure):
+    _fields_ = [("dt_softplus", ctypes.c_int), ("dt_min", ctypes.c_float), ("dt_max", ctypes.c_float)]
+
+
+# --------------------------------------------------------------------------------------------------- the library
+
+def library_path() -> Path:
+    """The shared library to load: ``$SSD_DEPLOY_KERNELS_LIB``, else ``plugins/build/libssd_kernels.so``."""
+    env = os.environ.get(ENV_LIB)
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise UserError(f"{ENV_LIB}={env} is not a file")
+        return path
+    path = DEFAULT_BUILD_DIR / LIB_NAME
+    if not path.is_file():
+        raise UserError(f"the CUDA kernels are not built: no {path} (and {ENV_LIB} is unset); "
+                        "run `ssd-deploy plugins build`")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: str) -> ctypes.CDLL:
+    lib = ctypes.CDLL(path)
+    vp, i, f, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_size_t
+    protos = {
+        "ssd_scan_workspace_size": (sz, [i] * 7 + [i]),
+        "ssd_scan": (i, [vp] * 6 + [i] + [vp] * 4 + [i] * 7 + [_DtParams, i, vp, sz, vp]),
+        "ssd_step": (i, [vp] * 7 + [i] + [vp] * 3 + [i] * 5 + [_DtParams, i, vp]),
+        "ssd_causal_conv1d": (i, [vp] * 6 + [i] * 6 + [vp]),
+        "ssd_gated_rmsnorm": (i, [vp] * 4 + [i] * 3 + [f, i, vp]),
+        "ssd_error_string": (ctypes.c_char_p, [i]),
+    }
+    for name, (restype, argtypes) in protos.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+def _lib() -> ctypes.CDLL:
+    return _load(str(library_path()))
+
+
+def _call(name: str, device: torch.device, *args) -> None:
+    lib = _lib()
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        rc = getattr(lib, name)(*args, stream)
+    if rc != 0:
+        raise RuntimeError(f"{name} failed ({rc}): {lib.ssd_error_string(rc).decode()}")
+
+
+def _ptr(t: Optional[Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+# --------------------------------------------------------------------------------------------------- the checks
+
+def _need(name: str, t, shape: tuple, dtype: Optional[torch.dtype] = None) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{name} has dtype {t.dtype}, expected {dtype}")
+
+
+def _need_rank(name: str, t, rank: int, layout: str) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != rank:
+        raise ValueError(f"{name} must be {layout}, got shape {tuple(t.shape)}")
+
+
+def _io_dtype(name: str, t: Tensor) -> torch.dtype:
+    if t.dtype not in _DTYPE_CODES:
+        raise ValueError(f"{name} has dtype {t.dtype}; the kernels take float32, float16 or bfloat16")
+    return t.dtype
+
+
+def _placement(**tensors: Optional[Tensor]) -> torch.device:
+    """Contiguous, all on one CUDA device (checked last, so that shape and dtype mistakes are named first)."""
+    present = {k: t for k, t in tensors.items() if t is not None}
+    for name, t in present.items():
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (dense row-major)")
+    for name, t in present.items():
+        if t.device.type != "cuda":
+            raise ValueError(f"{name} is on {t.device}; the CUDA kernels take CUDA tensors")
+    devices = {t.device for t in present.values()}
+    if len(devices) > 1:
+        raise ValueError(f"tensors on different devices: {sorted(str(d) for d in devices)}")
+    return devices.pop()
+
+
+def _dt_params(dt_softplus: bool, dt_min: float, dt_max: float) -> _DtParams:
+    if math.isnan(dt_min) or math.isnan(dt_max):
+        raise ValueError("dt_min and dt_max must be numbers")
+    return _DtParams(int(bool(dt_softplus)), float(dt_min), float(dt_max))
+
+
+def _ssd_params(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dt_bias: Tensor,
+                tokens: tuple) -> tuple[int, int, int, int, int]:
+    """Checks the tensors shared by scan and step (``tokens`` = (b, l) or (b,)); returns (h, p, g, n, D_has_hdim)."""
+    h, p = x.shape[-2:]
+    g, n = B.shape[-2:]
+    dtype = _io_dtype("x", x)
+    _need("dt", dt, (*tokens, h), dtype)
+    _need("B", B, (*tokens, g, n), dtype)
+    _need("C", C, (*tokens, g, n), dtype)
+    _need("A", A, (h,), torch.float32)
+    _need("dt_bias", dt_bias, (h,), torch.float32)
+    if not isinstance(D, Tensor) or D.dim() not in (1, 2):
+        raise ValueError(f"D must be [h] or [h, p], got {getattr(D, 'shape', type(D).__name__)}")
+    _need("D", D, (h,) if D.dim() == 1 else (h, p), torch.float32)
+    if g < 1 or h % g:
+        raise ValueError(f"heads ({h}) must be a multiple of groups ({g})")
+    if not 1 <= n <= MAX_STATE_SIZE:
+        raise ValueError(f"state size n = {n} is outside what the kernels support (1..{MAX_STATE_SIZE})")
+    if min(h, p) < 1 or 0 in tokens:
+        raise ValueError(f"empty tensors: x has shape {tuple(x.shape)}")
+    return h, p, g, n, int(D.dim() == 2)
+
+
+def _check_out(out, shapes: tuple, dtypes: tuple, names: tuple) -> dict:
+    """Preallocated outputs, by name (empty when ``out`` is None), checked like the inputs."""
+    if out is None:
+        return {}
+    if not isinstance(out, (tuple, list)) or len(out) != len(shapes):
+        raise ValueError(f"out must be a tuple ({', '.join(names)})")
+    for name, t, s, d in zip(names, out, shapes, dtypes):
+        _need(name, t, s, d)
+    return dict(zip(names, out))
+
+
+def _alloc(out, shapes: tuple, dtypes: tuple, device: torch.device) -> tuple:
+    if out is not None:
+        return tuple(out)
+    return tuple(torch.empty(s, dtype=d, device=device) for s, d in zip(shapes, dtypes))
+
+
+# --------------------------------------------------------------------------------------------------- the ops
+
+def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dt_bias: Tensor,
+             initial_state: Optional[Tensor] = None, *, chunk_size: int = 256, dt_softplus: bool = True,
+             dt_min: float = 0.0, dt_max: float = math.inf, out: Optional[tuple] = None) -> tuple[Tensor, Tensor]:
+    """Prefill: (y [b,l,h,p] in x's dtype, final_state [b,h,p,n] float32). ``out`` = (y, final_state)."""
+    _need_rank("x", x, 4, "[b, l, h, p]")
+    _need_rank("B", B, 4, "[b, l, g, n]")
+    b, l, h, p = x.shape
+    h, p, g, n, d_hdim = _ssd_params(x, dt, A, B, C, D, dt_bias, (b, l))
+    if initial_state is not None:
+        _need("initial_state", initial_state, (b, h, p, n), torch.float32)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    dtp = _dt_params(dt_softplus, dt_min, dt_max)
+    shapes, dtypes = ((b, l, h, p), (b, h, p, n)), (x.dtype, torch.float32)
+    outs = _check_out(out, shapes, dtypes, ("y", "final_state"))
+    device = _placement(x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, initial_state=initial_state, **outs)
+    y, final = _alloc(out, shapes, dtypes, device)
+
+    code = _DTYPE_CODES[x.dtype]
+    ws_bytes = _lib().ssd_scan_workspace_size(b, l, h, p, g, n, chunk_size, code)
+    ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device) if ws_bytes else None
+    _call("ssd_scan", device, _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _ptr(D), d_hdim, _ptr(dt_bias),
+          _ptr(initial_state), _ptr(y), _ptr(final), b, l, h, p, g, n, chunk_size, dtp, code, _ptr(ws), ws_bytes)
+    return y, final
+
+
+def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dt_bias: Tensor, *,
+             dt_softplus: bool = True, dt_min: float = 0.0, dt_max: float = math.inf,
+             out: Optional[tuple] = None) -> tuple[Tensor, Tensor]:
+    """Decode: (y [b,h,p], new state [b,h,p,n] float32). ``out=(y, state)`` updates ``state`` in place."""
+    _need_rank("x", x, 3, "[b, h, p]")
+    _need_rank("B", B, 3, "[b, g, n]")
+    b, h, p = x.shape
+    h, p, g, n, d_hdim = _ssd_params(x, dt, A, B, C, D, dt_bias, (b,))
+    _need("state", state, (b, h, p, n), torch.float32)
+    dtp = _dt_params(dt_softplus, dt_min, dt_max)
+    shapes, dtypes = ((b, h, p), (b, h, p, n)), (x.dtype, torch.float32)
+    outs = _check_out(out, shapes, dtypes, ("y", "new_state"))
+    device = _placement(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, **outs)
+    y, new = _alloc(out, shapes, dtypes, device)
+    _call("ssd_step", device, _ptr(state), _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _ptr(D), d_hdim,
+          _ptr(dt_bias), _ptr(y), _ptr(new), b, h, p, g, n, dtp, _DTYPE_CODES[x.dtype])
+    return y, new
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_state: Optional[Tensor] = None, *,
+                  silu: bool = True, out: Optional[tuple] = None) -> tuple[Tensor, Tensor]:
+    """Depthwise causal conv: (y [b,l,d] in x's dtype, new conv_state [b,d,k-1] float32)."""
+    _need_rank("x", x, 3, "[b, l, d]")
+    _need_rank("weight", weight, 2, "[d, k]")
+    b, l, d = x.shape
+    k = weight.shape[1]
+    dtype = _io_dtype("x", x)
+    _need("weight", weight, (d, k), torch.float32)
+    if bias is not None:
+        _need("bias", bias, (d,), torch.float32)
+    if conv_state is not None:
+        _need("conv_state", conv_state, (b, d, k - 1), torch.float32)
+    if not 1 <= k <= MAX_CONV_WIDTH:
+        raise ValueError(f"conv width k = {k} is outside what the kernel supports (1..{MAX_CONV_WIDTH})")
+    if min(b, l, d) < 1:
+        raise ValueError(f"empty tensors: x has shape {tuple(x.shape)}")
+    shapes, dtypes = ((b, l, d), (b, d, k - 1)), (dtype, torch.float32)
+    outs = _check_out(out, shapes, dtypes, ("y", "new_conv_state"))
+    device = _placement(x=x, weight=weight, bias=bias, conv_state=conv_state, **outs)
+    y, new = _alloc(out, shapes, dtypes, device)
+    _call("ssd_causal_conv1d", device, _ptr(x), _ptr(weight), _ptr(bias), _ptr(conv_state), _ptr(y), _ptr(new),
+          b, l, d, k, int(bool(silu)), _DTYPE_CODES[dtype])
+    return y, new
+
+
+def gated_rmsnorm(y: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int, *,
+                  out: Optional[Tensor] = None) -> Tensor:
+    """rmsnorm(y * silu(z)) per group of ``group_size`` channels; y, z [..., d], weight [d] float32."""
+    if not isinstance(y, Tensor) or y.dim() < 1:
+        raise ValueError("y must be a tensor [..., d]")
+    d = y.shape[-1]
+    dtype = _io_dtype("y", y)
+    _need("z", z, tuple(y.shape), dtype)
+    _need("weight", weight, (d,), torch.float32)
+    if not isinstance(group_size, int) or group_size < 1 or d % group_size:
+        raise ValueError(f"group_size ({group_size!r}) must be a positive divisor of d ({d})")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    rows = y.numel() // d if d else 0
+    if rows < 1:
+        raise ValueError(f"empty tensors: y has shape {tuple(y.shape)}")
+    if out is not None:
+        _need("out", out, tuple(y.shape), dtype)
+    device = _placement(y=y, z=z, weight=weight, out=out)
+    if out is None:
+        out = torch.empty_like(y)
+    _call("ssd_gated_rmsnorm", device, _ptr(y), _ptr(z), _ptr(weight), _ptr(out), rows, d, group_size, float(eps),
+          _DTYPE_CODES[dtype])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- the build
+
+def _find_nvcc() -> Optional[str]:
+    candidates = [os.environ.get("CUDACXX"), shutil.which("nvcc")]
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home:
+            candidates.append(str(Path(home) / "bin" / "nvcc"))
+    return next((c for c in candidates if c and Path(c).is_file() and os.access(c, os.X_OK)), None)
+
+
+def _arch_list(archs) -> str:
+    items = [archs] if isinstance(archs, (str, int)) else list(archs)
+    parts = [p for a in items for p in str(a).replace(",", ";").split(";") if p.strip()]
+    out = [p.strip().lower().removeprefix("sm_").removeprefix("compute_") for p in parts]
+    if not out or not all(a.isdigit() for a in out):
+        raise UserError(f"architectures must be SM numbers such as 90 or 80;90, got {archs!r}")
+    return ";".join(out)
+
+
+def _run(cmd: list) -> None:
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-30:])
+        raise UserError(f"`{' '.join(map(str, cmd))}` failed (exit {proc.returncode}):\n{tail}")
+
+
+def build(build_dir: Optional[os.PathLike] = None, archs: Optional[Iterable] = None) -> Path:
+    """Configure and build ``plugins/`` with CMake; returns the path of ``libssd_kernels.so``.
+
+    ``archs`` narrows the SM architectures (e.g. ``["90"]``); by default every one of sm_80..sm_120 that the
+    installed nvcc supports. The TensorRT plugin library is built too when TensorRT headers are found.
+    """
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise UserError("cmake is not on PATH: install CMake >= 3.24 (for example `pip install cmake`) "
+                        "to build the CUDA kernels")
+    nvcc = _find_nvcc()
+    if nvcc is None:
+        raise UserError("nvcc not found (looked at $CUDACXX, PATH, $CUDA_HOME/bin, /usr/local/cuda/bin): "
+                        "install the CUDA toolkit to build the CUDA kernels")
+    build_dir = Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR
+    configure = [cmake, "-S", str(PLUGINS_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"]
+    if not (build_dir / "CMakeCache.txt").exists():  # compiler and generator are fixed once a build dir exists
+        configure.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
+        if shutil.which("ninja"):
+            configure += ["-G", "Ninja"]
+    if archs is not None:
+        configure.append(f"-DSSD_CUDA_ARCHS={_arch_list(archs)}")
+    _run(configure)
+    _run([cmake, "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2)])
+    lib = build_dir / LIB_NAME
+    if not lib.is_file():
+        raise UserError(f"the build finished without producing {lib}")
+    return lib
