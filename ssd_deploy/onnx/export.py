@@ -25,11 +25,11 @@ from ..checkpoint import checkpoint_hash, load_model
 from ..config import Mamba2Config
 from ..errors import UserError
 from ..model import Mamba2LM
-from . import ort, portable
+from . import ort, portable, trt
 from .metadata import DATA_FILE, INPUT_IDS, LOGITS, MODEL_FILE, ExportMetadata, state_names
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FLAVORS = {"portable": portable, "ort": ort}  # flavor name → module with lowerings(dims) (and optionally finalize(model))
+FLAVORS = {"portable": portable, "ort": ort, "trt": trt}  # flavor name → module with lowerings(dims) (and optionally finalize(model))
 EXTERNAL_DATA = ("auto", "always", "never")
 IR_VERSION = 10  # ONNX 1.23 writes 14 by default; current ONNX Runtime releases load 10
 EXTERNAL_AUTO_BYTES = 1 << 30  # protobuf cannot hold 2 GiB; go external well before

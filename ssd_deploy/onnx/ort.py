@@ -1,0 +1,94 @@
+"""The `ort` lowering (DESIGN §4): the scan and the conv as ONNX Runtime ``com.microsoft`` contrib ops.
+
+Semantics of each contrib op, checked numerically against ONNX Runtime 1.32 (CPU) before relying on them
+(tests/test_export_ort.py keeps them checked):
+
+* ``LinearAttention`` (update_rule "gated"): S_t = exp(g_t) S_{t-1} + k_t ⊗ v_t, o_t = scale · q_tᵀ S_t, state
+  [b, H, d_k, d_v]. With q = C, k = B, v = dt'·x, g = A·dt' and scale = 1 this is the SSD recurrence (the op's
+  default scale is 1/sqrt(d_k), so it is set explicitly). Its GQA shares one *key/value* head among query heads,
+  while SSD shares B and C (query and key) among value heads: groups are expanded to heads instead. dt', the D skip
+  and the clamps are computed around the op, in float32.
+* ``CausalConvWithState``: depthwise causal conv with a k-1 carry and fused SiLU. ``channels_last=1`` takes x as
+  [b, l, d] as the model has it, but then wants the carry as [b, k-1, d]: transposing the tiny carry is cheaper
+  than transposing the activations.
+* ``GatedRMSNorm`` normalises *before* gating (x·rsqrt(mean(x²)+eps)·w·silu(z)), not rmsnorm(y·silu(z)) as the
+  contract wants (relative difference ≈ 0.5 on random data): the gated norm keeps the portable lowering.
+
+The contrib ops take parameters and states in the activation dtype; the contract keeps them float32. So every
+contrib op runs in float32 (inputs cast up, the result cast back), which is also what the reference computes.
+
+State layout: LinearAttention's state is [b, h, n, p], the contract's [b, h, p, n]; the graph transposes at the
+op's boundary and keeps the contract layout (and ``ssm_layout``) of DESIGN §3. Measured on 2 CPU cores, 130m
+shapes (benchmarks/bench_cpu_flavors.py ``--layout-cost``): see the module's README entry in export/README.md.
+"""
+
+from __future__ import annotations
+
+from onnxscript import opset18 as op
+
+from .custom import custom_op
+from .portable import OPSET, Dims, d_skip, f32, gated_rmsnorm, ints, process_dt
+
+__all__ = ["OPSET", "lowerings"]
+
+DOMAIN = "com.microsoft"
+
+LinearAttention = custom_op(
+    DOMAIN, "LinearAttention", ["query", "key", "value", "past_state", "decay", "beta"], ["output", "present_state"],
+    {"update_rule": str, "q_num_heads": int, "kv_num_heads": int, "scale": float}, optional=("past_state", "beta"))
+CausalConvWithState = custom_op(
+    DOMAIN, "CausalConvWithState", ["input", "weight", "bias", "past_state"], ["output", "present_state"],
+    {"activation": str, "channels_last": int}, optional=("bias", "past_state"))
+
+
+def _per_head(t, dims: Dims):
+    """[b, l, g, n] per group → [b, l, h·n] per head (contiguous groups: head i uses group i // r), float32."""
+    t = f32(t)
+    if dims.r > 1:
+        t = op.Expand(op.Unsqueeze(t, ints(3)), ints(1, 1, 1, dims.r, 1))
+    return op.Reshape(t, ints(0, 0, dims.h * dims.n))
+
+
+def _swap_last(t):
+    """[b, h, a, c] → [b, h, c, a]: the contract's ssm state layout ↔ LinearAttention's."""
+    return op.Transpose(t, perm=[0, 1, 3, 2])
+
+
+def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus: bool, dt_min: float, dt_max: float,
+             dims: Dims):
+    h, p = dims.h, dims.p
+    xf = f32(x)
+    dtp = process_dt(dt, dt_bias, dt_softplus, dt_min, dt_max)  # [b,l,h]
+    value = op.Reshape(op.Mul(xf, op.Unsqueeze(dtp, ints(-1))), ints(0, 0, h * p))
+    y, state = LinearAttention(_per_head(C, dims), _per_head(B, dims), value, _swap_last(initial_state),
+                               op.Mul(dtp, A), None, update_rule="gated", q_num_heads=h, kv_num_heads=h,
+                               scale=1.0)
+    y = op.Add(op.Reshape(y, ints(0, 0, h, p)), d_skip(D, xf, dims))
+    return op.CastLike(y, x), _swap_last(state)
+
+
+def ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus: bool, dt_min: float, dt_max: float, dims: Dims):
+    """One token is the scan at l = 1 (the op has no separate decode form)."""
+    one = ints(1)
+    y, new = ssd_scan(op.Unsqueeze(x, one), op.Unsqueeze(dt, one), A, op.Unsqueeze(B, one), op.Unsqueeze(C, one), D,
+                      dt_bias, state, dt_softplus, dt_min, dt_max, dims)
+    return op.Squeeze(y, one), new
+
+
+def causal_conv1d(x, weight, bias, conv_state, silu: bool):
+    y, carry = CausalConvWithState(f32(x), op.Unsqueeze(weight, ints(1)), bias,
+                                   op.Transpose(conv_state, perm=[0, 2, 1]),
+                                   activation="silu" if silu else "none", channels_last=1)
+    return op.CastLike(y, x), op.Transpose(carry, perm=[0, 2, 1])
+
+
+def lowerings(dims: Dims) -> dict:
+    """The translation of each ssd_deploy op (names as in ssd/ops.py), static sizes bound."""
+
+    def scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus, dt_min, dt_max):
+        return ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, dims)
+
+    def step(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_min, dt_max):
+        return ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_min, dt_max, dims)
+
+    return {"ssd_scan": scan, "ssd_step": step, "causal_conv1d": causal_conv1d, "gated_rmsnorm": gated_rmsnorm}
