@@ -76,6 +76,8 @@ def parity(build_dir: Path, work: Path, seed: int, timed: bool) -> list[dict]:
     proc = subprocess.run([str(build_dir / HARNESS), "run", str(build_dir / PLUGIN_LIB), *map(str, dirs)],
                           capture_output=True, text=True)
     (work / "harness.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode not in (0, 1):  # 1: some case failed, reported per case below; else a crash
+        print(f"harness exited with {proc.returncode}; see {work / 'harness.log'}")
     rows = []
     for case, d in zip(cases, dirs):
         result = dict(line.split(" ", 1) for line in (d / "result.txt").read_text().splitlines()) \
