@@ -155,6 +155,17 @@ int32_t SsdPluginBase::getOutputDataTypes(
     {
         return fail("activations must be float32, float16 or bfloat16");
     }
+    // Networks are strongly typed: a wrong input dtype is the graph's, so say which input rather than let the
+    // format search fail without a reason.
+    for (int32_t i = 0; i < nbInputs; ++i)
+    {
+        bool const activation = mSpec->roles[i] == Role::kACTIVATION;
+        if (inputTypes[i] != (activation ? io : DataType::kFLOAT))
+        {
+            return fail("input " + std::to_string(i) + (activation ? " must have the dtype of input "
+                        + std::to_string(mSpec->anchor()) : std::string(" must be float32")));
+        }
+    }
     for (int32_t o = 0; o < nbOutputs; ++o)
     {
         outputTypes[o] = mSpec->roles[nbInputs + o] == Role::kACTIVATION ? io : DataType::kFLOAT;

@@ -246,10 +246,26 @@ void checkPluginInterfaces(Checker& c, PluginLibrary const& lib)
                     where + ": non-linear format refused");
             }
         }
-        std::vector<DataType> intTypes(k.nbInputs, DataType::kINT32);
         std::vector<DataType> outTypes(nbOutputs);
+        std::vector<DataType> intTypes(k.nbInputs, DataType::kINT32);
         c.expect(build->getOutputDataTypes(outTypes.data(), nbOutputs, intTypes.data(), k.nbInputs) != 0,
             k.name + ": getOutputDataTypes refuses int32 activations");
+        for (int32_t i = 0; i < k.nbInputs; ++i)
+        {
+            // one input off its role: a half parameter or state, or an activation of another dtype than the anchor
+            std::vector<DataType> types(k.nbInputs);
+            for (int32_t j = 0; j < k.nbInputs; ++j)
+            {
+                types[j] = roleType(k.roles[j], DataType::kFLOAT);
+            }
+            types[i] = DataType::kHALF;
+            // Valid only when input i is the sole activation input (then the node is simply half).
+            bool const sole = i == anchor && k.roles.substr(0, k.nbInputs).find('A', anchor + 1) == std::string::npos;
+            bool const refused = build->getOutputDataTypes(outTypes.data(), nbOutputs, types.data(), k.nbInputs) != 0;
+            c.expect(refused != sole,
+                k.name + ": getOutputDataTypes with input " + std::to_string(i) + " half, the rest float32 "
+                    + (sole ? "accepted" : "refused"));
+        }
     }
 }
 
