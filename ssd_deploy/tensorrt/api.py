@@ -29,6 +29,9 @@ ENV_VAR = "SSD_DEPLOY_TENSORRT"
 # TensorRT-RTX builds for these by default; Turing (7.5) only when asked for explicitly (TensorRT-RTX docs,
 # "CPU-Only AOT and TensorRT-RTX Engines"), and other capabilities (9.0, 10.0) are not supported at all.
 RTX_NOT_DEFAULT = ("SM75",)
+# TensorRT's plugin registry is one per process (builder's and runtime's alike), and loading a library whose creators
+# are registered already fails: each library is loaded once, and its handle kept for the life of the process.
+_LOADED_PLUGINS: dict[str, Any] = {}
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -99,12 +102,17 @@ class TrtApi:
                 f"{what} needs TensorRT plugins, which {self.display_name} does not support; install TensorRT "
                 f"10 or 11 (pip install tensorrt) or export the portable flavor")
 
-    def load_plugins(self, registry_owner, path: str):
-        """Loads a plugin library into the registry of a Builder or Runtime."""
+    def load_plugins(self, registry_owner, path):
+        """Loads a plugin library into the (process-wide) registry, through a Builder or Runtime."""
         self.check_plugins(f"plugin library {path}")
-        if registry_owner.get_plugin_registry().load_library(str(path)) is None:
-            raise UserError(f"{path}: {self.display_name} could not load this plugin library (see the log above; a "
-                            f"library built against another TensorRT major, or plugins registered twice?)")
+        key = os.path.realpath(path)
+        if key in _LOADED_PLUGINS:
+            return
+        handle = registry_owner.get_plugin_registry().load_library(key)
+        if handle is None:
+            raise UserError(f"{path}: {self.display_name} could not load this plugin library (built against another "
+                            f"TensorRT major, or another library with the same plugins loaded already?)")
+        _LOADED_PLUGINS[key] = handle
 
     def set_workspace(self, config, nbytes: int):
         config.set_memory_pool_limit(self.module.MemoryPoolType.WORKSPACE, nbytes)

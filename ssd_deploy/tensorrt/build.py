@@ -124,6 +124,32 @@ def add_profiles(builder, config, network, profiles: list[Profile]) -> list:
     return made
 
 
+def _parse(api: trt_api.TrtApi, logger, onnx_path: Path, plugins: Path | None):
+    """Builder and parsed network; the parser is returned too because it owns the weights until the build ends."""
+    builder = api.module.Builder(logger)
+    if plugins is not None:
+        api.load_plugins(builder, plugins)  # before parsing: the parser maps plugin nodes to registered creators
+    network = api.create_network(builder)
+    parser = api.module.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from the file, so external weights are found
+        raise UserError(parse_errors(parser, onnx_path, api.display_name))
+    return builder, network, parser
+
+
+def _timing_cache(api: trt_api.TrtApi, config, path: Path | None, notes: list[str]):
+    if path is None:
+        return None
+    if not api.supports_timing_cache:
+        notes.append(f"--timing-cache ignored: {api.display_name}'s timing cache does not change its engines, and "
+                     f"using one would make the ahead-of-time build need a GPU")
+        return None
+    cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise UserError(f"--timing-cache {path}: not a timing cache of {api.display_name} on this GPU; delete it or "
+                        f"give another path")
+    return cache
+
+
 def build(export_dir: Path, opts: BuildOptions = BuildOptions(), api: trt_api.TrtApi | None = None,
           console: Console | None = None) -> BuildResult:
     onnx_path = model_path(export_dir)
@@ -158,39 +184,25 @@ def build(export_dir: Path, opts: BuildOptions = BuildOptions(), api: trt_api.Tr
         if opts.verbose:
             console.print(f"[TensorRT {severity.lower()}] {msg}", markup=False, highlight=False)
 
+    sources = onnx_files(export_dir)
+    onnx_sha256 = sha256_files(sources)  # of what is parsed next
     logger = api.logger(sink)
-    builder = api.module.Builder(logger)
-    if plugins is not None:
-        api.load_plugins(builder, plugins)
-    network = api.create_network(builder)
-    parser = api.module.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise UserError(parse_errors(parser, onnx_path, api.display_name))
+    builder, network, parser = _parse(api, logger, onnx_path, plugins)
     config = builder.create_builder_config()
     add_profiles(builder, config, network, profiles)
     if workspace_mb is not None:
         api.set_workspace(config, workspace_mb << 20)
-    cache = None
-    if opts.timing_cache is not None:
-        if api.supports_timing_cache:
-            cache_path = Path(opts.timing_cache)
-            cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-            config.set_timing_cache(cache, ignore_mismatch=False)
-        else:
-            notes.append(f"--timing-cache ignored: {api.display_name}'s timing cache does not change its engines, "
-                         f"and using one would make the ahead-of-time build need a GPU")
+    cache = _timing_cache(api, config, Path(opts.timing_cache) if opts.timing_cache else None, notes)
 
-    onnx_sha = sha256_files(onnx_files(export_dir))
-    plugins_record = {"path": str(plugins), "sha256": sha256_files([plugins])} if plugins else None
-    names = "+".join(p.name for p in profiles)
     console.print(f"building {engine_path.name} with {api.display_name} from {onnx_path} ({meta.flavor}, "
-                  f"{meta.dtype}; profiles {names})", highlight=False, soft_wrap=True)
+                  f"{meta.dtype}; profiles {'+'.join(p.name for p in profiles)})", highlight=False, soft_wrap=True)
     start = time.perf_counter()
     with build_progress(api, console) as monitor:
         if monitor is not None:
             config.progress_monitor = monitor
         data = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
+    del parser  # the weights it held are in the engine now
     if data is None:
         errors = [m for s, m in log if s in ("ERROR", "INTERNAL_ERROR")] or [m for _, m in log]
         raise UserError(f"{api.display_name} could not build an engine from {onnx_path}:\n  " +
@@ -200,8 +212,9 @@ def build(export_dir: Path, opts: BuildOptions = BuildOptions(), api: trt_api.Tr
         tensorrt=api.package, tensorrt_version=api.version,
         compute_capability=AHEAD_OF_TIME if api.builds_ahead_of_time else gpu,
         compute_targets=api.compute_targets(config), build_gpu=gpu, profiles=profiles, export=meta.to_props(),
-        onnx_sha256=onnx_sha, onnx_dir=str(export_dir.resolve()), engine_sha256=sha256_bytes(data),
-        plugins=plugins_record, build_seconds=round(seconds, 3))
+        onnx_sha256=onnx_sha256, onnx_dir=str(export_dir.resolve()), onnx_files=[f.name for f in sources],
+        engine_sha256=sha256_bytes(data), build_seconds=round(seconds, 3),
+        plugins={"path": str(plugins), "sha256": sha256_files([plugins])} if plugins else None)
     files = {engine_path: data, sidecar_path(engine_path): record.to_json()}
     if cache is not None:
         files[Path(opts.timing_cache)] = cache.serialize()

@@ -194,7 +194,8 @@ class TrtRunner(BaseRunner):
         stream = torch.cuda.current_stream()
         index = select_profile(self.profiles, batch, seq)
         if index != self.active_profile:
-            self.context.set_optimization_profile_async(index, stream.cuda_stream)
+            if not self.context.set_optimization_profile_async(index, stream.cuda_stream):
+                raise RuntimeError(f"{self.engine_path}: cannot switch to profile {index}: " + " | ".join(self.log[-5:]))
             self.active_profile = index
         keep = []  # contiguous copies must live until the work is enqueued (the allocator orders reuse on stream)
         for s in inputs:

@@ -77,6 +77,7 @@ class Sidecar:
     engine_sha256: str
     plugins: dict | None = None  # {"path", "sha256"} where the graph needs the plugin library
     onnx_dir: str = ""
+    onnx_files: list[str] = field(default_factory=lambda: [MODEL_FILE])  # the files onnx_sha256 covers
     build_gpu: str | None = None  # the GPU present at build time, if any (informational for ahead-of-time builds)
     ssd_deploy: str = __version__
     built_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -101,7 +102,7 @@ class Sidecar:
             "profiles": [p.to_dict() for p in self.profiles],
             "export": {"flavor": meta.flavor, "dtype": meta.dtype, "graph": meta.graph, "metadata": self.export},
             "plugins": self.plugins,
-            "onnx": {"dir": self.onnx_dir, "files": [MODEL_FILE, DATA_FILE], "sha256": self.onnx_sha256},
+            "onnx": {"dir": self.onnx_dir, "files": self.onnx_files, "sha256": self.onnx_sha256},
             "engine_sha256": self.engine_sha256,
         }
 
@@ -118,7 +119,8 @@ class Sidecar:
                        compute_capability=d["gpu"]["compute_capability"], compute_targets=list(d["gpu"]["targets"]),
                        build_gpu=d["gpu"].get("build_gpu"), profiles=[Profile.from_dict(p) for p in d["profiles"]],
                        export=dict(d["export"]["metadata"]), onnx_sha256=d["onnx"]["sha256"],
-                       onnx_dir=d["onnx"].get("dir", ""), engine_sha256=d["engine_sha256"], plugins=d.get("plugins"),
+                       onnx_dir=d["onnx"].get("dir", ""), onnx_files=list(d["onnx"].get("files", [MODEL_FILE])),
+                       engine_sha256=d["engine_sha256"], plugins=d.get("plugins"),
                        ssd_deploy=d.get("ssd_deploy", ""), built_at=d.get("built_at", ""),
                        build_seconds=d.get("build_seconds"))
         except (KeyError, TypeError, ValueError, UserError) as e:
