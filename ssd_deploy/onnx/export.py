@@ -6,14 +6,14 @@ trace and the flavor's translation table decides what each becomes (DESIGN §4).
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import os
 import shutil
 import tempfile
-import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import onnx
 import onnx_ir
@@ -22,14 +22,17 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoint import checkpoint_hash, load_model
-from ..config import Mamba2Config
+from .. import recipes
 from ..errors import UserError
 from ..model import Mamba2LM
 from . import ort, portable, trt
-from .metadata import DATA_FILE, INPUT_IDS, LOGITS, MODEL_FILE, ExportMetadata, state_names
+from .metadata import (DATA_FILE, INPUT_IDS, LOGITS, MODEL_FILE, ExportMetadata, load_graph, model_path,
+                       read_metadata, state_names)
+from .tracing import batch_dim, seq_dim, to_onnx, translation_table
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FLAVORS = {"portable": portable, "ort": ort, "trt": trt}  # flavor name → module with lowerings(dims) (and optionally finalize(model))
+# flavor name → module with lowerings(dims) (and optionally finalize(model, cfg) for rewrites tracing cannot express)
+FLAVORS = {"portable": portable, "ort": ort, "trt": trt}
 EXTERNAL_DATA = ("auto", "always", "never")
 IR_VERSION = 10  # ONNX 1.23 writes 14 by default; current ONNX Runtime releases load 10
 EXTERNAL_AUTO_BYTES = 1 << 30  # protobuf cannot hold 2 GiB; go external well before
@@ -74,31 +77,17 @@ class GraphInterface(nn.Module):
         return (logits, *[t for pair in zip(conv, ssm) for t in pair])
 
 
-def translation_table(flavor, cfg: Mamba2Config) -> dict:
-    """torch.onnx's custom translation table: each ssd_deploy op → the flavor's lowering of it."""
-    ops = torch.ops.ssd_deploy
-    return {getattr(ops, name).default: fn for name, fn in flavor.lowerings(portable.Dims.of(cfg)).items()}
-
-
 def trace(model: Mamba2LM, opts: ExportOptions, table: dict) -> onnx_ir.Model:
-    # the exporter warns about every torchvision op it cannot register; none of them is ours
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     cfg = model.cfg
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    seq = 1 if opts.graph == "decode" else torch.export.Dim("seq", min=1, max=1 << 20)
-    sample_len = 1 if opts.graph == "decode" else 5
-    ids = torch.zeros(2, sample_len, dtype=torch.long)
+    batch = batch_dim()
+    seq = 1 if opts.graph == "decode" else seq_dim()
+    ids = torch.zeros(2, 1 if opts.graph == "decode" else 5, dtype=torch.long)
     conv, ssm = model.init_states(2)
     states = [t for pair in zip(conv, ssm) for t in pair]
     names = state_names(cfg.n_layer)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(
-            GraphInterface(model, opts), (ids, *states), dynamo=True, verbose=False, report=False,
-            input_names=[INPUT_IDS] + [i for i, _ in names], output_names=[LOGITS] + [o for _, o in names],
-            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "states": tuple({0: batch} for _ in states)},
-            custom_translation_table=table, opset_version=opts.opset, optimize=True)
-    return prog.model
+    return to_onnx(GraphInterface(model, opts), (ids, *states), [INPUT_IDS] + [i for i, _ in names],
+                   [LOGITS] + [o for _, o in names],
+                   {"input_ids": {0: batch, 1: seq}, "states": tuple({0: batch} for _ in states)}, table, opts.opset)
 
 
 def strip_trace_metadata(model: onnx_ir.Model):
@@ -161,3 +150,48 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
         graph="decode" if opts.graph == "decode" else "unified", recipe=recipe or {})
     graph.metadata_props.update(meta.to_props())
     return save_atomically(graph, out_dir, _use_external(graph, opts.external_data), check_model)
+
+
+def resolve_options(recipe: str | Path | None = None, **flags) -> tuple[ExportOptions, dict]:
+    """Export options from a recipe (name or TOML path) with command-line ``flags`` on top (None = not given),
+    checked before any work starts; returns them with the resolved recipe to store in the metadata ({} without)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    unknown = set(given) - {f.name for f in dataclasses.fields(ExportOptions)}
+    if unknown:
+        raise UserError(f"unknown export options {sorted(unknown)}")
+    resolved = {}
+    if recipe is not None:
+        r = recipes.load(recipe).with_overrides(**given)
+        given, resolved = r.export, r.to_dict()
+    opts = ExportOptions(**given)
+    opts.check()
+    return opts, resolved
+
+
+@contextmanager
+def validation_model(export_dir: Path) -> Iterator[Path]:
+    """The model file that ONNX Runtime loads to validate an export: the export itself, or for `trt` a temporary
+    validation copy (the graph plus each plugin's standard-op body, see onnx/trt.py).
+
+    The copy is written next to the export's model and removed afterwards: ONNX Runtime reads external weights only
+    from the model's own directory (it refuses paths, symlinks included, that resolve elsewhere), and a copy there
+    shares them instead of duplicating gigabytes.
+    """
+    path = model_path(export_dir)
+    meta = read_metadata(export_dir)
+    if meta.flavor != "trt":
+        yield path
+        return
+    proto = load_graph(export_dir)  # external weights stay references
+    bodies = trt.bodies(onnx_ir.serde.deserialize_model(proto), meta.config, DTYPES[meta.dtype])
+    proto.functions.extend(onnx_ir.serde.serialize_function(f) for f in bodies)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".validation-", suffix=".onnx", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"{path.parent}: cannot write the trt validation copy there ({e})") from None
+    os.close(fd)
+    try:
+        onnx.save(proto, tmp)
+        yield Path(tmp)
+    finally:
+        os.unlink(tmp)

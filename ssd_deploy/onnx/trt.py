@@ -15,32 +15,30 @@ No ``plugin_version``/``plugin_namespace`` attributes: the ONNX parser of Tensor
 the plugins register), and every attribute a node carries is offered to the creator as a plugin field.
 
 The shipped graph carries no bodies: TensorRT's parser imports a model-local function in place of a node of the
-same name, which would silently bypass the plugin. ``add_bodies`` makes the *validation copy*: the same graph with
+same name, which would silently bypass the plugin. ``bodies`` gives what makes the *validation copy*: the same graph with
 each op's portable standard-op lowering attached as a model-local function of the same domain and name, so ONNX
 Runtime runs exactly the graph that TensorRT receives. The bodies are traced for the attribute values the graph's
-nodes carry (they are structural: softplus or not, clamp or not), and ``add_bodies`` refuses a graph whose nodes of
+nodes carry (they are structural: softplus or not, clamp or not), and ``bodies`` refuses a graph whose nodes of
 one op disagree.
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir
 import torch
 from onnxscript import opset18 as op
-from torch import nn
 
 from ..config import Mamba2Config
 from ..errors import UserError
 from . import portable
 from .custom import custom_op
 from .portable import OPSET, Dims, ints
+from .tracing import trace_op
 
-__all__ = ["OPSET", "DOMAIN", "PLUGINS", "lowerings", "add_bodies"]
+__all__ = ["OPSET", "DOMAIN", "PLUGINS", "lowerings", "bodies"]
 
 DOMAIN = "trt.plugins"
 
@@ -90,61 +88,11 @@ def lowerings(dims: Dims) -> dict:
 
 # ---- validation copy -------------------------------------------------------------------------------------------
 
-class _OneOp(nn.Module):
-    def __init__(self, fn, attrs: dict):
-        super().__init__()
-        self.fn, self.attrs = fn, attrs
-
-    def forward(self, *inputs):
-        return self.fn(*inputs, **self.attrs)
-
-
-def _sample_inputs(plugin: str, cfg: Mamba2Config, dtype: torch.dtype):
-    """Inputs to trace one op with, and which of their axes are batch (0) / sequence (1); parameters and states
-    float32, activations ``dtype``."""
-    b, l = 2, 5  # neither 0 nor 1, so that torch.export keeps them symbolic
-    h, p, g, n, d = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state, cfg.conv_dim
-    act = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
-    f32 = lambda *s: torch.randn(*s)  # noqa: E731
-    D = f32(h, p) if cfg.D_has_hdim else f32(h)
-    if plugin == "SsdChunkScan":
-        return [act(b, l, h, p), act(b, l, h), f32(h), act(b, l, g, n), act(b, l, g, n), D, f32(h), f32(b, h, p, n)], \
-            ["bl", "bl", "", "bl", "bl", "", "", "b"]
-    if plugin == "SsdStateUpdate":
-        return [f32(b, h, p, n), act(b, h, p), act(b, h), f32(h), act(b, g, n), act(b, g, n), D, f32(h)], \
-            ["b", "b", "b", "", "b", "b", "", ""]
-    if plugin == "CausalConv1d":
-        return [act(b, l, d), f32(d, cfg.d_conv), f32(d), f32(b, d, cfg.d_conv - 1)], ["bl", "", "", "b"]
-    return [act(b, l, cfg.d_inner), act(b, l, cfg.d_inner), f32(cfg.d_inner)], ["bl", "bl", ""]
-
-
-def _op_attrs(plugin: str, attrs: dict) -> dict:
-    """Node attributes → the ssd_deploy op's keyword arguments."""
-    out = dict(attrs)
-    if "dt_softplus" in out:
-        out["dt_softplus"] = bool(out["dt_softplus"])
-    if "silu" in out:
-        out["silu"] = bool(out["silu"])
-    return out
-
-
 def _trace_body(plugin: str, attrs: dict, cfg: Mamba2Config, dtype: torch.dtype) -> onnx_ir.Function:
     """The portable lowering of one op, for these attribute values, as a function ``trt.plugins::plugin``."""
     spec = PLUGINS[plugin]
-    inputs, axes = _sample_inputs(plugin, cfg, dtype)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    seq = torch.export.Dim("seq", min=1, max=1 << 20)
-    dyn = tuple({i: (batch if c == "b" else seq) for i, c in enumerate(a)} for a in axes)
-    table = {getattr(torch.ops.ssd_deploy, name).default: fn
-             for name, fn in portable.lowerings(Dims.of(cfg)).items()}
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(
-            _OneOp(getattr(torch.ops.ssd_deploy, spec.op), _op_attrs(plugin, attrs)), tuple(inputs), dynamo=True,
-            verbose=False, report=False, input_names=list(spec.inputs), output_names=list(spec.outputs),
-            dynamic_shapes={"inputs": dyn}, custom_translation_table=table, opset_version=OPSET, optimize=True)
-    graph = prog.model.graph
+    graph = trace_op(spec.op, {k: bool(v) if k in ("dt_softplus", "silu") else v for k, v in attrs.items()}, cfg,
+                     dtype, portable, list(spec.inputs), list(spec.outputs)).graph
     # functions have no initializers: constants the optimizer lifted go back to Constant nodes
     for name, value in list(graph.initializers.items()):
         graph.initializers.pop(name)
@@ -170,8 +118,9 @@ def plugin_nodes(model: onnx_ir.Model) -> dict[str, list[onnx_ir.Node]]:
     return found
 
 
-def add_bodies(model: onnx_ir.Model, cfg: Mamba2Config, dtype: torch.dtype) -> onnx_ir.Model:
-    """The validation copy (in place): each plugin used gets its standard-op body as a model-local function."""
+def bodies(model: onnx_ir.Model, cfg: Mamba2Config, dtype: torch.dtype) -> list[onnx_ir.Function]:
+    """For the validation copy: each plugin the graph uses, as a model-local function with its standard-op body."""
+    fns = []
     for plugin, nodes in plugin_nodes(model).items():
         values = [{k: a.value for k, a in n.attributes.items()} for n in nodes]
         if any(v != values[0] for v in values[1:]):
@@ -179,7 +128,5 @@ def add_bodies(model: onnx_ir.Model, cfg: Mamba2Config, dtype: torch.dtype) -> o
         if set(values[0]) != set(PLUGINS[plugin].attributes):
             raise UserError(f"{plugin}: attributes {sorted(values[0])} differ from the spec's "
                             f"{sorted(PLUGINS[plugin].attributes)}")
-        fn = _trace_body(plugin, values[0], cfg, dtype)
-        model.functions[fn.identifier()] = fn
-    return model
-
+        fns.append(_trace_body(plugin, values[0], cfg, dtype))
+    return fns

@@ -1,0 +1,83 @@
+"""One call of torch.onnx's dynamo exporter, made the same way for the whole model and for single ops (the `trt`
+validation bodies): the ssd_deploy ops lowered through a flavor's translation table, batch and sequence dynamic."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import onnx_ir
+import torch
+from torch import nn
+
+from ..config import Mamba2Config
+from .portable import OPSET, Dims
+
+MAX_BATCH = 4096
+MAX_SEQ = 1 << 20
+
+
+def batch_dim():
+    return torch.export.Dim("batch", min=1, max=MAX_BATCH)
+
+
+def seq_dim():
+    return torch.export.Dim("seq", min=1, max=MAX_SEQ)
+
+
+def translation_table(flavor, cfg: Mamba2Config) -> dict:
+    """torch.onnx's custom translation table: each ssd_deploy op → the flavor's lowering of it."""
+    ops = torch.ops.ssd_deploy
+    return {getattr(ops, name).default: fn for name, fn in flavor.lowerings(Dims.of(cfg)).items()}
+
+
+def to_onnx(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str], dynamic_shapes: dict,
+            table: dict, opset: int) -> onnx_ir.Model:
+    # the exporter warns about every torchvision op it cannot register; none of them is ours
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(module, args, dynamo=True, verbose=False, report=False, input_names=input_names,
+                                 output_names=output_names, dynamic_shapes=dynamic_shapes,
+                                 custom_translation_table=table, opset_version=opset, optimize=True)
+    return prog.model
+
+
+class _OneOp(nn.Module):
+    def __init__(self, fn, attrs: dict):
+        super().__init__()
+        self.fn, self.attrs = fn, attrs
+
+    def forward(self, *inputs):
+        return self.fn(*inputs, **self.attrs)
+
+
+def sample_inputs(op_name: str, cfg: Mamba2Config, dtype: torch.dtype, batch: int = 2, seq: int = 5):
+    """Random inputs of one ssd_deploy op in its argument order (activations ``dtype``; parameters and states
+    float32), and for each which axes are batch ("b") and sequence ("l")."""
+    b, l = batch, seq
+    h, p, g, n, d = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state, cfg.conv_dim
+    act = lambda *s: torch.randn(*s).to(dtype)  # noqa: E731
+    f32 = lambda *s: torch.randn(*s)  # noqa: E731
+    A = -torch.rand(h) * 2 - 0.1  # negative, as A = -exp(A_log)
+    D = f32(h, p) if cfg.D_has_hdim else f32(h)
+    if op_name == "ssd_scan":
+        return [act(b, l, h, p), act(b, l, h), A, act(b, l, g, n), act(b, l, g, n), D, f32(h), f32(b, h, p, n)], \
+            ["bl", "bl", "", "bl", "bl", "", "", "b"]
+    if op_name == "ssd_step":
+        return [f32(b, h, p, n), act(b, h, p), act(b, h), A, act(b, g, n), act(b, g, n), D, f32(h)], \
+            ["b", "b", "b", "", "b", "b", "", ""]
+    if op_name == "causal_conv1d":
+        return [act(b, l, d), f32(d, cfg.d_conv), f32(d), f32(b, d, cfg.d_conv - 1)], ["bl", "", "", "b"]
+    return [act(b, l, cfg.d_inner), act(b, l, cfg.d_inner), f32(cfg.d_inner)], ["bl", "bl", ""]
+
+
+def trace_op(op_name: str, attrs: dict, cfg: Mamba2Config, dtype: torch.dtype, flavor, input_names: list[str],
+             output_names: list[str]) -> onnx_ir.Model:
+    """One ssd_deploy op alone (``attrs``: its non-tensor arguments by name), lowered by ``flavor``; batch and
+    sequence dynamic, the other sizes those of ``cfg``."""
+    inputs, axes = sample_inputs(op_name, cfg, dtype)
+    batch, seq = batch_dim(), seq_dim()
+    dyn = tuple({i: (batch if c == "b" else seq) for i, c in enumerate(a)} for a in axes)
+    return to_onnx(_OneOp(getattr(torch.ops.ssd_deploy, op_name), attrs), tuple(inputs), input_names, output_names,
+                   {"inputs": dyn}, translation_table(flavor, cfg), OPSET)
