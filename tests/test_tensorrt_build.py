@@ -134,7 +134,6 @@ def test_build_command_refusals_are_one_line_and_leave_no_engine(exported, tmp_p
     cases = [
         (["--batch", "4,2,1"], "MIN,OPT,MAX"),
         (["--profile", "decode", "--seq", "1,2,3"], "decode-only engine"),
-        (["--recipe", str(tmp_path / "none.toml")], "no file"),
     ]
     for args, match in cases:
         res = CliRunner().invoke(build_command, [str(exported()), *args, "-o", str(tmp_path / "x.engine")])
@@ -144,16 +143,41 @@ def test_build_command_refusals_are_one_line_and_leave_no_engine(exported, tmp_p
     assert not list(tmp_path.glob("*.engine*"))
 
 
-def test_recipe_file_sets_the_ranges(exported, tmp_path):
+def test_recipe_sets_the_ranges_and_flags_override_it(exported, tmp_path):
+    recipes = pytest.importorskip("ssd_deploy.recipes", reason="the export recipes module")
     recipe = tmp_path / "edge.toml"
-    recipe.write_text('name = "edge"\n[tensorrt]\nprofiles = "both"\nbatch = [1, 1, 2]\nseq = [1, 32, 96]\n')
+    recipe.write_text('target = "tensorrt"\n[export]\nflavor = "portable"\ndtype = "fp32"\n'
+                      '[shapes]\nbatch = [1, 2]\nprefill = [1, 96]\n'
+                      '[tensorrt.profiles.decode]\nbatch = [1, 2, 2]\nseq = [1, 1, 1]\n'
+                      '[tensorrt.profiles.prefill]\nbatch = [1, 1, 2]\nseq = [1, 32, 96]\n')
+    assert recipes.load(recipe).to_dict()["profiles"]["prefill"]["seq"] == [1, 32, 96]
     engine = tmp_path / "r.engine"
     res = CliRunner().invoke(build_command, [str(exported()), "--recipe", str(recipe), "--seq", "1,8,40",
                                              "-o", str(engine)])
     assert res.exit_code == 0, res.output
     assert [p.to_dict() for p in sc.load(engine).profiles] == [
-        {"name": "decode", "batch": [1, 1, 2], "seq": [1, 1, 1]},
+        {"name": "decode", "batch": [1, 2, 2], "seq": [1, 1, 1]},
         {"name": "prefill", "batch": [1, 1, 2], "seq": [1, 8, 40]}]  # --seq overrides the recipe
+    cpu = tmp_path / "cpu.toml"
+    cpu.write_text('target = "cpu"\n[export]\nflavor = "portable"\ndtype = "fp32"\n'
+                   '[shapes]\nbatch = [1, 2]\nprefill = [1, 96]\n')
+    res = CliRunner().invoke(build_command, [str(exported()), "--recipe", str(cpu), "-o", str(tmp_path / "c.engine")])
+    assert res.exit_code == 2 and "targets cpu, not tensorrt" in res.output and not (tmp_path / "c.engine").exists()
+
+
+def test_the_recipe_stored_in_the_export_sets_the_ranges(exported, tmp_path):
+    stored = {"name": "stored", "target": "tensorrt", "export": {"flavor": "portable", "dtype": "fp32"},
+              "profiles": {"prefill": {"batch": [1, 3, 3], "seq": [2, 20, 50]}}}
+
+    def store(model):
+        for p in model.metadata_props:
+            if p.key == PREFIX + "recipe":
+                p.value = json.dumps(stored)
+    export_dir = copy_export(exported(), tmp_path / "with-recipe", store)
+    assert read_metadata(export_dir).recipe == stored
+    result = build(export_dir, BuildOptions())
+    assert [p.to_dict() for p in result.record.profiles] == [{"name": "prefill", "batch": [1, 3, 3], "seq": [2, 20, 50]}]
+    assert result.notes == []
 
 
 def test_parser_failures_list_the_offending_nodes(exported, tmp_path):

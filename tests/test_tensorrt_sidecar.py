@@ -125,20 +125,34 @@ def test_range_parsing():
             Range.of(bad, "--batch")
 
 
-def test_plan_defaults_flags_and_recipe():
+# a resolved recipe as the recipes module stores it in the export (Recipe.to_dict)
+RECIPE = {"name": "edge", "target": "tensorrt", "export": {"flavor": "portable", "dtype": "fp16"},
+          "batch": [1, 16], "prefill": [1, 1024], "workspace_mib": 512,
+          "profiles": {"decode": {"batch": [1, 8, 16], "seq": [1, 1, 1]},
+                       "prefill": {"batch": [1, 2, 4], "seq": [8, 128, 1024]}}}
+
+
+def test_plan_defaults():
     both = plan(None, None, None, RecipeRanges(), "unified")
     assert [p.name for p in both] == ["decode", "prefill"]
     assert both[0].seq == Range(1, 1, 1) and both[1].seq == Range(*DEFAULT_SEQ)
     assert both[0].batch == both[1].batch == Range(*DEFAULT_BATCH)
-    rec = recipe_ranges({"name": "r", "tensorrt": {"profiles": "prefill", "batch": [1, 4, 16], "seq": [8, 128, 1024],
-                                                   "workspace_mb": 512}})
-    assert rec.workspace_mb == 512
-    from_recipe = plan(None, None, None, rec, "unified")
-    assert [p.to_dict() for p in from_recipe] == [{"name": "prefill", "batch": [1, 4, 16], "seq": [8, 128, 1024]}]
-    flags = plan("both", "2,2,2", "1,32,64", rec, "unified")  # flags win over the recipe
-    assert [(p.name, str(p.batch), str(p.seq)) for p in flags] == [("decode", "2,2,2", "1,1,1"),
-                                                                   ("prefill", "2,2,2", "1,32,64")]
     assert [p.name for p in plan(None, None, None, RecipeRanges(), "decode")] == ["decode"]
+
+
+def test_plan_follows_the_recipe_and_flags_override_it():
+    rec = recipe_ranges(RECIPE)
+    assert rec.workspace_mb == 512
+    assert [p.to_dict() for p in plan(None, None, None, rec, "unified")] == [
+        {"name": "decode", "batch": [1, 8, 16], "seq": [1, 1, 1]},
+        {"name": "prefill", "batch": [1, 2, 4], "seq": [8, 128, 1024]}]
+    flags = plan("prefill", "2,2,2", "1,32,64", rec, "unified")
+    assert [p.to_dict() for p in flags] == [{"name": "prefill", "batch": [2, 2, 2], "seq": [1, 32, 64]}]
+    only_seq = plan(None, None, "1,16,32", rec, "unified")  # the recipe's batch ranges stay
+    assert [(str(p.batch), str(p.seq)) for p in only_seq] == [("1,8,16", "1,1,1"), ("1,2,4", "1,16,32")]
+    decode_only = recipe_ranges({**RECIPE, "profiles": {"decode": RECIPE["profiles"]["decode"]}})
+    assert [p.name for p in plan(None, None, None, decode_only, "unified")] == ["decode"]
+    assert [p.name for p in plan("both", None, None, decode_only, "unified")] == ["decode", "prefill"]
 
 
 @pytest.mark.parametrize("args, match", [
@@ -151,15 +165,16 @@ def test_plan_refusals(args, match):
         plan(*args)
 
 
-@pytest.mark.parametrize("recipe, match", [
-    ({"tensorrt": {"profiles": "many"}}, "profiles must be one of"),
-    ({"tensorrt": {"batch": [4, 1, 2]}}, "tensorrt.batch"),
-    ({"tensorrt": {"workspace_mb": -1}}, "workspace_mb"),
-    ({"tensorrt": "fast"}, "must be a table"),
+@pytest.mark.parametrize("change, match", [
+    ({"profiles": {"warmup": {"batch": [1, 1, 1], "seq": [1, 1, 1]}}}, "must map decode/prefill"),
+    ({"profiles": {"prefill": {"batch": [4, 1, 2], "seq": [1, 2, 3]}}}, "profiles.prefill.batch"),
+    ({"profiles": {"prefill": {"batch": [1, 1, 2]}}}, "exactly batch and seq"),
+    ({"profiles": {"decode": {"batch": [1, 1, 2], "seq": [1, 2, 2]}}}, r"decode.seq must be \[1, 1, 1\]"),
+    ({"workspace_mib": -1}, "workspace_mib"),
 ])
-def test_bad_recipe_tables_are_user_errors(recipe, match):
+def test_bad_recipe_profiles_are_user_errors(change, match):
     with pytest.raises(UserError, match=match):
-        recipe_ranges(recipe)
+        recipe_ranges({**RECIPE, **change})
 
 
 def test_profile_shapes_fill_only_batch_and_sequence():

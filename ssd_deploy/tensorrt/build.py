@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .. import recipes
 from ..errors import UserError
 from ..onnx.metadata import model_path, read_metadata
 from . import api as trt_api
@@ -24,7 +25,6 @@ from .sidecar import (AHEAD_OF_TIME, PLUGIN_LIBRARY, Sidecar, gpu_compute_capabi
                       sha256_files, sidecar_path)
 
 ENGINE_FILE = "model.engine"
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "export"  # export recipes shipped beside the package
 SHOWN_ERRORS = 20  # TensorRT log lines quoted when a build fails
 
 
@@ -50,19 +50,11 @@ class BuildResult:
 
 
 def read_recipe(name_or_path: str) -> dict:
-    """A recipe TOML file by path, or by name from the shipped ``export/`` recipes."""
-    import tomllib
-
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = RECIPES_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        shipped = sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
-        raise UserError(f"recipe {name_or_path!r}: no file {path}; shipped recipes: {', '.join(shipped) or 'none'}")
-    try:
-        return tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"{path}: unreadable recipe ({e})") from None
+    """A recipe (shipped name or TOML path), resolved as the exporter stores it; its target must be TensorRT."""
+    recipe = recipes.load(name_or_path)
+    if recipe.target != "tensorrt":
+        raise UserError(f"recipe {recipe.name} targets {recipe.target}, not tensorrt: it has no TensorRT profiles")
+    return recipe.to_dict()
 
 
 def parse_errors(parser, onnx_path: Path, label: str) -> str:
@@ -162,7 +154,13 @@ def build(export_dir: Path, opts: BuildOptions = BuildOptions(), api: trt_api.Tr
     plugins = _plugins(meta.flavor, opts.plugins, api, onnx_path)
     if opts.plugins is not None and plugins is None:
         notes.append(f"--plugins ignored: a {meta.flavor}-flavor graph needs no plugins")
-    ranges = recipe_ranges(opts.recipe if opts.recipe is not None else meta.recipe)
+    recipe = opts.recipe if opts.recipe is not None else meta.recipe
+    ranges = recipe_ranges(recipe)
+    if opts.recipe is not None:
+        made_for = recipe.get("export", {})
+        if (made_for.get("flavor"), made_for.get("dtype")) != (meta.flavor, meta.dtype):
+            notes.append(f"recipe {recipe.get('name')} is for a {made_for.get('flavor')} {made_for.get('dtype')} "
+                         f"export, this one is {meta.flavor} {meta.dtype}: only its TensorRT ranges are used")
     profiles = plan(opts.profile, opts.batch, opts.seq, ranges, meta.graph)
     workspace_mb = opts.workspace_mb or ranges.workspace_mb
     if workspace_mb is not None and workspace_mb < 1:

@@ -8,7 +8,7 @@ single-token calls instead of stretching the prefill ones down to seq = 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import UserError
 from ..onnx.metadata import INPUT_IDS
@@ -90,45 +90,58 @@ class Profile:
 
 @dataclass(frozen=True)
 class RecipeRanges:
-    """What an export recipe says about TensorRT profiles; None where it says nothing."""
-    profiles: str | None = None
-    batch: Range | None = None
-    seq: Range | None = None
+    """What an export recipe says about TensorRT: its profiles by name, and the workspace cap."""
+    profiles: dict[str, Profile] = field(default_factory=dict)
     workspace_mb: int | None = None
 
 
 def recipe_ranges(recipe: dict) -> RecipeRanges:
-    """The TensorRT part of a resolved export recipe (``ExportMetadata.recipe``): its ``[tensorrt]`` table with
-    ``profiles`` (decode | prefill | both), ``batch`` and ``seq`` ([min, opt, max]) and ``workspace_mb``."""
-    table = (recipe or {}).get("tensorrt") or {}
-    if not isinstance(table, dict):
-        raise UserError(f"recipe: [tensorrt] must be a table, got {table!r}")
-    where = f"recipe {recipe.get('name', '')}".rstrip() + ": tensorrt."
-    profiles = table.get("profiles")
-    if profiles is not None and profiles not in CHOICES:
-        raise UserError(f"{where}profiles must be one of {', '.join(CHOICES)}, got {profiles!r}")
-    workspace = table.get("workspace_mb")
-    if workspace is not None and (not isinstance(workspace, int) or workspace < 1):
-        raise UserError(f"{where}workspace_mb must be a positive integer, got {workspace!r}")
-    return RecipeRanges(profiles=profiles,
-                        batch=Range.of(table["batch"], where + "batch") if "batch" in table else None,
-                        seq=Range.of(table["seq"], where + "seq") if "seq" in table else None,
-                        workspace_mb=workspace)
+    """The TensorRT part of a resolved export recipe (``recipes.Recipe.to_dict()``, stored in the export as
+    ``ExportMetadata.recipe``): ``profiles`` ({"decode"|"prefill": {"batch": [min, opt, max], "seq": [...]}}) and
+    ``workspace_mib``. The recipes module checks these when a recipe is loaded; this reads them back and refuses
+    what an engine cannot be built from."""
+    recipe = recipe or {}
+    where = f"recipe {recipe.get('name', '(unnamed)')}"
+    table = recipe.get("profiles") or {}
+    if not isinstance(table, dict) or not set(table) <= set(CHOICES["both"]):
+        raise UserError(f"{where}: profiles must map decode/prefill to batch and seq ranges, got {table!r}")
+    profiles = {}
+    for name, p in table.items():
+        if not isinstance(p, dict) or set(p) != {"batch", "seq"}:
+            raise UserError(f"{where}: profiles.{name} must have exactly batch and seq, got {p!r}")
+        profiles[name] = Profile(name, Range.of(p["batch"], f"{where}: profiles.{name}.batch"),
+                                 Range.of(p["seq"], f"{where}: profiles.{name}.seq"))
+    if "decode" in profiles and profiles["decode"].seq != Range(1, 1, 1):
+        raise UserError(f"{where}: profiles.decode.seq must be [1, 1, 1] (one token per call)")
+    workspace = recipe.get("workspace_mib")
+    if workspace is not None and (not isinstance(workspace, int) or isinstance(workspace, bool) or workspace < 1):
+        raise UserError(f"{where}: workspace_mib must be a positive integer, got {workspace!r}")
+    return RecipeRanges(profiles, workspace)
 
 
 def plan(which: str | None, batch: str | None, seq: str | None, recipe: RecipeRanges, graph: str) -> list[Profile]:
-    """The profiles to build, in engine order. Flags override the recipe, the recipe the defaults. ``graph`` is the
-    export's (a "decode" graph takes one token per call, so it only gets the decode profile)."""
-    which = which or recipe.profiles or ("decode" if graph == "decode" else "both")
-    if which not in CHOICES:
+    """The profiles to build, in engine order (decode first). Flags override the recipe, the recipe the defaults:
+    ``which`` (default: the recipe's profiles, else both), ``batch`` every profile's batch range, ``seq`` the prefill
+    range. ``graph`` is the export's: a "decode" graph takes one token per call, so it only gets the decode profile."""
+    if which is not None and which not in CHOICES:
         raise UserError(f"--profile must be one of {', '.join(CHOICES)}, got {which!r}")
-    if graph == "decode" and which != "decode":
-        raise UserError(f"the export is a single-token decode graph: it takes only --profile decode, not {which}")
-    b = Range.of(batch, "--batch") if batch else recipe.batch or Range(*DEFAULT_BATCH)
-    s = Range.of(seq, "--seq") if seq else recipe.seq or Range(*DEFAULT_SEQ)
-    if seq and "prefill" not in CHOICES[which]:
+    names = CHOICES[which] if which else [n for n in CHOICES["both"] if n in recipe.profiles] or \
+        CHOICES["decode" if graph == "decode" else "both"]
+    if graph == "decode" and list(names) != ["decode"]:
+        raise UserError(f"the export is a single-token decode graph: it takes only the decode profile, not "
+                        f"{'+'.join(names)}")
+    if seq and "prefill" not in names:
         raise UserError("--seq sets the prefill profile's range; a decode-only engine always has seq = 1")
-    return [Profile(name, b, Range(1, 1, 1) if name == "decode" else s) for name in CHOICES[which]]
+    out = []
+    for name in names:
+        p = recipe.profiles.get(name) or Profile(name, Range(*DEFAULT_BATCH),
+                                                 Range(1, 1, 1) if name == "decode" else Range(*DEFAULT_SEQ))
+        if batch:
+            p = Profile(name, Range.of(batch, "--batch"), p.seq)
+        if seq and name == "prefill":
+            p = Profile(name, p.batch, Range.of(seq, "--seq"))
+        out.append(p)
+    return out
 
 
 def select_profile(profiles: list[Profile], batch: int, seq: int) -> int:
