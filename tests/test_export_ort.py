@@ -1,0 +1,242 @@
+"""`ort` export: the ONNX Runtime contrib ops it relies on behave as ort.py says (checked here against the float64
+recurrence, so an ONNX Runtime upgrade that changes them fails loudly), each op's lowering matches the contract,
+and whole models match the PyTorch reference on the tiny configs, prefill and decode, fp32 and fp16."""
+
+import math
+
+import numpy as np
+import onnx
+import onnx_ir
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto
+from onnx import helper as oh
+
+from conftest import TINY, VARIANTS, rel_err
+from ssd_deploy.checkpoint import load_model
+from ssd_deploy.onnx import ort as ort_flavor
+from ssd_deploy.onnx.export import ExportOptions, export
+from ssd_deploy.onnx.metadata import LAYOUT_SSM, read_metadata
+from ssd_deploy.onnx.tracing import sample_inputs, trace_op
+from ssd_deploy.runtime.ort_runner import ort_runner, ort_session
+from ssd_deploy.ssd import reference as R
+from ssd_deploy.validate import validate
+from test_export_portable import random_states, reference_outputs
+
+MS = "com.microsoft"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+OP_TOL = {"fp32": 1e-5, "fp16": 1e-2, "bf16": 1e-2}
+
+
+def run_node(node, feeds: dict, n_out: int):
+    model = oh.make_model(
+        oh.make_graph([node], "g", [oh.make_tensor_value_info(k, TensorProto.FLOAT, None) for k in feeds],
+                      [oh.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in node.output[:n_out]]),
+        opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid(MS, 1)], ir_version=10)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()})
+
+
+# ---- the contrib ops' semantics ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("length", [1, 37])
+def test_linear_attention_gated_is_the_ssd_recurrence(length):
+    b, h, p, n, g = 2, 4, 8, 6, 2
+    x, dt = torch.randn(b, length, h, p, dtype=torch.float64), torch.randn(b, length, h, dtype=torch.float64)
+    A, dt_bias = -torch.rand(h, dtype=torch.float64) * 3 - 0.5, torch.randn(h, dtype=torch.float64) * 0.5
+    B, C = torch.randn(b, length, g, n, dtype=torch.float64), torch.randn(b, length, g, n, dtype=torch.float64)
+    s0 = torch.randn(b, h, p, n, dtype=torch.float64)
+    zeros_D = torch.zeros(h, dtype=torch.float64)
+    y_ref, s_ref = R.ssd_sequential(x, dt, A, B, C, zeros_D, dt_bias, s0)
+    dtp = R.process_dt(dt, dt_bias, True, 0.0, math.inf)
+    heads = lambda t: t.repeat_interleave(h // g, dim=2).reshape(b, length, h * n).numpy()  # noqa: E731
+    feeds = {"q": heads(C), "k": heads(B), "v": (x * dtp[..., None]).reshape(b, length, h * p).numpy(),
+             "s": s0.transpose(-1, -2).numpy(), "g": (dtp * A).numpy()}
+
+    def run(**scale):
+        node = oh.make_node("LinearAttention", ["q", "k", "v", "s", "g"], ["o", "so"], domain=MS,
+                            update_rule="gated", q_num_heads=h, kv_num_heads=h, **scale)
+        return run_node(node, feeds, 2)
+
+    y, s = run(scale=1.0)
+    assert rel_err(y.reshape(b, length, h, p), y_ref) < 1e-5
+    assert rel_err(np.swapaxes(s, -1, -2), s_ref) < 1e-5  # its state is [b, h, n, p]
+    y_default, _ = run()  # the default scale is 1/sqrt(d_k): why ort.py sets scale = 1
+    assert rel_err(y_default.reshape(b, length, h, p) * math.sqrt(n), y_ref) < 1e-5
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 7])
+def test_causal_conv_with_state_channels_last(length):
+    b, d, k = 2, 10, 4
+    x, w, bias = torch.randn(b, length, d, dtype=torch.float64), torch.randn(d, k, dtype=torch.float64), \
+        torch.randn(d, dtype=torch.float64)
+    state = torch.randn(b, d, k - 1, dtype=torch.float64)
+    y_ref, s_ref = R.causal_conv1d(x, w, bias, state, silu=True)
+    node = oh.make_node("CausalConvWithState", ["x", "w", "bias", "s"], ["y", "so"], domain=MS, activation="silu",
+                        channels_last=1)
+    y, s = run_node(node, {"x": x.numpy(), "w": w[:, None].numpy(), "bias": bias.numpy(),
+                           "s": state.transpose(1, 2).numpy()}, 2)
+    assert rel_err(y, y_ref) < 1e-5
+    assert rel_err(np.swapaxes(s, 1, 2), s_ref) < 1e-5  # channels_last carries the state as [b, k-1, d]
+
+
+def test_gated_rmsnorm_contrib_op_normalises_before_gating():
+    """Why the `ort` flavor keeps the portable gated norm: ONNX Runtime's GatedRMSNorm is another function."""
+    y, z, w = torch.randn(2, 5, 24, dtype=torch.float64), torch.randn(2, 5, 24, dtype=torch.float64), \
+        torch.randn(24, dtype=torch.float64)
+    node = oh.make_node("GatedRMSNorm", ["y", "w", "z"], ["o"], domain=MS, activation="silu", epsilon=1e-5)
+    out, = run_node(node, {"y": y.numpy(), "w": w.numpy(), "z": z.numpy()}, 1)
+    norm_first = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5) * w * F.silu(z)
+    assert rel_err(out, norm_first) < 1e-5
+    assert rel_err(out, R.gated_rmsnorm(y, z, w, 1e-5, 24)) > 0.1
+
+
+# ---- each op's lowering against the contract ---------------------------------------------------------------------
+
+OPS = {  # op → (non-tensor arguments, input names, output names)
+    "ssd_scan": ({"chunk_size": 16, "dt_softplus": True, "dt_min": 0.0, "dt_max": math.inf},
+                 ["x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state"], ["y", "state"]),
+    "ssd_step": ({"dt_softplus": True, "dt_min": 0.0, "dt_max": math.inf},
+                 ["state", "x", "dt", "A", "B", "C", "D", "dt_bias"], ["y", "new_state"]),
+    "causal_conv1d": ({"silu": True}, ["x", "weight", "bias", "conv_state"], ["y", "conv_state_out"]),
+}
+
+
+def reference(op_name, inputs, attrs):
+    """The contract in float64 (the sequential recurrence for the scan)."""
+    d = [t.double() for t in inputs]
+    if op_name == "ssd_scan":
+        kw = {k: v for k, v in attrs.items() if k != "chunk_size"}
+        return R.ssd_sequential(*d[:7], d[7], **kw)
+    if op_name == "ssd_step":
+        return R.ssd_step(*d, **attrs)
+    return R.causal_conv1d(*d, silu=attrs["silu"])
+
+
+def op_session(model: onnx_ir.Model, path):
+    """An ONNX Runtime session of a one-op graph whose outputs are cast to float32 (numpy has no bfloat16)."""
+    for i, out in enumerate(list(model.graph.outputs)):
+        if out.dtype != onnx_ir.DataType.FLOAT:
+            cast = onnx_ir.Node("", "Cast", [out], [onnx_ir.AttrInt64("to", TensorProto.FLOAT)], num_outputs=1)
+            model.graph.append(cast)
+            cast.outputs[0].name, out.name = out.name, out.name + "_native"
+            model.graph.outputs[i] = cast.outputs[0]
+    onnx_ir.save(model, path)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def ort_value(t: torch.Tensor):
+    if t.dtype == torch.bfloat16:
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(t.view(torch.int16).numpy(), TensorProto.BFLOAT16)
+    return ort.OrtValue.ortvalue_from_numpy(t.numpy())
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("variant", ["g4", "hdimD-limit"])
+def test_op_lowering_matches_contract(op_name, dtype, variant, tmp_path):
+    cfg = VARIANTS[variant]
+    attrs, names, outs = OPS[op_name]
+    if op_name != "causal_conv1d":
+        attrs = {**attrs, "dt_min": cfg.dt_min, "dt_max": cfg.dt_max}
+    model = trace_op(op_name, attrs, cfg, DTYPES[dtype], ort_flavor, names, outs)
+    assert MS in {n.domain for n in model.graph}  # the contrib op is really used
+    assert model.graph.outputs[1].dtype == onnx_ir.DataType.FLOAT  # states stay float32 whatever the activations
+    sess = op_session(model, tmp_path / "op.onnx")
+    for length in (1, 7, 16, 19):
+        inputs, _ = sample_inputs(op_name, cfg, DTYPES[dtype], batch=2, seq=length)
+        got = sess.run_with_ort_values(None, {k: ort_value(t) for k, t in zip(names, inputs)})
+        for g, r in zip(got, reference(op_name, inputs, attrs)):
+            assert rel_err(g.numpy().astype(np.float64), r) < OP_TOL[dtype], (op_name, length)
+
+
+def test_bf16_graph_casts_around_fp32_contrib_ops():
+    """bf16 exports run every contrib op in float32 between Casts (ONNX Runtime's CPU provider cannot run a bf16
+    model end to end: it has no bf16 MatMul)."""
+    model = trace_op("ssd_scan", {**OPS["ssd_scan"][0]}, VARIANTS["g4"], torch.bfloat16, ort_flavor,
+                     *OPS["ssd_scan"][1:])
+    la = next(n for n in model.graph if n.op_type == "LinearAttention")
+    assert all(v.dtype.name == "FLOAT" for v in la.inputs if v is not None)
+    assert model.graph.outputs[0].dtype.name == "BFLOAT16"
+
+
+# ---- whole models ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exports(make_checkpoint, tmp_path_factory):
+    cache = {}
+
+    def get(variant, dtype="fp32", **opts):
+        key = (variant, dtype, tuple(sorted(opts.items())))
+        if key not in cache:
+            ckpt = make_checkpoint(VARIANTS[variant], "mamba_ssm" if variant == "hdimD-limit" else "hf", seed=11)
+            out = tmp_path_factory.mktemp("ort") / f"{variant}-{dtype}"
+            cache[key] = ckpt, export(ckpt, out, ExportOptions(flavor="ort", dtype=dtype, **opts)).parent
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_parity_fp32_every_length(exports, variant):
+    ckpt, out = exports(variant)
+    meta = read_metadata(out)
+    model = load_model(ckpt)
+    sess = ort_session(out)
+    rng = np.random.default_rng()
+    q = meta.config.chunk_size
+    for length in (1, 7, q, q + 3, 3 * q):
+        ids = rng.integers(0, meta.config.vocab_size, (2, length))
+        states = random_states(meta, 2, rng)
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input_ids": ids, **states})))
+        logits, ref_states = reference_outputs(model, ids, states)
+        assert rel_err(got["logits"], logits) < 1e-4, length
+        for name, ref in ref_states.items():
+            assert rel_err(got[name], ref) < 1e-4, (length, name)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_validate_prefill_then_decode(exports, variant):
+    ckpt, out = exports(variant)
+    report = validate(out, ckpt, ort_runner(out), steps=4, batch=2)
+    assert report.ok, report.to_dict()
+    assert len(report.errors) == 15  # 5 calls x (logits, conv_state, ssm_state)
+
+
+def test_validate_fp16(exports):
+    ckpt, out = exports("g4", "fp16")
+    report = validate(out, ckpt, ort_runner(out), steps=3, batch=2)
+    assert report.ok, report.to_dict()
+    assert report.dtype == "fp16" and max(e.rel for e in report.errors) > 1e-6  # really ran in half precision
+
+
+def test_decode_graph(exports):
+    ckpt, out = exports("g1", graph="decode", logits="last")
+    assert read_metadata(out).graph == "decode"
+    assert validate(out, ckpt, ort_runner(out), steps=3).ok
+
+
+def test_graph_uses_contrib_ops_and_contract_layout(exports):
+    ckpt, out = exports("g4")
+    proto = onnx.load(str(out / "model.onnx"))
+    ops = [(n.domain, n.op_type) for n in proto.graph.node]
+    n_layer = TINY.n_layer
+    assert ops.count((MS, "LinearAttention")) == n_layer
+    assert ops.count((MS, "CausalConvWithState")) == n_layer
+    assert not {"Conv", "Exp", "CumSum"} & {t for d, t in ops if d == ""}  # no standard-op scan or conv left
+    la = next(n for n in proto.graph.node if n.op_type == "LinearAttention")
+    attrs = {a.name: oh.get_attribute_value(a) for a in la.attribute}
+    assert attrs["scale"] == 1.0 and attrs["update_rule"] == b"gated"
+    meta = read_metadata(out)
+    assert meta.flavor == "ort" and meta.ssm_layout == LAYOUT_SSM
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+
+
+def test_bf16_export_is_refused_by_ort_cpu_with_a_clear_message(exports):
+    from ssd_deploy.errors import UserError
+
+    _, out = exports("g1", "bf16")
+    with pytest.raises(UserError, match="bf16"):
+        ort_session(out)
