@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from ssd_deploy.checkpoint import random_model, write_checkpoint
+from ssd_deploy import recipes
 from ssd_deploy.errors import UserError
 from ssd_deploy.onnx.export import ExportOptions, export
 from ssd_deploy.onnx.metadata import PREFIX, read_metadata
@@ -144,7 +145,6 @@ def test_build_command_refusals_are_one_line_and_leave_no_engine(exported, tmp_p
 
 
 def test_recipe_sets_the_ranges_and_flags_override_it(exported, tmp_path):
-    recipes = pytest.importorskip("ssd_deploy.recipes", reason="the export recipes module")
     recipe = tmp_path / "edge.toml"
     recipe.write_text('target = "tensorrt"\n[export]\nflavor = "portable"\ndtype = "fp32"\n'
                       '[shapes]\nbatch = [1, 2]\nprefill = [1, 96]\n'

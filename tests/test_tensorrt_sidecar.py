@@ -3,7 +3,6 @@ selection, feed checks of the runner, and the API shim's version differences (on
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from types import SimpleNamespace
 

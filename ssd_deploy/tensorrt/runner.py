@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from polygraphy.backend.base import BaseRunner
 
 from ..errors import UserError
@@ -107,8 +108,6 @@ class TrtRunner(BaseRunner):
             onnx_dir=str(self.export_dir))
 
     def activate_impl(self):
-        import torch
-
         if not torch.cuda.is_available():
             raise UserError(f"{self.engine_path}: running a TensorRT engine {NEEDS}; torch {torch.__version__} "
                             f"sees no CUDA device")
@@ -140,7 +139,7 @@ class TrtRunner(BaseRunner):
         self.record = car
         self.profiles: list[Profile] = car.profiles
         self.active_profile: int | None = None
-        self.device_memory = api.device_memory_size(self.engine)
+        self.device_memory = api.device_memory_size(self.engine)  # bytes of activations the context holds
 
     def _log(self, severity: str, msg: str):
         if severity in ("ERROR", "INTERNAL_ERROR"):
@@ -164,7 +163,6 @@ class TrtRunner(BaseRunner):
     # --- metadata ---------------------------------------------------------------------------------------------
 
     def get_input_metadata_impl(self):
-        import torch
         from polygraphy.common import TensorMetadata
 
         meta = TensorMetadata()
@@ -180,11 +178,9 @@ class TrtRunner(BaseRunner):
 
     # --- inference --------------------------------------------------------------------------------------------
 
-    def infer_torch(self, feeds: dict) -> "OrderedDict[str, object]":
+    def infer_torch(self, feeds: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
         """Device tensors in, device tensors out, enqueued on torch's current stream (synchronise before reading
         on the host). Outputs are fresh tensors, so they can be fed straight back as the next call's states."""
-        import torch
-
         inputs = [s for s in self.specs if s.is_input]
         batch, seq = check_feed(inputs, {k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
                                          for k, v in feeds.items()})
@@ -218,8 +214,6 @@ class TrtRunner(BaseRunner):
         return outputs
 
     def infer_impl(self, feed_dict):
-        import torch
-
         device = torch.device("cuda", torch.cuda.current_device())
         feeds = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in feed_dict.items()}
         stream = torch.cuda.current_stream()
@@ -232,15 +226,13 @@ class TrtRunner(BaseRunner):
         return OrderedDict((k, (v.float() if v.dtype == torch.bfloat16 else v).cpu().numpy())
                            for k, v in outputs.items())
 
-    def zero_states(self, batch: int) -> dict:
+    def zero_states(self, batch: int) -> dict[str, torch.Tensor]:
         """Initial states on the GPU, in the engine's dtypes."""
-        import torch
-
         specs = {s.name: s for s in self.specs}
         return {st.name: torch.zeros((batch, *specs[st.name].shape[1:]), dtype=getattr(torch, specs[st.name].dtype),
                                      device="cuda") for st in self.metadata.states}
 
-    def carried(self, outputs: dict) -> dict:
+    def carried(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The states to feed the next call (each state output under its input name), still on the GPU."""
         return {st.name: outputs[st.output] for st in self.metadata.states}
 
