@@ -79,7 +79,8 @@ def read_state_dict(ckpt_dir: Path, cfg: Mamba2Config) -> dict[str, torch.Tensor
     for f in weight_files(ckpt_dir):
         sd.update(_read(f))
     sd = _normalise_keys(sd)
-    expected = {k: tuple(v.shape) for k, v in Mamba2LM(cfg).state_dict().items()}
+    with torch.device("meta"):  # shapes only: allocate nothing
+        expected = {k: tuple(v.shape) for k, v in Mamba2LM(cfg).state_dict().items()}
     if cfg.tie_embeddings:
         expected.pop("lm_head.weight")
         sd.pop("lm_head.weight", None)  # released tied checkpoints store it anyway
@@ -110,8 +111,11 @@ def load_model(ckpt_dir: Path, dtype: torch.dtype = torch.float32) -> Mamba2LM:
         raise UserError(f"{ckpt_dir}: not a directory")
     cfg, _ = load_config(ckpt_dir)
     sd = read_state_dict(ckpt_dir, cfg)
-    model = Mamba2LM(cfg)
-    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    with torch.device("meta"):  # no random init of weights about to be replaced
+        model = Mamba2LM(cfg)
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False, assign=True)
+    if cfg.tie_embeddings:  # assign=True replaced the shared parameter on one side only
+        model.lm_head.weight = model.backbone.embedding.weight
     return model.cast(dtype).eval()
 
 

@@ -55,7 +55,7 @@ def ssd_sequential(x, dt, A, B, C, D, dt_bias, initial_state=None, *, dt_softplu
     dtp = process_dt(dt, dt_bias, dt_softplus, dt_min, dt_max, dtype)
     Bh, Ch = _heads(B.to(dtype), h, 2), _heads(C.to(dtype), h, 2)
     xs, Af = x.to(dtype), A.to(dtype)
-    state = (torch.zeros(b, h, p, B.shape[-1], dtype=dtype) if initial_state is None
+    state = (torch.zeros(b, h, p, B.shape[-1], dtype=dtype, device=x.device) if initial_state is None
              else initial_state.to(dtype).clone())
     ys = []
     for t in range(l):
@@ -90,9 +90,9 @@ def ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state=None, *, chunk_size=25
     Bc = B.to(dtype).reshape(b, nc, q, g, n)
     Cc = C.to(dtype).reshape(b, nc, q, g, n)
     dA = (dtp * A.to(dtype)).reshape(b, nc, q, g, r).permute(0, 3, 4, 1, 2)  # [b,g,r,c,q]
-    upper = torch.ones(q, q, dtype=dtype).triu()  # cumsum inside a chunk as a matmul
+    upper = torch.ones(q, q, dtype=dtype, device=x.device).triu()  # cumsum inside a chunk as a matmul
     cum = dA @ upper  # [b,g,r,c,q]
-    causal = torch.ones(q, q, dtype=torch.bool).tril()
+    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
 
     # 1. intra-chunk (diagonal blocks)
     seg = (cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, -math.inf)
@@ -105,11 +105,12 @@ def ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state=None, *, chunk_size=25
     states = torch.einsum("bcjgn,bgrcj,bcjgrp->bcgrpn", Bc, decay_to_end, xdt)
 
     # 3. pass states between chunks
-    init = (torch.zeros(b, h, p, n, dtype=dtype) if initial_state is None else initial_state.to(dtype))
+    init = (torch.zeros(b, h, p, n, dtype=dtype, device=x.device) if initial_state is None
+            else initial_state.to(dtype))
     states = torch.cat([init.reshape(b, 1, g, r, p, n), states], dim=1)  # [b,c+1,g,r,p,n]
     totals = F.pad(cum[..., -1], (1, 0))  # [b,g,r,c+1]
     ctot = totals.cumsum(-1)
-    chunk_causal = torch.ones(nc + 1, nc + 1, dtype=torch.bool).tril()
+    chunk_causal = torch.ones(nc + 1, nc + 1, dtype=torch.bool, device=x.device).tril()
     decay_chunk = torch.exp((ctot[..., :, None] - ctot[..., None, :]).masked_fill(~chunk_causal, -math.inf))
     states = torch.einsum("bgrzc,bcgrpn->bzgrpn", decay_chunk, states)
     entering, final = states[:, :-1], states[:, -1]
