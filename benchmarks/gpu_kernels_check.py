@@ -258,13 +258,33 @@ def table(rep: Report) -> None:
                   f"| | | |")
 
 
+def once():
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    x, dt, A, B, C, D, dt_bias = prefill_inputs(*PREFILL_SHAPES[2], gen)
+    kernels.ssd_scan(x, dt, A, B, C, D, dt_bias, None, chunk_size=128)
+    h, p, n, g = DECODE["h"], DECODE["p"], DECODE["n"], DECODE["g"]
+    xs, dts, _, Bs, Cs, _, _ = (t[:, 0].contiguous() if t.dim() > 1 else t
+                                for t in prefill_inputs(16, 1, h, p, n, g, gen))
+    state = torch.randn(16, h, p, n, device="cuda", generator=gen)
+    kernels.ssd_step(state, xs, dts, A, Bs, Cs, D, dt_bias, out=(torch.empty_like(xs), state))
+    xc = torch.randn(4, 4096, 10240, device="cuda", generator=gen).bfloat16()
+    kernels.causal_conv1d(xc, torch.randn(10240, 4, device="cuda", generator=gen), None,
+                          torch.randn(4, 10240, 3, device="cuda", generator=gen))
+    torch.cuda.synchronize()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="JSON results file")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--no-mamba", action="store_true", help="skip the mamba_ssm anchor")
     ap.add_argument("--only", choices=["prefill", "decode", "conv_norm"], action="append")
+    ap.add_argument("--once", action="store_true",
+                    help="launch one prefill (DESIGN shape 3), decode step (b=16) and conv each, for a profiler")
     args = ap.parse_args()
+    if args.once:
+        once()
+        return
     rep = Report(args.out)
     props = torch.cuda.get_device_properties(0)
     rep.data["meta"].update(gpu=props.name, sms=props.multi_processor_count, torch=torch.__version__,

@@ -30,7 +30,7 @@ PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
 DEFAULT_BUILD_DIR = PLUGINS_DIR / "build"
 LIB_NAME = "libssd_kernels.so"
 MAX_STATE_SIZE = 512  # n beyond this is refused by the library (kRecurrentMaxN)
-MAX_CONV_WIDTH = 64
+MAX_CONV_WIDTH = 8  # kMaxK of causal_conv1d.cu (Mamba-2 uses 4)
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 SYMBOLS = ("ssd_scan_workspace_size", "ssd_scan", "ssd_step", "ssd_causal_conv1d", "ssd_gated_rmsnorm",

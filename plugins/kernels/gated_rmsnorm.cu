@@ -1,7 +1,8 @@
 // Gated RMSNorm per group (C ABI: ssd_gated_rmsnorm): out = v * rsqrt(mean_group(v^2) + eps) * weight, v = y*silu(z).
 //
-// One warp per (row, group): a first pass reduces sum(v^2) over the group, a second recomputes v and writes (the
-// group's inputs are then in L1). Groups whose size and base addresses allow it move 16 bytes per thread per load.
+// One warp per (row, group): a first pass reduces sum(v^2) over the group, a second scales and writes v, kept in
+// registers for groups of up to 1024 (16-bit) / 512 (fp32) elements. Groups whose size and base addresses allow it
+// move 16 bytes per thread per load.
 #include <cuda_runtime.h>
 
 #include "device_utils.cuh"
@@ -34,7 +35,11 @@ __device__ __forceinline__ void load_gated(const T* y, const T* z, size_t i, flo
     }
 }
 
-template <typename T, int E>  // E elements per thread per step: 1, or one 16-byte piece
+// E elements per thread per step: 1, or one 16-byte piece. The first kCached steps of each lane stay in registers
+// between the two passes (groups up to 32 * E * kCached elements: 1024 for 16-bit I/O); later ones are re-read.
+constexpr int kCached = 4;
+
+template <typename T, int E>
 __global__ void __launch_bounds__(kThreads) gated_rmsnorm_kernel(const NormArgs a) {
     const long warp_id = (static_cast<long>(blockIdx.x) * kThreads + threadIdx.x) / 32;
     const int lane = threadIdx.x & 31;
@@ -45,9 +50,20 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_kernel(const NormArgs 
     const size_t base = static_cast<size_t>(row) * a.d + static_cast<size_t>(grp) * a.group_size;
     const T* y = static_cast<const T*>(a.y);
     const T* z = static_cast<const T*>(a.z);
+    constexpr int STEP = 32 * E;
 
+    float kept[kCached][E];
     float ss = 0.f;
-    for (int i = lane * E; i < a.group_size; i += 32 * E) {
+#pragma unroll
+    for (int it = 0; it < kCached; ++it) {
+        const int i = it * STEP + lane * E;
+        if (i < a.group_size) {
+            load_gated<T, E>(y, z, base + i, kept[it]);
+#pragma unroll
+            for (int e = 0; e < E; ++e) ss = fmaf(kept[it][e], kept[it][e], ss);
+        }
+    }
+    for (int i = kCached * STEP + lane * E; i < a.group_size; i += STEP) {
         float v[E];
         load_gated<T, E>(y, z, base + i, v);
 #pragma unroll
@@ -57,17 +73,25 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_kernel(const NormArgs 
     for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
     const float scale = rsqrtf(ss / a.group_size + a.eps);
 
-    T* out = static_cast<T*>(a.out);
+    T* out = static_cast<T*>(a.out) + base;
     const float* w = a.weight + static_cast<size_t>(grp) * a.group_size;
-    for (int i = lane * E; i < a.group_size; i += 32 * E) {
-        float v[E];
-        load_gated<T, E>(y, z, base + i, v);
+    auto write = [&](int i, float (&v)[E]) {
 #pragma unroll
         for (int e = 0; e < E; ++e) v[e] = v[e] * scale * w[i + e];
         if constexpr (E == 1)
-            out[base + i] = from_f<T>(v[0]);
+            out[i] = from_f<T>(v[0]);
         else
-            store_vec<T, E>(out + base + i, v);
+            store_vec<T, E>(out + i, v);
+    };
+#pragma unroll
+    for (int it = 0; it < kCached; ++it) {
+        const int i = it * STEP + lane * E;
+        if (i < a.group_size) write(i, kept[it]);
+    }
+    for (int i = kCached * STEP + lane * E; i < a.group_size; i += STEP) {
+        float v[E];
+        load_gated<T, E>(y, z, base + i, v);
+        write(i, v);
     }
 }
 

@@ -35,6 +35,11 @@ template <> struct MmaType<__nv_bfloat16> {
         __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
         return *reinterpret_cast<uint32_t*>(&v);
     }
+    // (lo, hi) halves of v scaled in fp32 and rounded back
+    __device__ static __forceinline__ uint32_t scale(uint32_t v, float lo, float hi) {
+        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+        return pack(f.x * lo, f.y * hi);
+    }
     __device__ static __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
         asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
             "{%0,%1,%2,%3};\n"
@@ -46,6 +51,10 @@ template <> struct MmaType<__half> {
     __device__ static __forceinline__ uint32_t pack(float lo, float hi) {
         __half2 v = __floats2half2_rn(lo, hi);
         return *reinterpret_cast<uint32_t*>(&v);
+    }
+    __device__ static __forceinline__ uint32_t scale(uint32_t v, float lo, float hi) {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&v));
+        return pack(f.x * lo, f.y * hi);
     }
     __device__ static __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
         asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "

@@ -2,13 +2,16 @@
 //
 // One block per (chunk c, batch-head bh), Q tokens (Q/32 warps). Blocks take tile numbers from an atomic ticket in
 // chunk-major order, so every block that a block waits for is already running (no deadlock whatever the grid):
-//   1. x, B (then C) chunk -> shared memory by cp.async; dt' and the inclusive cumsum of dt'A, one token per thread.
-//   2. S_c = sum_j exp(cum_end - cum_j) dt'_j x_j ⊗ B_j: the chunk's own state, from zero (mma, P x N x Q).
+//   1. x and B chunks -> shared memory by cp.async; dt' and the inclusive cumsum of dt'A, one token per thread.
+//   2. S_c = sum_j exp(cum_end - cum_j) dt'_j x_j ⊗ B_j: the chunk's own state, from zero (mma, P x N x Q); the
+//      per-token weights scale the x fragments in registers.
 //   3. Chain: wait until chunk c-1 of this bh published S_in(c); publish S_in(c+1) = exp(cum_end) S_in(c) + S_c
 //      into a two-slot ring (or final_state). Only this step is serial across chunks; it moves 2 x 32 KiB through L2.
 //   4. y_i = exp(cum_i) C_i·S_in(c) + sum_{j<=i} (C_i·B_j) exp(cum_i - cum_j) dt'_j x_j + D x_i, per 16-row block:
-//      C·Bᵀ tiles stay in registers and become the A operand of the next mma (no CB matrix in memory).
-// Each warp takes the row blocks w and 2W-1-w so that every warp does the same amount of causal work.
+//      C rows go from global memory straight into A fragments (each row is used by one warp only); C·Bᵀ tiles stay
+//      in registers and become the A operand of the next mma (no CB matrix in memory).
+// Each warp takes the row blocks w and 2W-1-w so that every warp does the same amount of causal work. Shared
+// memory holds x, B and S_in only (70 KiB at Q = 128), so three blocks share an SM.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -33,28 +36,27 @@ struct Tile {
     static constexpr int W = Q / 32;           // warps; also one token per thread in the dt pass
     static constexpr int XS = P + 8;           // padded row strides (elements): ldmatrix rows land on
     static constexpr int BS = N + 8;           // distinct banks
-    static constexpr int AUX = (Q * XS > P * BS) ? Q * XS : P * BS;  // x·w [Q][XS], then S_in [P][BS]
-    static constexpr int WM = (P / 32 < W) ? P / 32 : W;              // warp grid of step 2 over P x N
+    static constexpr int WM = (P / 32 < W) ? P / 32 : W;  // warp grid of step 2 over P x N
     static constexpr int WN = W / WM;
     static constexpr int TM = P / WM, TN = N / WN;
     static constexpr int MT = TM / 16, NT = TN / 8;
-    static constexpr size_t SMEM = 2 * static_cast<size_t>(Q * XS + 2 * Q * BS + AUX) + 4 * 3 * Q;
+    static constexpr size_t SMEM = 2 * static_cast<size_t>(Q * XS + Q * BS + P * BS) + 4 * 3 * Q;
+    static constexpr int MIN_BLOCKS = Q == 128 ? 3 : 1;
     static_assert(P % 32 == 0 && N % 16 == 0 && W % WM == 0 && TN % 16 == 0, "unsupported tile");
 };
 
 template <typename T, int Q, int P, int N>
-__global__ void __launch_bounds__(Q, 256 / Q) ssd_chunked_kernel(const ChunkArgs a) {
+__global__ void __launch_bounds__(Q, Tile<Q, P, N>::MIN_BLOCKS) ssd_chunked_kernel(const ChunkArgs a) {
     using S = Tile<Q, P, N>;
     using M = MmaType<T>;
     const ScanProblem& pb = a.pb;
     extern __shared__ __align__(128) unsigned char smem[];
     T* xs = reinterpret_cast<T*>(smem);  // [Q][XS]
     T* bs = xs + Q * S::XS;              // [Q][BS]
-    T* cs = bs + Q * S::BS;              // [Q][BS]
-    T* aux = cs + Q * S::BS;             // [Q][XS] x·w, then [P][BS] S_in
-    float* cum = reinterpret_cast<float*>(aux + S::AUX);
-    float* dts = cum + Q;
-    float* wts = dts + Q;
+    T* ss = bs + Q * S::BS;              // [P][BS] S_in
+    float* cum = reinterpret_cast<float*>(ss + P * S::BS);
+    float* dts = cum + Q;  // dt'_j
+    float* wts = dts + Q;  // exp(cum_end - cum_j) dt'_j (step 2), then exp(cum_blockend(j) - cum_j) dt'_j (step 4)
     __shared__ int s_tile;
     __shared__ float s_wsum[S::W];
 
@@ -68,7 +70,7 @@ __global__ void __launch_bounds__(Q, 256 / Q) ssd_chunked_kernel(const ChunkArgs
     const int nvalid = min(Q, pb.l - t0);
     const size_t tok0 = static_cast<size_t>(bi) * pb.l + t0;
 
-    // 1. loads: x and B in one group (step 2), C in a second one that lands while step 2 runs
+    // 1. loads: x and B by cp.async
     const T* xg = static_cast<const T*>(pb.x) + (tok0 * pb.h + hi) * P;
     const T* bg = static_cast<const T*>(pb.B) + (tok0 * pb.g + gi) * N;
     const T* cg = static_cast<const T*>(pb.C) + (tok0 * pb.g + gi) * N;
@@ -82,12 +84,6 @@ __global__ void __launch_bounds__(Q, 256 / Q) ssd_chunked_kernel(const ChunkArgs
         const int r = i / BV, v = i % BV;
         const bool ok = r < nvalid;
         cp_async16(smem_addr(bs + r * S::BS + v * 8), ok ? bg + static_cast<size_t>(r) * pb.g * N + v * 8 : pb.B, ok);
-    }
-    cp_async_commit();
-    for (int i = tid; i < Q * BV; i += Q) {
-        const int r = i / BV, v = i % BV;
-        const bool ok = r < nvalid;
-        cp_async16(smem_addr(cs + r * S::BS + v * 8), ok ? cg + static_cast<size_t>(r) * pb.g * N + v * 8 : pb.C, ok);
     }
     cp_async_commit();
 
@@ -115,23 +111,16 @@ __global__ void __launch_bounds__(Q, 256 / Q) ssd_chunked_kernel(const ChunkArgs
     cum[tid] = v;
     dts[tid] = dtp;
     wts[tid] = __expf(total - v) * dtp;
-    cp_async_wait<1>();
+    // decay from token j to the end of its 16-token block (off-diagonal blocks of step 4 factor exp(cum_i - cum_j)
+    // as exp(cum_i - cum_e) exp(cum_e - cum_j), both <= 1, so two exps per row and block instead of one per element)
+    const float to_block_end = __expf(__shfl_sync(0xffffffffu, v, lane | 15) - v) * dtp;
+    cp_async_wait<0>();
     __syncthreads();
 
-    // x·w: the input of step 2, scaled by each token's decay to the chunk end
-    for (int i = tid; i < Q * XV; i += Q) {
-        const int r = i / XV, col = (i % XV) * 8;
-        float e[8];
-        load_vec<T, 8>(xs + r * S::XS + col, e);
-#pragma unroll
-        for (int k = 0; k < 8; ++k) e[k] *= wts[r];
-        store_vec<T, 8>(aux + r * S::XS + col, e);
-    }
-    __syncthreads();
-
-    // 2. S_c[p][n] = sum_j xw[j][p] B[j][n]: A = xwᵀ and B both from [k][.] storage (ldmatrix.trans)
+    // 2. S_c[p][n] = sum_j x[j][p] w_j B[j][n]: A = xᵀ and B both from [k][.] storage (ldmatrix.trans)
     const int wm = warp % S::WM, wn = warp / S::WM;
     const int mi = lane >> 3, mr = lane & 7;  // which 8x8 matrix of an x4 load this lane addresses, and its row
+    const int kq = (lane & 3) * 2;            // this lane's first k (column) inside an 8-wide fragment piece
     float st[S::MT][S::NT][4];
 #pragma unroll
     for (int i = 0; i < S::MT; ++i)
@@ -141,11 +130,17 @@ __global__ void __launch_bounds__(Q, 256 / Q) ssd_chunked_kernel(const ChunkArgs
             for (int r = 0; r < 4; ++r) st[i][j][r] = 0.f;
 #pragma unroll 2
     for (int ks = 0; ks < Q / 16; ++ks) {
+        const float w0 = wts[ks * 16 + kq], w1 = wts[ks * 16 + kq + 1];
+        const float w8 = wts[ks * 16 + 8 + kq], w9 = wts[ks * 16 + 9 + kq];
         uint32_t af[S::MT][4];
 #pragma unroll
         for (int mt = 0; mt < S::MT; ++mt) {
             const int k = ks * 16 + mr + (mi >> 1) * 8, m = wm * S::TM + mt * 16 + (mi & 1) * 8;
-            ldsm_x4_t(af[mt], smem_addr(aux + k * S::XS + m));
+            ldsm_x4_t(af[mt], smem_addr(xs + k * S::XS + m));
+            af[mt][0] = M::scale(af[mt][0], w0, w1);  // a0, a1: k = kq, kq+1; a2, a3: k = kq+8, kq+9
+            af[mt][1] = M::scale(af[mt][1], w0, w1);
+            af[mt][2] = M::scale(af[mt][2], w8, w9);
+            af[mt][3] = M::scale(af[mt][3], w8, w9);
         }
 #pragma unroll
         for (int nt2 = 0; nt2 < S::NT / 2; ++nt2) {
@@ -164,7 +159,8 @@ __global__ void __launch_bounds__(Q, 256 / Q) ssd_chunked_kernel(const ChunkArgs
     if (c > 0 && tid == 0) {
         while (ld_acquire(a.counters + bh) < c) __nanosleep(32);
     }
-    __syncthreads();  // the state is published, and no warp reads x·w any more (aux becomes S_in)
+    __syncthreads();  // the state is published, and no warp reads wts for step 2 any more
+    wts[tid] = to_block_end;
     {
         const size_t pn = static_cast<size_t>(P) * N;
         const float* enter = c == 0 ? (pb.state_in ? pb.state_in + bh * pn : nullptr)
@@ -179,7 +175,7 @@ __global__ void __launch_bounds__(Q, 256 / Q) ssd_chunked_kernel(const ChunkArgs
 #pragma unroll
                 for (int hr = 0; hr < 2; ++hr) {
                     const int p = wm * S::TM + mt * 16 + (lane >> 2) + hr * 8;
-                    const int n = wn * S::TN + nt * 8 + (lane & 3) * 2;
+                    const int n = wn * S::TN + nt * 8 + kq;
                     float2 e = make_float2(0.f, 0.f);
                     if (enter) {
                         // L2 reads: another SM wrote the ring, and this SM's L1 may hold an older copy
@@ -189,26 +185,35 @@ __global__ void __launch_bounds__(Q, 256 / Q) ssd_chunked_kernel(const ChunkArgs
                     const float2 o = make_float2(fmaf(decay, e.x, st[mt][nt][2 * hr]),
                                                  fmaf(decay, e.y, st[mt][nt][2 * hr + 1]));
                     __stcg(reinterpret_cast<float2*>(leave + p * N + n), o);
-                    *reinterpret_cast<uint32_t*>(aux + p * S::BS + n) = M::pack(e.x, e.y);
+                    *reinterpret_cast<uint32_t*>(ss + p * S::BS + n) = M::pack(e.x, e.y);
                 }
     }
     __threadfence();
-    cp_async_wait<0>();
     __syncthreads();
     if (tid == 0 && c < a.nchunks - 1) st_release(a.counters + bh, c + 1);
 
     // 4. outputs, 16 rows at a time
     T* yg = static_cast<T*>(pb.y) + (tok0 * pb.h + hi) * P;
-    const int ra_off = lane >> 2;  // this lane's rows in a 16-row block: ra_off and ra_off + 8
 #pragma unroll 1
     for (int half = 0; half < 2; ++half) {
         const int rb = half == 0 ? warp : 2 * S::W - 1 - warp;
         const int i0 = rb * 16;
         if (i0 >= nvalid) continue;
+        // C rows i0 + lane/4 (+8) as A fragments, straight from global memory (zeros past the sequence end)
+        const int ia = i0 + (lane >> 2), ib = ia + 8;
         uint32_t cf[N / 16][4];
+        {
+            const uint32_t* ca_row = reinterpret_cast<const uint32_t*>(cg + static_cast<size_t>(ia) * pb.g * N + kq);
+            const uint32_t* cb_row = reinterpret_cast<const uint32_t*>(cg + static_cast<size_t>(ib) * pb.g * N + kq);
+            const bool va = ia < nvalid, vb = ib < nvalid;
 #pragma unroll
-        for (int ks = 0; ks < N / 16; ++ks)
-            ldsm_x4(cf[ks], smem_addr(cs + (i0 + (lane & 15)) * S::BS + ks * 16 + (lane >> 4) * 8));
+            for (int ks = 0; ks < N / 16; ++ks) {
+                cf[ks][0] = va ? __ldg(ca_row + ks * 8) : 0u;
+                cf[ks][1] = vb ? __ldg(cb_row + ks * 8) : 0u;
+                cf[ks][2] = va ? __ldg(ca_row + ks * 8 + 4) : 0u;
+                cf[ks][3] = vb ? __ldg(cb_row + ks * 8 + 4) : 0u;
+            }
+        }
 
         // exp(cum_i) C_i · S_in: B operand = S_in[p][n], [n_out][k] storage
         float yacc[P / 8][4];
@@ -221,11 +226,10 @@ __global__ void __launch_bounds__(Q, 256 / Q) ssd_chunked_kernel(const ChunkArgs
 #pragma unroll
             for (int pt2 = 0; pt2 < P / 16; ++pt2) {
                 uint32_t bf[4];
-                ldsm_x4(bf, smem_addr(aux + (pt2 * 16 + mr + (mi >> 1) * 8) * S::BS + ks * 16 + (mi & 1) * 8));
+                ldsm_x4(bf, smem_addr(ss + (pt2 * 16 + mr + (mi >> 1) * 8) * S::BS + ks * 16 + (mi & 1) * 8));
                 M::mma(yacc[2 * pt2], cf[ks], bf[0], bf[1]);
                 M::mma(yacc[2 * pt2 + 1], cf[ks], bf[2], bf[3]);
             }
-        const int ia = i0 + ra_off, ib = ia + 8;
         const float ca = cum[ia], cb = cum[ib];
         const float ea = __expf(ca), eb = __expf(cb);
 #pragma unroll
@@ -239,25 +243,41 @@ __global__ void __launch_bounds__(Q, 256 / Q) ssd_chunked_kernel(const ChunkArgs
         // causal part: G = C_i·B_jᵀ (16x16, registers), P = G ⊙ exp(cum_i - cum_j) dt'_j (j <= i), y += P x_j
 #pragma unroll 1
         for (int jb = 0; jb <= rb; ++jb) {
-            float gacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            float gacc[2][2][4] = {};  // [k parity][n8 tile]: two independent mma chains per tile
 #pragma unroll
             for (int ks = 0; ks < N / 16; ++ks) {
                 uint32_t bf[4];
                 ldsm_x4(bf, smem_addr(bs + (jb * 16 + mr + (mi >> 1) * 8) * S::BS + ks * 16 + (mi & 1) * 8));
-                M::mma(gacc[0], cf[ks], bf[0], bf[1]);
-                M::mma(gacc[1], cf[ks], bf[2], bf[3]);
+                M::mma(gacc[ks & 1][0], cf[ks], bf[0], bf[1]);
+                M::mma(gacc[ks & 1][1], cf[ks], bf[2], bf[3]);
             }
             uint32_t pf[4];
+            if (jb < rb) {  // every j before every i: factored decays, no mask
+                const float ce = cum[jb * 16 + 15];
+                const float sa = __expf(ca - ce), sb = __expf(cb - ce);
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
-                const int j = jb * 16 + nt * 8 + (lane & 3) * 2;
-                const float cj0 = cum[j], cj1 = cum[j + 1], d0 = dts[j], d1 = dts[j + 1];
-                const float p00 = j <= ia ? gacc[nt][0] * __expf(ca - cj0) * d0 : 0.f;
-                const float p01 = j + 1 <= ia ? gacc[nt][1] * __expf(ca - cj1) * d1 : 0.f;
-                const float p10 = j <= ib ? gacc[nt][2] * __expf(cb - cj0) * d0 : 0.f;
-                const float p11 = j + 1 <= ib ? gacc[nt][3] * __expf(cb - cj1) * d1 : 0.f;
-                pf[2 * nt] = M::pack(p00, p01);
-                pf[2 * nt + 1] = M::pack(p10, p11);
+                for (int nt = 0; nt < 2; ++nt) {
+                    const int j = jb * 16 + nt * 8 + kq;
+                    const float w0 = wts[j], w1 = wts[j + 1];
+                    pf[2 * nt] = M::pack((gacc[0][nt][0] + gacc[1][nt][0]) * sa * w0,
+                                         (gacc[0][nt][1] + gacc[1][nt][1]) * sa * w1);
+                    pf[2 * nt + 1] = M::pack((gacc[0][nt][2] + gacc[1][nt][2]) * sb * w0,
+                                             (gacc[0][nt][3] + gacc[1][nt][3]) * sb * w1);
+                }
+            } else {  // the diagonal block: causal mask, direct decays (exp(cum_i - cum_j) <= 1 only for j <= i)
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) {
+                    const int j = jb * 16 + nt * 8 + kq;
+                    const float cj0 = cum[j], cj1 = cum[j + 1], d0 = dts[j], d1 = dts[j + 1];
+                    const float g00 = gacc[0][nt][0] + gacc[1][nt][0], g01 = gacc[0][nt][1] + gacc[1][nt][1];
+                    const float g10 = gacc[0][nt][2] + gacc[1][nt][2], g11 = gacc[0][nt][3] + gacc[1][nt][3];
+                    const float p00 = j <= ia ? g00 * __expf(ca - cj0) * d0 : 0.f;
+                    const float p01 = j + 1 <= ia ? g01 * __expf(ca - cj1) * d1 : 0.f;
+                    const float p10 = j <= ib ? g10 * __expf(cb - cj0) * d0 : 0.f;
+                    const float p11 = j + 1 <= ib ? g11 * __expf(cb - cj1) * d1 : 0.f;
+                    pf[2 * nt] = M::pack(p00, p01);
+                    pf[2 * nt + 1] = M::pack(p10, p11);
+                }
             }
 #pragma unroll
             for (int pt2 = 0; pt2 < P / 16; ++pt2) {
@@ -271,7 +291,7 @@ __global__ void __launch_bounds__(Q, 256 / Q) ssd_chunked_kernel(const ChunkArgs
         // + D x, stored straight from the accumulators (pairs of columns)
 #pragma unroll
         for (int pt = 0; pt < P / 8; ++pt) {
-            const int pc = pt * 8 + (lane & 3) * 2;
+            const int pc = pt * 8 + kq;
             float d0 = 0.f, d1 = 0.f;
             if (pb.D) {
                 d0 = pb.D_has_hdim ? pb.D[hi * P + pc] : pb.D[hi];

@@ -46,7 +46,8 @@ __device__ __forceinline__ void store_part(float* __restrict__ row, int n0, int 
     }
 }
 
-template <typename T, int NS, bool VEC>
+// ONE: a decode step (l = 1), compiled without the token loop.
+template <typename T, int NS, bool VEC, bool ONE>
 __global__ void __launch_bounds__(kThreads) ssd_recurrent_kernel(const RecurrentArgs a) {
     const ScanProblem& pb = a.pb;
     const long gtid = static_cast<long>(blockIdx.x) * kThreads + threadIdx.x;
@@ -76,8 +77,9 @@ __global__ void __launch_bounds__(kThreads) ssd_recurrent_kernel(const Recurrent
     const T* Cm = static_cast<const T*>(pb.C);
     T* y = static_cast<T*>(pb.y);
 
+    const int steps = ONE ? 1 : pb.l;
 #pragma unroll 2
-    for (int t = 0; t < pb.l; ++t) {
+    for (int t = 0; t < steps; ++t) {
         const size_t tok = static_cast<size_t>(b) * pb.l + t;
         const size_t xi = (tok * pb.h + h) * pb.p + p;
         const size_t bci = (tok * pb.g + g) * pb.n;
@@ -100,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) ssd_recurrent_kernel(const Recurrent
     if (active) store_part<NS, VEC>(pb.state_out + row * pb.n, n0, pb.n, s);
 }
 
-template <typename T, int NS>
+template <typename T, int NS, bool ONE>
 int launch(const ScanProblem& pb, cudaStream_t stream) {
     RecurrentArgs a{pb, static_cast<long>(pb.b) * pb.h * pb.p, 1};
     while (a.tpr * NS < pb.n) a.tpr *= 2;
@@ -110,16 +112,20 @@ int launch(const ScanProblem& pb, cudaStream_t stream) {
     const bool vec = pb.n % NS == 0 && aligned16(pb.B) && aligned16(pb.C) && aligned16(pb.state_out) &&
                      (pb.state_in == nullptr || aligned16(pb.state_in));
     if (vec)
-        ssd_recurrent_kernel<T, NS, true><<<blocks, kThreads, 0, stream>>>(a);
+        ssd_recurrent_kernel<T, NS, true, ONE><<<blocks, kThreads, 0, stream>>>(a);
     else
-        ssd_recurrent_kernel<T, NS, false><<<blocks, kThreads, 0, stream>>>(a);
+        ssd_recurrent_kernel<T, NS, false, ONE><<<blocks, kThreads, 0, stream>>>(a);
     return static_cast<int>(cudaGetLastError());
 }
 
 template <typename T>
 int launch_dtype(const ScanProblem& pb, cudaStream_t stream) {
-    // NS = 8 keeps two 16-byte fp32 state loads in flight per thread; 16 only where 32 threads cannot cover n.
-    return pb.n <= 32 * 8 ? launch<T, 8>(pb, stream) : launch<T, 16>(pb, stream);
+    // A decode step is one pass over the state: 16 floats per thread keep 64 bytes of loads in flight per thread
+    // (the register count, not the thread count, bounds the threads per SM). Sequences keep 8 floats per thread
+    // (twice the threads for the same state); 16 also where 32 threads of 8 cannot cover n.
+    const bool wide = pb.n > 32 * 8 || (pb.l == 1 && pb.n % 16 == 0);
+    if (pb.l == 1) return wide ? launch<T, 16, true>(pb, stream) : launch<T, 8, true>(pb, stream);
+    return wide ? launch<T, 16, false>(pb, stream) : launch<T, 8, false>(pb, stream);
 }
 
 }  // namespace
