@@ -23,9 +23,9 @@ from ssd_deploy.presets import preset
 from ssd_deploy.tensorrt import api as trt_api
 from ssd_deploy.tensorrt import sidecar as sc
 from ssd_deploy.tensorrt.build import BuildOptions, add_profiles, build
-from ssd_deploy.tensorrt.cli import build as build_command
+from ssd_deploy.tensorrt.cli import build as build_command, engine_options
 from ssd_deploy.tensorrt.profiles import Profile, Range
-from ssd_deploy.tensorrt.runner import NEEDS, TrtRunner
+from ssd_deploy.tensorrt.runner import NEEDS, TrtRunner, trt_runner
 
 
 def _api():
@@ -236,6 +236,26 @@ def test_rebuilt_onnx_or_replaced_engine_is_refused_by_the_sidecar(exported, tmp
     engine.write_bytes(engine.read_bytes()[:-1])
     replaced = sc.Environment(**{**here.__dict__, "engine_sha256": sc.sha256_bytes(engine.read_bytes())})
     assert any("replaced without its sidecar" in p for p in sc.problems(car, replaced))
+
+
+def test_validate_plumbing_finds_the_engine_of_an_export(exported, tmp_path):
+    """What ``validate --backend trt`` uses: the export's engine by default, tied to that export's ONNX."""
+    import click
+
+    @click.command()
+    @click.argument("export_dir")
+    @engine_options
+    def probe(export_dir, engine, plugins):
+        runner = trt_runner(export_dir, engine, plugins)
+        click.echo(f"{runner.engine_path}|{runner.export_dir}|{runner.plugins}")
+
+    export_dir = exported()
+    with pytest.raises(UserError, match=f"ssd-deploy build {tmp_path}"):
+        trt_runner(tmp_path)
+    engine = tmp_path / "v.engine"
+    build(export_dir, BuildOptions(profile="decode", engine=engine))
+    res = CliRunner().invoke(probe, [str(export_dir), "--engine", str(engine), "--plugins", "lib.so"])
+    assert res.exit_code == 0 and res.output.strip() == f"{engine}|{export_dir}|lib.so", res.output
 
 
 # --- on a GPU with TensorRT ---------------------------------------------------------------------------------------
