@@ -34,8 +34,9 @@ RTX_NOT_DEFAULT = ("SM75",)
 _LOADED_PLUGINS: dict[str, Any] = {}
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+def label(package: str, version: str) -> str:
+    """How a TensorRT is named to users: "TensorRT 10.13.0.35", "TensorRT-RTX 1.7.1.116"."""
+    return f"{'TensorRT-RTX' if package == 'tensorrt_rtx' else 'TensorRT'} {version}"
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,11 @@ class TrtApi:
 
     @property
     def major(self) -> int:
-        return _version_tuple(self.version)[0]
+        return int(self.version.split(".")[0])
 
     @property
     def display_name(self) -> str:
-        return f"{'TensorRT-RTX' if self.is_rtx else 'TensorRT'} {self.version}"
+        return label(self.package, self.version)
 
     @property
     def builds_ahead_of_time(self) -> bool:

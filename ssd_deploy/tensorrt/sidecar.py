@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import UserError
 from ..onnx.metadata import DATA_FILE, MODEL_FILE, ExportMetadata
+from . import api as trt_api
 from .profiles import Profile
 
 FORMAT = 1
@@ -61,10 +62,6 @@ def gpu_compute_capability() -> str | None:
     return f"{major}.{minor}"
 
 
-def tensorrt_label(package: str, version: str) -> str:
-    return f"{'TensorRT-RTX' if package == 'tensorrt_rtx' else 'TensorRT'} {version}"
-
-
 @dataclass(frozen=True)
 class Sidecar:
     tensorrt: str  # the Python package that built it: tensorrt | tensorrt_rtx
@@ -89,7 +86,7 @@ class Sidecar:
 
     @property
     def label(self) -> str:
-        return tensorrt_label(self.tensorrt, self.tensorrt_version)
+        return trt_api.label(self.tensorrt, self.tensorrt_version)
 
     def to_dict(self) -> dict:
         meta = self.metadata
@@ -158,7 +155,7 @@ class Environment:
 def problems(car: Sidecar, env: Environment) -> list[str]:
     """Every reason this engine must not run here (empty: it may)."""
     out = []
-    here = tensorrt_label(env.tensorrt, env.tensorrt_version)
+    here = trt_api.label(env.tensorrt, env.tensorrt_version)
     if (car.tensorrt, car.tensorrt_version) != (env.tensorrt, env.tensorrt_version):
         out.append(f"built with {car.label}, but this is {here}; engines run only with the TensorRT that built them")
     cc = env.compute_capability
