@@ -3,6 +3,7 @@ and exit status 2, a failed validation exit status 1."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import click
 
 from .errors import UserError
+from .tensorrt.cli import build, engine_options
 
 
 def user_errors(fn):
@@ -50,16 +52,19 @@ def new(out_dir, preset_name, fmt, seed):
 
 
 def export_options(fn):
+    """Flags that override a recipe's values; None means 'not given' (the recipe's value, else the default)."""
     for opt in reversed([
-        click.option("--flavor", default="portable", show_default=True, help="portable"),
-        click.option("--dtype", default="fp32", show_default=True, help="fp32 | fp16 | bf16"),
-        click.option("--opset", type=int, default=18, show_default=True),
-        click.option("--external-data", type=click.Choice(["auto", "always", "never"]), default="auto",
-                     show_default=True, help="weights in a side file (auto: when the model is large)"),
-        click.option("--logits", type=click.Choice(["all", "last"]), default="all", show_default=True,
-                     help="logits for every position, or the last one only"),
-        click.option("--graph", type=click.Choice(["unified", "decode"]), default="unified", show_default=True,
-                     help="one graph for prefill and decode, or a single-token decode graph"),
+        click.option("--recipe", default=None, metavar="NAME|PATH",
+                     help="export recipe (a name from export/, or a TOML file); flags override its values"),
+        click.option("--flavor", default=None, help="portable | ort | trt  [default: portable]"),
+        click.option("--dtype", default=None, help="fp32 | fp16 | bf16  [default: fp32]"),
+        click.option("--opset", type=int, default=None, help="[default: 18]"),
+        click.option("--external-data", type=click.Choice(["auto", "always", "never"]), default=None,
+                     help="weights in a side file (auto: when the model is large)"),
+        click.option("--logits", type=click.Choice(["all", "last"]), default=None,
+                     help="logits for every position, or the last one only  [default: all]"),
+        click.option("--graph", type=click.Choice(["unified", "decode"]), default=None,
+                     help="one graph for prefill and decode, or a single-token decode graph  [default: unified]"),
     ]):
         fn = opt(fn)
     return fn
@@ -70,34 +75,45 @@ def export_options(fn):
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="output directory")
 @export_options
 @user_errors
-def export(ckpt, out_dir, flavor, dtype, opset, external_data, logits, graph):
+def export(ckpt, out_dir, recipe, **flags):
     """Export checkpoint directory CKPT to ONNX in OUT_DIR."""
-    from .onnx.export import ExportOptions, export as do_export
+    from .onnx.export import export as do_export, resolve_options
 
-    opts = ExportOptions(flavor=flavor, dtype=dtype, opset=opset, external_data=external_data, logits=logits,
-                         graph=graph)
-    path = do_export(ckpt, out_dir, opts)
-    click.echo(f"exported {ckpt} ({flavor}, {dtype}) to {path}")
+    opts, resolved = resolve_options(recipe, **flags)  # checked before any work starts
+    path = do_export(ckpt, out_dir, opts, resolved)
+    click.echo(f"exported {ckpt} ({opts.flavor}, {opts.dtype}) to {path}")
 
 
 @main.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--against", "ckpt", type=click.Path(path_type=Path), required=True,
               help="the checkpoint directory the model was exported from")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="ONNX Runtime, or a TensorRT engine built by `ssd-deploy build`")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="ONNX Runtime's execution provider")
+@engine_options
 @click.option("--steps", type=int, default=4, show_default=True, help="decode steps after the prefill")
 @click.option("--batch", type=int, default=2, show_default=True)
 @click.option("--prompt-len", type=int, default=None, help="default: 1.5 chunks + 3 tokens")
 @click.option("--seed", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @user_errors
-def validate(export_dir, ckpt, provider, steps, batch, prompt_len, seed, as_json):
-    """Prove an export against the PyTorch reference (exit 1 on failure)."""
+def validate(export_dir, ckpt, backend, provider, engine, plugins, steps, batch, prompt_len, seed, as_json):
+    """Prove an export against the PyTorch reference (exit 1 on failure). A trt-flavor export runs on ONNX Runtime
+    through its validation copy (each plugin node with its standard-op body): the very graph TensorRT receives."""
+    from .onnx.export import validation_model
     from .runtime.ort_runner import ort_runner
     from .validate import format_report, validate as do_validate
 
-    report = do_validate(export_dir, ckpt, ort_runner(export_dir, provider), steps=steps, batch=batch,
-                         prompt_len=prompt_len, seed=seed)
+    with contextlib.ExitStack() as stack:
+        if backend == "trt":
+            from .tensorrt.runner import trt_runner
+
+            runner = trt_runner(export_dir, engine, plugins)
+        else:
+            runner = ort_runner(export_dir, provider, stack.enter_context(validation_model(export_dir)))
+        report = do_validate(export_dir, ckpt, runner, steps=steps, batch=batch, prompt_len=prompt_len, seed=seed)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
     sys.exit(0 if report.ok else 1)
 
@@ -112,6 +128,109 @@ def inspect(export_dir, as_json):
 
     info = describe(export_dir)
     click.echo(json.dumps(info, indent=2) if as_json else format_description(info))
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{what}: expected positive integers, got {text!r}")
+    return values
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(["torch", "ort", "trt"]), default="ort", show_default=True,
+              help="torch: MODEL is a checkpoint directory; ort/trt: an export directory")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@engine_options
+@click.option("--prompt", default=None, help="text (needs a tokenizer.json beside MODEL or --tokenizer)")
+@click.option("--input-ids", default=None, help="comma-separated token ids")
+@click.option("--batch-file", type=click.Path(path_type=Path), default=None,
+              help="one prompt per line (text, or comma-separated ids without a tokenizer)")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None, help="tokenizer.json or its directory")
+@click.option("--max-new-tokens", type=int, default=32, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy")
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--eos-id", type=int, default=None, help="default: the tokenizer's end-of-text token, if any")
+@click.option("--json", "as_json", is_flag=True, help="print the generated ids as JSON instead of streaming")
+@user_errors
+def run(model, backend, provider, engine, plugins, prompt, input_ids, batch_file, tokenizer, max_new_tokens,
+        temperature, top_k, top_p, seed, eos_id, as_json):
+    """Generate from MODEL: the prompt prefilled in one call, then token by token with carried states."""
+    from .generate import SamplingOptions, default_eos, find_tokenizer, generate
+    from .runtime.backends import open_backend
+
+    if sum(x is not None for x in (prompt, input_ids, batch_file)) != 1:
+        raise UserError("give exactly one of --prompt, --input-ids, --batch-file")
+    tok = find_tokenizer(model, tokenizer)
+    if batch_file is not None:
+        if not Path(batch_file).is_file():
+            raise UserError(f"{batch_file}: no such file")
+        lines = [ln for ln in Path(batch_file).read_text().splitlines() if ln.strip()]
+    else:
+        lines = [prompt if prompt is not None else input_ids]
+    if prompt is not None and tok is None:
+        raise UserError(f"--prompt needs a tokenizer: no tokenizer.json in {model}; pass --tokenizer or --input-ids")
+    as_text = tok is not None and input_ids is None
+    prompts = [tok.encode(ln).ids if as_text else _ints(ln, "prompt ids") for ln in lines]
+    opts = SamplingOptions(max_new_tokens, temperature, top_k, top_p, seed,
+                           eos_id if eos_id is not None else default_eos(tok))
+    backend_obj = open_backend(model, backend, provider, plugins, engine)
+    stream = len(prompts) == 1 and not as_json
+
+    def on_tokens(tokens, alive):
+        if alive[0]:
+            click.echo(tok.decode([int(tokens[0])]) if as_text else f"{int(tokens[0])} ", nl=False)
+
+    outs = generate(backend_obj, prompts, opts, on_tokens if stream else None)
+    if as_json:
+        click.echo(json.dumps({"prompts": prompts, "generated": outs}))
+    elif stream:
+        click.echo()
+    else:
+        for ln, out in zip(lines, outs):
+            click.echo(f"{ln} -> {tok.decode(out) if as_text else ','.join(map(str, out))}")
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.option("--export", "exports", type=click.Path(path_type=Path), multiple=True,
+              help="export directories to run on ONNX Runtime (default: portable and ort exports made here)")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="of the PyTorch model and of the exports made here")
+@click.option("--batch", "batches", default="1", show_default=True, help="comma-separated batch sizes")
+@click.option("--length", "lengths", default="128,512", show_default=True, help="comma-separated prompt lengths")
+@click.option("--steps", type=int, default=8, show_default=True, help="decode steps timed per point")
+@click.option("--repeats", type=int, default=3, show_default=True, help="prefills timed per point (median)")
+@click.option("--no-torch", is_flag=True, help="leave the PyTorch model out")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of tokens/s against length")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def bench(ckpt, exports, provider, dtype, batches, lengths, steps, repeats, no_torch, plot, as_json):
+    """Prefill tokens/s and decode ms/token of each backend, side by side on the same prompts."""
+    from . import bench as b
+    from .onnx.export import ExportOptions, export as do_export
+    from .runtime.backends import OrtBackend, TorchBackend
+
+    batch_list, length_list = _ints(batches, "--batch"), _ints(lengths, "--length")
+    with tempfile.TemporaryDirectory(prefix="ssd-deploy-bench-") as tmp:
+        if not exports:
+            exports = [do_export(ckpt, Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype)).parent
+                       for f in ("portable", "ort")]
+        backends = [] if no_torch else [TorchBackend(ckpt, provider, dtype)]
+        backends += [OrtBackend(e, provider) for e in exports]
+        points = b.run(backends, batch_list, length_list, steps, repeats,
+                       progress=None if as_json else lambda p: click.echo(f"  measured {p.backend} batch {p.batch} "
+                                                                         f"length {p.length}", err=True))
+    if plot:
+        b.plot(points, plot)
+    click.echo(json.dumps(b.to_json(points), indent=2) if as_json else b.table(points))
 
 
 @main.command()
@@ -135,6 +254,8 @@ def demo(workdir):
     click.echo(format_report(report))
     sys.exit(0 if report.ok else 1)
 
+
+main.add_command(build)
 
 if __name__ == "__main__":
     main()

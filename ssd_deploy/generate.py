@@ -1,0 +1,128 @@
+"""Generation over any stateful backend: prefill each prompt in one call, then decode token by token with the
+carried states; greedy or sampled (temperature, top-k, top-p); stops on EOS or the token limit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import UserError
+from .runtime.backends import Backend
+
+TOKENIZER_FILE = "tokenizer.json"
+EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|eos|>")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    seed: int | None = None
+    eos_id: int | None = None
+
+    def check(self):
+        if self.max_new_tokens < 1:
+            raise UserError("--max-new-tokens must be at least 1")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise UserError("need temperature >= 0, top-k >= 0 and 0 < top-p <= 1")
+
+
+def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator) -> np.ndarray:
+    """logits [b, V] → token ids [b]."""
+    if opts.temperature == 0:
+        return logits.argmax(-1)
+    z = logits.astype(np.float64) / opts.temperature
+    if opts.top_k:
+        kth = np.sort(z, axis=-1)[:, -min(opts.top_k, z.shape[-1])][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    if opts.top_p < 1:
+        order = np.argsort(-p, axis=-1)
+        sorted_p = np.take_along_axis(p, order, -1)
+        outside = np.cumsum(sorted_p, -1) - sorted_p >= opts.top_p  # keep the smallest set reaching top_p
+        mask = np.zeros_like(p, dtype=bool)
+        np.put_along_axis(mask, order, outside, -1)
+        p = np.where(mask, 0.0, p)
+        p /= p.sum(-1, keepdims=True)
+    return np.array([rng.choice(p.shape[-1], p=row) for row in p])
+
+
+def prefill(backend: Backend, prompts: list[list[int]]):
+    """One call for equal-length prompts; otherwise one call each and the states stacked (no padding: Mamba has no
+    attention mask, and a pad token would enter the state)."""
+    if any(len(p) == 0 for p in prompts):
+        raise UserError("empty prompt")
+    if len({len(p) for p in prompts}) == 1:
+        return backend.forward(np.array(prompts), backend.zero_states(len(prompts)))
+    parts = [backend.forward(np.array([p]), backend.zero_states(1)) for p in prompts]
+    return np.concatenate([logits for logits, _ in parts]), backend.concat_states([s for _, s in parts])
+
+
+def check_limits(recipe: dict, prompts: list[list[int]]):
+    """The export recipe's shape ranges are what the deployment (and a TensorRT engine) was built for."""
+    if not recipe:
+        return
+    longest, batch = max(len(p) for p in prompts), len(prompts)
+    if longest > recipe["prefill"][1]:
+        raise UserError(f"a prompt of {longest} tokens exceeds the export recipe's prefill range "
+                        f"(at most {recipe['prefill'][1]})")
+    if batch > recipe["batch"][1]:
+        raise UserError(f"{batch} prompts exceed the export recipe's batch range (at most {recipe['batch'][1]})")
+
+
+def generate(backend: Backend, prompts: list[list[int]], opts: SamplingOptions,
+             on_tokens: Callable[[np.ndarray, np.ndarray], None] | None = None) -> list[list[int]]:
+    """Returns the new tokens of each prompt. ``on_tokens(tokens [b], alive [b])`` streams each step's tokens."""
+    opts.check()
+    check_limits(backend.recipe, prompts)
+    vocab = backend.config.vocab_size  # rows past it are padding: never sampled
+    rng = np.random.default_rng(opts.seed)
+    logits, states = prefill(backend, prompts)
+    out: list[list[int]] = [[] for _ in prompts]
+    alive = np.ones(len(prompts), dtype=bool)
+    for step in range(opts.max_new_tokens):
+        tokens = sample(logits[:, :vocab], opts, rng)
+        for i in np.flatnonzero(alive):
+            out[i].append(int(tokens[i]))
+        if on_tokens:
+            on_tokens(tokens, alive.copy())
+        if opts.eos_id is not None:
+            alive &= tokens != opts.eos_id
+        if not alive.any() or step == opts.max_new_tokens - 1:
+            break
+        logits, states = backend.forward(tokens[:, None], states)
+    return out
+
+
+def find_tokenizer(model_dir: Path, given: Path | None):
+    """A local tokenizer.json (the file or a directory holding one): the given one, else the one beside the model;
+    None when there is none (then prompts and outputs are token ids)."""
+    from tokenizers import Tokenizer
+
+    candidates = [Path(given)] if given else [Path(model_dir)]
+    for c in candidates:
+        path = c / TOKENIZER_FILE if c.is_dir() else c
+        if path.is_file():
+            try:
+                return Tokenizer.from_file(str(path))
+            except Exception as e:  # tokenizers raises plain Exceptions for malformed files
+                raise UserError(f"{path}: not a readable tokenizer ({e})") from None
+        if given:
+            raise UserError(f"{given}: no {TOKENIZER_FILE} there")
+    return None
+
+
+def default_eos(tokenizer) -> int | None:
+    if tokenizer is None:
+        return None
+    for tok in EOS_CANDIDATES:
+        i = tokenizer.token_to_id(tok)
+        if i is not None:
+            return i
+    return None
