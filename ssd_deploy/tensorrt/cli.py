@@ -26,14 +26,15 @@ def engine_options(fn):
               help="TensorRT plugin library; required for trt-flavor graphs "
                    "(plugins/build/libssd_trt_plugins.so)")
 @click.option("--profile", type=click.Choice(["decode", "prefill", "both"]), default=None,
-              help="optimization profiles: decode (seq = 1), prefill (the --seq range) or both  [default: both]")
-@click.option("--batch", default=None, metavar="MIN,OPT,MAX", help="batch range of every profile  [default: 1,1,4]")
+              help="optimization profiles: decode (seq = 1), prefill (the --seq range) or both  [default: the "
+                   "recipe's, else both]")
+@click.option("--batch", default=None, metavar="MIN,OPT,MAX", help="batch range of every profile  [default: the recipe's, else 1,1,4]")
 @click.option("--seq", default=None, metavar="MIN,OPT,MAX", help="sequence range of the prefill profile  "
-                                                                  "[default: 1,256,2048]")
+                                                                  "[default: the recipe's, else 1,256,2048]")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, metavar="PATH",
               help="TensorRT timing cache to read and update (ignored by TensorRT-RTX)")
 @click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), default=None, metavar="MB",
-              help="builder workspace limit in MiB  [default: TensorRT's]")
+              help="builder workspace limit in MiB  [default: the recipe's, else TensorRT's]")
 @click.option("-o", "--output", "engine", type=click.Path(path_type=Path), default=None, metavar="ENGINE",
               help="engine file  [default: OUTDIR/model.engine; the sidecar is ENGINE.json]")
 @click.option("-v", "--verbose", is_flag=True, help="show TensorRT's log while building")
