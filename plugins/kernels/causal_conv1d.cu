@@ -1,10 +1,11 @@
 // Depthwise causal conv1d with carried state and fused SiLU (C ABI: ssd_causal_conv1d).
 //
-// A block covers 32 x VEC channels x kTokens tokens; each thread moves VEC channels (16 bytes) per load and store.
-// The block stages the inputs it needs (its tokens and the k-1 before them, taken from conv_state where they precede
-// the sequence) in shared memory as fp32, with the weights, so that any k <= kMaxK works without register arrays
-// indexed at run time. Only the first token tile reads conv_state and only it writes the new state (the last k-1
-// inputs, read from x or, for l < k-1, from the old state), so the update may be in place.
+// A block covers 32 x VEC channels x kTokens tokens; each thread moves VEC channels (16 bytes) per load and store
+// and keeps its k x VEC weights in registers. The block stages the inputs it needs (its tokens and the k-1 before
+// them, taken from conv_state where they precede the sequence) in shared memory as fp32, in planes of 4 channels per
+// lane so that every 16-byte shared access of a warp is contiguous (no bank conflicts); any k <= kMaxK works
+// without register arrays indexed at run time. Only the first token tile reads conv_state and only it writes the new
+// state (the last k-1 inputs, read from x or, for l < k-1, from the old state), so the update may be in place.
 #include <cuda_runtime.h>
 
 #include "device_utils.cuh"
@@ -36,17 +37,50 @@ __device__ __forceinline__ void load_channels(const T* p, int valid, float (&o)[
     }
 }
 
+// Shared-memory slot of channel e of lane tx in row r: planes of 4 consecutive channels, lanes side by side.
+template <int VEC>
+__device__ __forceinline__ int slot(int r, int tx, int e) {
+    if constexpr (VEC == 1) {
+        return r * kLanes + tx;
+    } else {
+        return r * kLanes * VEC + (e / 4) * kLanes * 4 + tx * 4 + e % 4;
+    }
+}
+
+template <int VEC>
+__device__ __forceinline__ void put_row(float* tile, int r, int tx, const float (&v)[VEC]) {
+    if constexpr (VEC == 1) {
+        tile[slot<1>(r, tx, 0)] = v[0];
+    } else {
+#pragma unroll
+        for (int q = 0; q < VEC / 4; ++q)
+            *reinterpret_cast<float4*>(tile + slot<VEC>(r, tx, 4 * q)) =
+                make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+    }
+}
+
+template <int VEC>
+__device__ __forceinline__ void get_row(const float* tile, int r, int tx, float (&v)[VEC]) {
+    if constexpr (VEC == 1) {
+        v[0] = tile[slot<1>(r, tx, 0)];
+    } else {
+#pragma unroll
+        for (int q = 0; q < VEC / 4; ++q) {
+            const float4 f = *reinterpret_cast<const float4*>(tile + slot<VEC>(r, tx, 4 * q));
+            v[4 * q] = f.x, v[4 * q + 1] = f.y, v[4 * q + 2] = f.z, v[4 * q + 3] = f.w;
+        }
+    }
+}
+
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kLanes* kRows) causal_conv1d_kernel(const ConvArgs a) {
-    constexpr int SPAN = kLanes * VEC;  // channels per block
-    extern __shared__ float tile[];     // [kTokens + k - 1][SPAN] inputs, then [k][SPAN] weights
+    extern __shared__ __align__(16) float tile[];  // [kTokens + k - 1 rows][kLanes * VEC channels]
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const int c0 = blockIdx.x * SPAN + tx * VEC;  // first channel of this thread
+    const int c0 = (blockIdx.x * kLanes + tx) * VEC;  // first channel of this thread
     const int t0 = blockIdx.y * kTokens;
     const int b = blockIdx.z;
     const int km1 = a.k - 1;
     const int rows = kTokens + km1;
-    float* w = tile + rows * SPAN;
     const bool live = c0 < a.d;
     const T* x = static_cast<const T*>(a.x);
 
@@ -62,17 +96,16 @@ __global__ void __launch_bounds__(kLanes* kRows) causal_conv1d_kernel(const Conv
                     v[e] = a.state_in[(static_cast<size_t>(b) * a.d + c0 + e) * km1 + km1 + tt];
             }
         }
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) tile[r * SPAN + tx * VEC + e] = v[e];
+        put_row<VEC>(tile, r, tx, v);
     }
-    for (int i = ty; i < a.k; i += kRows)
-#pragma unroll
-        for (int e = 0; e < VEC; ++e)
-            w[i * SPAN + tx * VEC + e] = live ? a.weight[static_cast<size_t>(c0 + e) * a.k + i] : 0.f;
     __syncthreads();
     if (!live) return;
 
-    float bias[VEC];
+    float w[kMaxK][VEC], bias[VEC];
+#pragma unroll
+    for (int i = 0; i < kMaxK; ++i)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) w[i][e] = i < a.k ? a.weight[static_cast<size_t>(c0 + e) * a.k + i] : 0.f;
 #pragma unroll
     for (int e = 0; e < VEC; ++e) bias[e] = a.bias ? a.bias[c0 + e] : 0.f;
     T* y = static_cast<T*>(a.y);
@@ -80,10 +113,15 @@ __global__ void __launch_bounds__(kLanes* kRows) causal_conv1d_kernel(const Conv
         float acc[VEC];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) acc[e] = bias[e];
-        for (int i = 0; i < a.k; ++i)
 #pragma unroll
-            for (int e = 0; e < VEC; ++e)
-                acc[e] = fmaf(w[i * SPAN + tx * VEC + e], tile[(t + i) * SPAN + tx * VEC + e], acc[e]);
+        for (int i = 0; i < kMaxK; ++i) {
+            if (i < a.k) {
+                float v[VEC];
+                get_row<VEC>(tile, t + i, tx, v);
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) acc[e] = fmaf(w[i][e], v[e], acc[e]);
+            }
+        }
         if (a.silu)
 #pragma unroll
             for (int e = 0; e < VEC; ++e) acc[e] = silu(acc[e]);
@@ -98,12 +136,10 @@ __global__ void __launch_bounds__(kLanes* kRows) causal_conv1d_kernel(const Conv
         for (int i = ty; i < km1; i += kRows) {
             const int tt = a.l - km1 + i;
             float v[VEC];
-            if (tt >= 0) {
+            if (tt >= 0)
                 load_channels<T, VEC>(x + (static_cast<size_t>(b) * a.l + tt) * a.d + c0, a.d - c0, v);
-            } else {  // only when l < k-1: that input is among this tile's staged state rows
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) v[e] = tile[(tt + km1) * SPAN + tx * VEC + e];
-            }
+            else  // only when l < k-1: that input is among this tile's staged state rows
+                get_row<VEC>(tile, tt + km1, tx, v);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) a.state_out[(static_cast<size_t>(b) * a.d + c0 + e) * km1 + i] = v[e];
         }
@@ -115,7 +151,7 @@ int launch(const ConvArgs& a, cudaStream_t stream) {
     constexpr int SPAN = kLanes * VEC;
     const dim3 block(kLanes, kRows);
     const dim3 grid((a.d + SPAN - 1) / SPAN, (a.l + kTokens - 1) / kTokens, a.b);
-    const size_t smem = sizeof(float) * SPAN * (kTokens + a.k - 1 + a.k);  // <= 48 KiB for k <= kMaxK
+    const size_t smem = sizeof(float) * SPAN * (kTokens + a.k - 1);  // <= 39 KiB for k <= kMaxK
     causal_conv1d_kernel<T, VEC><<<grid, block, smem, stream>>>(a);
     return static_cast<int>(cudaGetLastError());
 }

@@ -5,7 +5,7 @@
 
 namespace {
 
-// Below this many tokens the recurrence beats a chunk of tensor-core work (a chunk tile is 128 or 256 tokens).
+// Below this many tokens the recurrence beats a chunk of tensor-core work (a chunk tile is 128 tokens).
 constexpr int kMinChunkedTokens = 64;
 
 bool valid_dtype(ssd_dtype_t t) { return t == SSD_F32 || t == SSD_F16 || t == SSD_BF16; }
@@ -40,7 +40,7 @@ int ssd_scan(const void* x, const void* dt, const float* A, const void* B, const
     if (!valid_sizes(b, l, h, p, g, n) || !valid_dtype(dtype)) return SSD_ERR_BAD_ARG;
     const ssd::ScanProblem pb{x, dt, A, B, C, D, D_has_hdim, dt_bias, initial_state, y, final_state,
                               b, l, h, p, g, n, dtp, dtype};
-    if (use_chunked(pb)) return ssd::run_chunked(pb, chunk_size, workspace, workspace_bytes, stream);
+    if (use_chunked(pb)) return ssd::run_chunked(pb, workspace, workspace_bytes, stream);
     return ssd::run_recurrent(pb, stream);
 }
 

@@ -1,6 +1,7 @@
 // Chunked SSD prefill on tensor cores (fp16/bf16 I/O, fp32 accumulation, decays and states), one fused kernel.
 //
-// One block per (chunk c, batch-head bh), Q tokens (Q/32 warps). Blocks take tile numbers from an atomic ticket in
+// One block per (chunk c, batch-head bh), Q = 128 tokens, 4 warps (measured faster than Q = 256 at every DESIGN §7
+// shape: fewer FLOPs in the causal blocks, three blocks per SM). Blocks take tile numbers from an atomic ticket in
 // chunk-major order, so every block that a block waits for is already running (no deadlock whatever the grid):
 //   1. x and B chunks -> shared memory by cp.async; dt' and the inclusive cumsum of dt'A, one token per thread.
 //   2. S_c = sum_j exp(cum_end - cum_j) dt'_j x_j ⊗ B_j: the chunk's own state, from zero (mma, P x N x Q); the
@@ -11,7 +12,7 @@
 //      C rows go from global memory straight into A fragments (each row is used by one warp only); C·Bᵀ tiles stay
 //      in registers and become the A operand of the next mma (no CB matrix in memory).
 // Each warp takes the row blocks w and 2W-1-w so that every warp does the same amount of causal work. Shared
-// memory holds x, B and S_in only (70 KiB at Q = 128), so three blocks share an SM.
+// memory holds x, B and S_in only (70 KiB), so three blocks share an SM.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -41,12 +42,11 @@ struct Tile {
     static constexpr int TM = P / WM, TN = N / WN;
     static constexpr int MT = TM / 16, NT = TN / 8;
     static constexpr size_t SMEM = 2 * static_cast<size_t>(Q * XS + Q * BS + P * BS) + 4 * 3 * Q;
-    static constexpr int MIN_BLOCKS = Q == 128 ? 3 : 1;
     static_assert(P % 32 == 0 && N % 16 == 0 && W % WM == 0 && TN % 16 == 0, "unsupported tile");
 };
 
 template <typename T, int Q, int P, int N>
-__global__ void __launch_bounds__(Q, Tile<Q, P, N>::MIN_BLOCKS) ssd_chunked_kernel(const ChunkArgs a) {
+__global__ void __launch_bounds__(Q, 3) ssd_chunked_kernel(const ChunkArgs a) {
     using S = Tile<Q, P, N>;
     using M = MmaType<T>;
     const ScanProblem& pb = a.pb;
@@ -339,21 +339,16 @@ int launch(const ScanProblem& pb, void* ws, cudaStream_t stream) {
     return static_cast<int>(cudaGetLastError());
 }
 
-template <typename T, int Q>
+constexpr int kChunk = 128;
+
+template <typename T>
 int launch_shape(const ScanProblem& pb, void* ws, cudaStream_t stream) {
-    if (pb.p == 64 && pb.n == 128) return launch<T, Q, 64, 128>(pb, ws, stream);
-    if (pb.p == 64 && pb.n == 64) return launch<T, Q, 64, 64>(pb, ws, stream);
+    if (pb.p == 64 && pb.n == 128) return launch<T, kChunk, 64, 128>(pb, ws, stream);
+    if (pb.p == 64 && pb.n == 64) return launch<T, kChunk, 64, 64>(pb, ws, stream);
     return SSD_ERR_BAD_ARG;
 }
 
-template <typename T>
-int launch_dtype(const ScanProblem& pb, int q, void* ws, cudaStream_t stream) {
-    return q == 128 ? launch_shape<T, 128>(pb, ws, stream) : launch_shape<T, 256>(pb, ws, stream);
-}
-
 }  // namespace
-
-int chunk_tile(int chunk_size) { return chunk_size >= 256 ? 256 : 128; }
 
 bool chunked_supported(const ScanProblem& pb) {
     const bool shape = pb.p == 64 && (pb.n == 128 || pb.n == 64);
@@ -369,12 +364,11 @@ size_t chunked_workspace_size(int b, int h, int p, int n) {
     return align256(2 * bhs * p * n * sizeof(float)) + align256((bhs + 1) * sizeof(int));
 }
 
-int run_chunked(const ScanProblem& pb, int chunk_size, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+int run_chunked(const ScanProblem& pb, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
     if (workspace_bytes < chunked_workspace_size(pb.b, pb.h, pb.p, pb.n)) return SSD_ERR_WORKSPACE;
     if (!workspace || !aligned16(workspace)) return SSD_ERR_BAD_ARG;
-    const int q = chunk_tile(chunk_size);
-    if (pb.dtype == SSD_BF16) return launch_dtype<__nv_bfloat16>(pb, q, workspace, stream);
-    if (pb.dtype == SSD_F16) return launch_dtype<__half>(pb, q, workspace, stream);
+    if (pb.dtype == SSD_BF16) return launch_shape<__nv_bfloat16>(pb, workspace, stream);
+    if (pb.dtype == SSD_F16) return launch_shape<__half>(pb, workspace, stream);
     return SSD_ERR_BAD_ARG;
 }
 

@@ -30,11 +30,10 @@ struct ScanProblem {
 constexpr int kRecurrentMaxN = 512;
 int run_recurrent(const ScanProblem& pb, cudaStream_t stream);
 
-// Chunked SSD on tensor cores (fp16/bf16, head dim and state size of the instantiated tiles).
-// chunk_tile(chunk_size) is the chunk length the kernel will use for a requested chunk size.
-int chunk_tile(int chunk_size);
+// Chunked SSD on tensor cores (fp16/bf16, head dim and state size of the instantiated tiles). The chunk length is
+// the kernel's own (128 tokens): chunking changes results only by rounding, so the contract's chunk_size is a hint.
 bool chunked_supported(const ScanProblem& pb);
 size_t chunked_workspace_size(int b, int h, int p, int n);
-int run_chunked(const ScanProblem& pb, int chunk_size, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+int run_chunked(const ScanProblem& pb, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 }  // namespace ssd

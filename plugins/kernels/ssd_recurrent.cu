@@ -120,10 +120,9 @@ int launch(const ScanProblem& pb, cudaStream_t stream) {
 
 template <typename T>
 int launch_dtype(const ScanProblem& pb, cudaStream_t stream) {
-    // A decode step is one pass over the state: 16 floats per thread keep 64 bytes of loads in flight per thread
-    // (the register count, not the thread count, bounds the threads per SM). Sequences keep 8 floats per thread
-    // (twice the threads for the same state); 16 also where 32 threads of 8 cannot cover n.
-    const bool wide = pb.n > 32 * 8 || (pb.l == 1 && pb.n % 16 == 0);
+    // 8 floats per thread: two 16-byte state loads in flight, and few enough registers (39 for a decode step) for
+    // 13 blocks per SM; 16 only where 32 threads of 8 cannot cover n (16 per thread measured slower for decode).
+    const bool wide = pb.n > 32 * 8;
     if (pb.l == 1) return wide ? launch<T, 16, true>(pb, stream) : launch<T, 8, true>(pb, stream);
     return wide ? launch<T, 16, false>(pb, stream) : launch<T, 8, false>(pb, stream);
 }
