@@ -2,9 +2,10 @@
 //
 // A block covers 32 x VEC channels x kTokens tokens; each thread moves VEC channels (16 bytes) per load and store
 // and keeps its k x VEC weights in registers. The block stages the inputs it needs (its tokens and the k-1 before
-// them, taken from conv_state where they precede the sequence) in shared memory as fp32, in planes of 4 channels per
-// lane so that every 16-byte shared access of a warp is contiguous (no bank conflicts); any k <= kMaxK works
-// without register arrays indexed at run time. Only the first token tile reads conv_state and only it writes the new
+// them, taken from conv_state where they precede the sequence), then its weights and bias (read coalesced: the
+// block's [channels][k] weights are contiguous), in shared memory as fp32, in planes of 4 channels per lane so that
+// every 16-byte shared access of a warp is contiguous (no bank conflicts); any k <= kMaxK works without register
+// arrays indexed at run time. Only the first token tile reads conv_state and only it writes the new
 // state (the last k-1 inputs, read from x or, for l < k-1, from the old state), so the update may be in place.
 #include <cuda_runtime.h>
 
@@ -74,7 +75,8 @@ __device__ __forceinline__ void get_row(const float* tile, int r, int tx, float 
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kLanes* kRows) causal_conv1d_kernel(const ConvArgs a) {
-    extern __shared__ __align__(16) float tile[];  // [kTokens + k - 1 rows][kLanes * VEC channels]
+    // rows: kTokens + k - 1 inputs, then k weight taps, then the bias; kLanes * VEC channels each
+    extern __shared__ __align__(16) float tile[];
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int c0 = (blockIdx.x * kLanes + tx) * VEC;  // first channel of this thread
     const int t0 = blockIdx.y * kTokens;
@@ -98,16 +100,26 @@ __global__ void __launch_bounds__(kLanes* kRows) causal_conv1d_kernel(const Conv
         }
         put_row<VEC>(tile, r, tx, v);
     }
+    {
+        constexpr int SPAN = kLanes * VEC;
+        const int ch0 = blockIdx.x * SPAN;
+        const int tid = ty * kLanes + tx;
+        for (int idx = tid; idx < SPAN * (a.k + 1); idx += kLanes * kRows) {
+            const int cl = idx / (a.k + 1), i = idx % (a.k + 1);  // channel in block, tap (k: the bias)
+            const int ch = ch0 + cl;
+            float v = 0.f;
+            if (ch < a.d) v = i < a.k ? a.weight[static_cast<size_t>(ch) * a.k + i] : (a.bias ? a.bias[ch] : 0.f);
+            tile[slot<VEC>(rows + i, cl / VEC, cl % VEC)] = v;
+        }
+    }
     __syncthreads();
     if (!live) return;
 
     float w[kMaxK][VEC], bias[VEC];
 #pragma unroll
     for (int i = 0; i < kMaxK; ++i)
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) w[i][e] = i < a.k ? a.weight[static_cast<size_t>(c0 + e) * a.k + i] : 0.f;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) bias[e] = a.bias ? a.bias[c0 + e] : 0.f;
+        if (i < a.k) get_row<VEC>(tile, rows + i, tx, w[i]);
+    get_row<VEC>(tile, rows + a.k, tx, bias);
     T* y = static_cast<T*>(a.y);
     for (int t = ty; t < kTokens && t0 + t < a.l; t += kRows) {
         float acc[VEC];
@@ -151,7 +163,7 @@ int launch(const ConvArgs& a, cudaStream_t stream) {
     constexpr int SPAN = kLanes * VEC;
     const dim3 block(kLanes, kRows);
     const dim3 grid((a.d + SPAN - 1) / SPAN, (a.l + kTokens - 1) / kTokens, a.b);
-    const size_t smem = sizeof(float) * SPAN * (kTokens + a.k - 1);  // <= 39 KiB for k <= kMaxK
+    const size_t smem = sizeof(float) * SPAN * (kTokens + 2 * a.k);  // <= 48 KiB for k <= kMaxK
     causal_conv1d_kernel<T, VEC><<<grid, block, smem, stream>>>(a);
     return static_cast<int>(cudaGetLastError());
 }

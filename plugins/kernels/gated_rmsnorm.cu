@@ -76,8 +76,13 @@ __global__ void __launch_bounds__(kThreads) gated_rmsnorm_kernel(const NormArgs 
     T* out = static_cast<T*>(a.out) + base;
     const float* w = a.weight + static_cast<size_t>(grp) * a.group_size;
     auto write = [&](int i, float (&v)[E]) {
+        float wv[E];
+        if constexpr (E == 1)
+            wv[0] = w[i];
+        else
+            load_vec<float, E>(w + i, wv);  // group starts are multiples of E floats: 16-byte aligned
 #pragma unroll
-        for (int e = 0; e < E; ++e) v[e] = v[e] * scale * w[i + e];
+        for (int e = 0; e < E; ++e) v[e] = v[e] * scale * wv[e];
         if constexpr (E == 1)
             out[i] = from_f<T>(v[0]);
         else
@@ -101,7 +106,8 @@ int launch(const NormArgs& a, cudaStream_t stream) {
     const long warps = a.rows * (a.d / a.group_size);
     const unsigned blocks = static_cast<unsigned>((warps * 32 + kThreads - 1) / kThreads);
     // Group starts are multiples of group_size elements: aligned when the bases are and group_size % E == 0.
-    const bool vec = a.group_size % E == 0 && aligned16(a.y) && aligned16(a.z) && aligned16(a.out);
+    const bool vec = a.group_size % E == 0 && aligned16(a.y) && aligned16(a.z) && aligned16(a.out) &&
+                     aligned16(a.weight);
     if (vec)
         gated_rmsnorm_kernel<T, E><<<blocks, kThreads, 0, stream>>>(a);
     else
