@@ -27,21 +27,23 @@ typedef struct {
     float dt_max;      // +inf for none
 } ssd_dt_params_t;
 
-// Prefill. D has h (D_has_hdim = 0) or h*p (D_has_hdim = 1) elements. initial_state may be NULL (zeros).
+// Prefill. D has h (D_has_hdim = 0) or h*p (D_has_hdim = 1) elements. initial_state may be NULL (zeros); so may
+// D and dt_bias. chunk_size (>= 1) is a hint: chunking changes results only by rounding, and the kernel picks its own.
+// The workspace size is for 16-byte aligned tensors, grows with b and h, and needs no initialisation. n <= 512.
 size_t ssd_scan_workspace_size(int b, int l, int h, int p, int g, int n, int chunk_size, ssd_dtype_t dtype);
 int ssd_scan(const void* x, const void* dt, const float* A, const void* B, const void* C, const float* D,
              int D_has_hdim, const float* dt_bias, const float* initial_state, void* y, float* final_state,
              int b, int l, int h, int p, int g, int n, int chunk_size, ssd_dt_params_t dtp, ssd_dtype_t dtype,
              void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
-// Decode, one token. state_in may equal state_out (in-place update).
+// Decode, one token. state_in may equal state_out (in-place update) or be NULL (zeros).
 int ssd_step(const float* state_in, const void* x, const void* dt, const float* A, const void* B, const void* C,
              const float* D, int D_has_hdim, const float* dt_bias, void* y, float* state_out,
              int b, int h, int p, int g, int n, ssd_dt_params_t dtp, ssd_dtype_t dtype, cudaStream_t stream);
 
 // Depthwise causal conv with carried state and optional fused SiLU. x/y [b,l,d], weight [d,k], bias [d] or NULL,
 // conv_state_in/out [b,d,k-1] float32 (the last k-1 inputs; conv_state_in NULL means zeros). Works for l = 1 and
-// l < k-1. conv_state_in may equal conv_state_out.
+// l < k-1. conv_state_in may equal conv_state_out. k <= 8.
 int ssd_causal_conv1d(const void* x, const float* weight, const float* bias, const float* conv_state_in, void* y,
                       float* conv_state_out, int b, int l, int d, int k, int silu, ssd_dtype_t dtype,
                       cudaStream_t stream);
