@@ -3,9 +3,9 @@
 One run measures, in this order: the ceilings (device-to-device copy bandwidth, bf16 matmul rate), then prefill
 (ssd_scan, bf16, two interleaved rounds with the anchor), decode (ssd_step, fp32 state, CUDA graphs), causal_conv1d
 and gated_rmsnorm. When ``mamba_ssm``'s Triton kernels import (put a copy on PYTHONPATH), mamba_chunk_scan_combined
-and selective_state_update run on the same inputs beside them, with the relative difference of the outputs. Times are medians of CUDA
-event timings after warm-up; every prefill input is several times the L2. Results go to --out (JSON, rewritten after
-each measurement) and a table on stdout.
+and selective_state_update run on the same inputs beside them, with the relative difference of the outputs. Times
+are medians of CUDA event timings after warm-up; every prefill input is several times the L2. Results go to --out
+(JSON, rewritten after each measurement) and a table on stdout.
 
     PYTHONPATH=.:third_party/mamba python benchmarks/gpu_kernels_check.py --out results.json
 """
