@@ -122,7 +122,7 @@ def validate(export_dir: Path, ckpt_dir: Path, backend_runner, steps: int = 4, b
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, cfg.vocab_size, (batch, prompt_len))
     step_ids = rng.integers(0, cfg.vocab_size, (batch, steps))
-    ref_runner = TorchRunner(reference)
+    ref_runner = TorchRunner(reference, ssm_layout=meta.ssm_layout)
     ref_results = _run(ref_runner, meta, prompt, step_ids)
     out_results = _run(backend_runner, meta, prompt, step_ids)
     if meta.logits == "last":

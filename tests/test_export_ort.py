@@ -2,6 +2,7 @@
 recurrence, so an ONNX Runtime upgrade that changes them fails loudly), each op's lowering matches the contract,
 and whole models match the PyTorch reference on the tiny configs, prefill and decode, fp32 and fp16."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -28,6 +29,8 @@ from test_export_portable import random_states, reference_outputs
 MS = "com.microsoft"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OP_TOL = {"fp32": 1e-5, "fp16": 1e-2, "bf16": 1e-2}
+# the tiny variants have headdim == d_state; this one tells the [b,h,n,p] state layout from [b,h,p,n] by shape too
+MODEL_VARIANTS = {**VARIANTS, "n8": dataclasses.replace(TINY, d_state=8)}
 
 
 def run_node(node, feeds: dict, n_out: int):
@@ -95,6 +98,7 @@ def test_gated_rmsnorm_contrib_op_normalises_before_gating():
 
 # ---- each op's lowering against the contract ---------------------------------------------------------------------
 
+STATE = {"ssd_scan": 7, "ssd_step": 0}  # the ssm state input, in ort.SSM_LAYOUT [b,h,n,p] in this flavor
 OPS = {  # op → (non-tensor arguments, input names, output names)
     "ssd_scan": ({"chunk_size": 16, "dt_softplus": True, "dt_min": 0.0, "dt_max": math.inf},
                  ["x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state"], ["y", "state"]),
@@ -135,9 +139,9 @@ def ort_value(t: torch.Tensor):
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("op_name", list(OPS))
-@pytest.mark.parametrize("variant", ["g4", "hdimD-limit"])
+@pytest.mark.parametrize("variant", ["g4", "hdimD-limit", "n8"])
 def test_op_lowering_matches_contract(op_name, dtype, variant, tmp_path):
-    cfg = VARIANTS[variant]
+    cfg = MODEL_VARIANTS[variant]
     attrs, names, outs = OPS[op_name]
     if op_name != "causal_conv1d":
         attrs = {**attrs, "dt_min": cfg.dt_min, "dt_max": cfg.dt_max}
@@ -147,9 +151,14 @@ def test_op_lowering_matches_contract(op_name, dtype, variant, tmp_path):
     sess = op_session(model, tmp_path / "op.onnx")
     for length in (1, 7, 16, 19):
         inputs, _ = sample_inputs(op_name, cfg, DTYPES[dtype], batch=2, seq=length)
-        got = sess.run_with_ort_values(None, {k: ort_value(t) for k, t in zip(names, inputs)})
+        fed = list(inputs)
+        if op_name in STATE:
+            fed[STATE[op_name]] = fed[STATE[op_name]].transpose(-1, -2).contiguous()
+        got = [g.numpy() for g in sess.run_with_ort_values(None, {k: ort_value(t) for k, t in zip(names, fed)})]
+        if op_name in STATE:
+            got[1] = np.swapaxes(got[1], -1, -2)
         for g, r in zip(got, reference(op_name, inputs, attrs)):
-            assert rel_err(g.numpy().astype(np.float64), r) < OP_TOL[dtype], (op_name, length)
+            assert rel_err(g.astype(np.float64), r) < OP_TOL[dtype], (op_name, length)
 
 
 def test_bf16_graph_casts_around_fp32_contrib_ops():
@@ -171,7 +180,8 @@ def exports(make_checkpoint, tmp_path_factory):
     def get(variant, dtype="fp32", **opts):
         key = (variant, dtype, tuple(sorted(opts.items())))
         if key not in cache:
-            ckpt = make_checkpoint(VARIANTS[variant], "mamba_ssm" if variant == "hdimD-limit" else "hf", seed=11)
+            ckpt = make_checkpoint(MODEL_VARIANTS[variant], "mamba_ssm" if variant == "hdimD-limit" else "hf",
+                                   seed=11)
             out = tmp_path_factory.mktemp("ort") / f"{variant}-{dtype}"
             cache[key] = ckpt, export(ckpt, out, ExportOptions(flavor="ort", dtype=dtype, **opts)).parent
         return cache[key]
@@ -179,7 +189,12 @@ def exports(make_checkpoint, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+def swap_ssm(states: dict) -> dict:
+    """ssm states between the export's [b,h,n,p] (ort.SSM_LAYOUT) and the reference's [b,h,p,n]."""
+    return {k: np.swapaxes(v, -1, -2) if k.startswith("ssm_state") else v for k, v in states.items()}
+
+
+@pytest.mark.parametrize("variant", list(MODEL_VARIANTS))
 def test_parity_fp32_every_length(exports, variant):
     ckpt, out = exports(variant)
     meta = read_metadata(out)
@@ -189,15 +204,16 @@ def test_parity_fp32_every_length(exports, variant):
     q = meta.config.chunk_size
     for length in (1, 7, q, q + 3, 3 * q):
         ids = rng.integers(0, meta.config.vocab_size, (2, length))
-        states = random_states(meta, 2, rng)
+        states = random_states(meta, 2, rng)  # in the export's layout
         got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input_ids": ids, **states})))
-        logits, ref_states = reference_outputs(model, ids, states)
+        logits, ref_states = reference_outputs(model, ids, swap_ssm(states))
         assert rel_err(got["logits"], logits) < 1e-4, length
+        ref_states = swap_ssm({k: v.numpy() for k, v in ref_states.items()})
         for name, ref in ref_states.items():
             assert rel_err(got[name], ref) < 1e-4, (length, name)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", list(MODEL_VARIANTS))
 def test_validate_prefill_then_decode(exports, variant):
     ckpt, out = exports(variant)
     report = validate(out, ckpt, ort_runner(out), steps=4, batch=2)
@@ -218,8 +234,8 @@ def test_decode_graph(exports):
     assert validate(out, ckpt, ort_runner(out), steps=3).ok
 
 
-def test_graph_uses_contrib_ops_and_contract_layout(exports):
-    ckpt, out = exports("g4")
+def test_graph_uses_contrib_ops_and_declares_its_state_layout(exports):
+    ckpt, out = exports("n8")
     proto = onnx.load(str(out / "model.onnx"))
     ops = [(n.domain, n.op_type) for n in proto.graph.node]
     n_layer = TINY.n_layer
@@ -229,8 +245,15 @@ def test_graph_uses_contrib_ops_and_contract_layout(exports):
     la = next(n for n in proto.graph.node if n.op_type == "LinearAttention")
     attrs = {a.name: oh.get_attribute_value(a) for a in la.attribute}
     assert attrs["scale"] == 1.0 and attrs["update_rule"] == b"gated"
+    assert la.input[3] == "ssm_state.0" and "ssm_state_out.0" in la.output  # no transposes around the op
     meta = read_metadata(out)
-    assert meta.flavor == "ort" and meta.ssm_layout == LAYOUT_SSM
+    cfg = MODEL_VARIANTS["n8"]
+    assert meta.flavor == "ort" and meta.ssm_layout == ort_flavor.SSM_LAYOUT != LAYOUT_SSM
+    assert meta.states[1].shape == ("batch", cfg.nheads, cfg.d_state, cfg.headdim)
+    dims = lambda vi: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731
+    ssm_in = next(i for i in proto.graph.input if i.name == "ssm_state.0")
+    ssm_out = next(o for o in proto.graph.output if o.name == "ssm_state_out.0")
+    assert dims(ssm_in) == dims(ssm_out) == ["batch", cfg.nheads, cfg.d_state, cfg.headdim]
     onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
 
 

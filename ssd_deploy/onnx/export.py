@@ -26,12 +26,13 @@ from .. import recipes
 from ..errors import UserError
 from ..model import Mamba2LM
 from . import ort, portable, trt
-from .metadata import (DATA_FILE, INPUT_IDS, LOGITS, MODEL_FILE, ExportMetadata, load_graph, model_path,
-                       read_metadata, state_names)
-from .tracing import batch_dim, seq_dim, to_onnx, translation_table
+from .metadata import (DATA_FILE, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata, load_graph,
+                       model_path, read_metadata, state_names)
+from .tracing import batch_dim, seq_dim, to_onnx
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# flavor name → module with lowerings(dims) (and optionally finalize(model, cfg) for rewrites tracing cannot express)
+# flavor name → module with lowerings(dims); optionally finalize(model, cfg) for rewrites tracing cannot express,
+# and SSM_LAYOUT where its graph keeps the ssm state in another layout than DESIGN §3's
 FLAVORS = {"portable": portable, "ort": ort, "trt": trt}
 EXTERNAL_DATA = ("auto", "always", "never")
 IR_VERSION = 10  # ONNX 1.23 writes 14 by default; current ONNX Runtime releases load 10
@@ -77,7 +78,7 @@ class GraphInterface(nn.Module):
         return (logits, *[t for pair in zip(conv, ssm) for t in pair])
 
 
-def trace(model: Mamba2LM, opts: ExportOptions, table: dict) -> onnx_ir.Model:
+def trace(model: Mamba2LM, opts: ExportOptions) -> onnx_ir.Model:
     cfg = model.cfg
     batch = batch_dim()
     seq = 1 if opts.graph == "decode" else seq_dim()
@@ -87,7 +88,8 @@ def trace(model: Mamba2LM, opts: ExportOptions, table: dict) -> onnx_ir.Model:
     names = state_names(cfg.n_layer)
     return to_onnx(GraphInterface(model, opts), (ids, *states), [INPUT_IDS] + [i for i, _ in names],
                    [LOGITS] + [o for _, o in names],
-                   {"input_ids": {0: batch, 1: seq}, "states": tuple({0: batch} for _ in states)}, table, opts.opset)
+                   {"input_ids": {0: batch, 1: seq}, "states": tuple({0: batch} for _ in states)},
+                   FLAVORS[opts.flavor], cfg, opts.opset)
 
 
 def strip_trace_metadata(model: onnx_ir.Model):
@@ -138,16 +140,15 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
     model = load_model(ckpt_dir, DTYPES[opts.dtype])
     cfg = model.cfg
     flavor = FLAVORS[opts.flavor]
-    graph = trace(model, opts, translation_table(flavor, cfg))
-    if hasattr(flavor, "finalize"):  # rewrites that tracing cannot express (custom-domain nodes)
-        graph = flavor.finalize(graph, cfg)
+    graph = trace(model, opts)
     strip_trace_metadata(graph)
     graph.ir_version = IR_VERSION
     meta = ExportMetadata(
         config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opts.opset,
         exporter=f"ssd-deploy {__version__}; torch {torch.__version__}; onnx {onnx.__version__}",
         checkpoint_sha256=checkpoint_hash(ckpt_dir), logits=opts.logits,
-        graph="decode" if opts.graph == "decode" else "unified", recipe=recipe or {})
+        graph="decode" if opts.graph == "decode" else "unified", recipe=recipe or {},
+        ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM))
     graph.metadata_props.update(meta.to_props())
     return save_atomically(graph, out_dir, _use_external(graph, opts.external_data), check_model)
 

@@ -1,5 +1,6 @@
 """One call of torch.onnx's dynamo exporter, made the same way for the whole model and for single ops (the `trt`
-validation bodies): the ssd_deploy ops lowered through a flavor's translation table, batch and sequence dynamic."""
+validation bodies, tests): the ssd_deploy ops lowered through a flavor's translation table, then the flavor's
+``finalize`` (if any) for what tracing cannot express; batch and sequence dynamic."""
 
 from __future__ import annotations
 
@@ -32,15 +33,19 @@ def translation_table(flavor, cfg: Mamba2Config) -> dict:
 
 
 def to_onnx(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str], dynamic_shapes: dict,
-            table: dict, opset: int) -> onnx_ir.Model:
+            flavor, cfg: Mamba2Config, opset: int) -> onnx_ir.Model:
     # the exporter warns about every torchvision op it cannot register; none of them is ours
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(module, args, dynamo=True, verbose=False, report=False, input_names=input_names,
                                  output_names=output_names, dynamic_shapes=dynamic_shapes,
-                                 custom_translation_table=table, opset_version=opset, optimize=True)
-    return prog.model
+                                 custom_translation_table=translation_table(flavor, cfg), opset_version=opset,
+                                 optimize=True)
+    model = prog.model
+    if hasattr(flavor, "finalize"):
+        model = flavor.finalize(model, cfg)
+    return model
 
 
 class _OneOp(nn.Module):
@@ -80,4 +85,4 @@ def trace_op(op_name: str, attrs: dict, cfg: Mamba2Config, dtype: torch.dtype, f
     batch, seq = batch_dim(), seq_dim()
     dyn = tuple({i: (batch if c == "b" else seq) for i, c in enumerate(a)} for a in axes)
     return to_onnx(_OneOp(getattr(torch.ops.ssd_deploy, op_name), attrs), tuple(inputs), input_names, output_names,
-                   {"inputs": dyn}, translation_table(flavor, cfg), OPSET)
+                   {"inputs": dyn}, flavor, cfg, OPSET)

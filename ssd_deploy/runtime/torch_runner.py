@@ -11,17 +11,19 @@ import torch
 from polygraphy.backend.base import BaseRunner
 
 from ..model import Mamba2LM
-from ..onnx.metadata import INPUT_IDS, LOGITS, state_names
+from ..onnx.metadata import INPUT_IDS, LAYOUT_SSM, LOGITS, state_names
 
 
 class TorchRunner(BaseRunner):
-    def __init__(self, model: Mamba2LM, name: str = "torch", decode_step: bool = True):
+    def __init__(self, model: Mamba2LM, name: str = "torch", decode_step: bool = True, ssm_layout: str = LAYOUT_SSM):
         """``decode_step``: single-token calls go through the ssd_step op instead of the scan (as a deployment
-        would); both are the contract, and the tests prove them equal."""
+        would); both are the contract, and the tests prove them equal. ``ssm_layout``: the export's (metadata):
+        ssm states are taken and returned in it, so they compare with the export's own."""
         super().__init__(name=name, prefix="torch-runner")
         self.model = model
         self.decode_step = decode_step
         self.names = state_names(model.cfg.n_layer)
+        self.swap_ssm = ssm_layout != LAYOUT_SSM  # the only other layout: b,h,n,p
 
     def activate_impl(self):
         pass
@@ -39,15 +41,23 @@ class TorchRunner(BaseRunner):
 
     def _state_shapes(self):
         shapes = self.model.cfg.state_shapes()
+        if self.swap_ssm:
+            b, h, p, n = shapes["ssm"]
+            shapes["ssm"] = (b, h, n, p)
         return [shapes["conv" if i % 2 == 0 else "ssm"] for i in range(len(self.names))]
+
+    def _ssm(self, t: torch.Tensor) -> torch.Tensor:
+        """The model's [b,h,p,n] ↔ the export's layout (a swap is its own inverse)."""
+        return t.transpose(-1, -2).contiguous() if self.swap_ssm else t
 
     @torch.no_grad()
     def infer_impl(self, feed_dict):
         ids = torch.from_numpy(np.asarray(feed_dict[INPUT_IDS]))
         states = [torch.from_numpy(np.asarray(feed_dict[i], dtype=np.float32)) for i, _ in self.names]
         start = time.perf_counter()
-        logits, conv, ssm = self.model(ids, states[0::2], states[1::2],
+        logits, conv, ssm = self.model(ids, states[0::2], [self._ssm(t) for t in states[1::2]],
                                        decode=self.decode_step and ids.shape[1] == 1)
+        ssm = [self._ssm(t) for t in ssm]
         self.inference_time = time.perf_counter() - start
         out = OrderedDict([(LOGITS, logits.float().numpy())])
         for (_, o), t in zip(self.names, [t for pair in zip(conv, ssm) for t in pair]):
