@@ -199,38 +199,64 @@ def run(model, backend, provider, engine, plugins, prompt, input_ids, batch_file
 
 @main.command()
 @click.argument("ckpt", type=click.Path(path_type=Path))
+@click.option("--backends", default="torch,portable,ort", show_default=True,
+              help="comma-separated: torch (the PyTorch model), portable and ort (ONNX Runtime on exports made here)")
 @click.option("--export", "exports", type=click.Path(path_type=Path), multiple=True,
-              help="export directories to run on ONNX Runtime (default: portable and ort exports made here)")
+              help="further export directories to run on ONNX Runtime")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--torch-kernels", type=click.Choice(["triton", "reference"]), default="triton", show_default=True,
+              help="the torch backend on CUDA: Triton kernels or the ops' PyTorch listings")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="of the PyTorch model and of the exports made here")
 @click.option("--batch", "batches", default="1", show_default=True, help="comma-separated batch sizes")
 @click.option("--length", "lengths", default="128,512", show_default=True, help="comma-separated prompt lengths")
 @click.option("--steps", type=int, default=8, show_default=True, help="decode steps timed per point")
 @click.option("--repeats", type=int, default=3, show_default=True, help="prefills timed per point (median)")
-@click.option("--no-torch", is_flag=True, help="leave the PyTorch model out")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of tokens/s against length")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def bench(ckpt, exports, provider, dtype, batches, lengths, steps, repeats, no_torch, plot, as_json):
-    """Prefill tokens/s and decode ms/token of each backend, side by side on the same prompts."""
+def bench(ckpt, backends, exports, provider, torch_kernels, dtype, batches, lengths, steps, repeats, plot, as_json):
+    """Prefill tokens/s and decode ms/token of each backend, side by side on the same prompts (logits compared
+    with the first backend's)."""
     from . import bench as b
     from .onnx.export import ExportOptions, export as do_export
     from .runtime.backends import OrtBackend, TorchBackend
 
     batch_list, length_list = _ints(batches, "--batch"), _ints(lengths, "--length")
+    names = [n.strip() for n in backends.split(",") if n.strip()]
+    unknown = set(names) - {"torch", "portable", "ort"}
+    if unknown or not (names or exports):
+        raise UserError(f"--backends: choose among torch, portable, ort (got {backends!r})")
     with tempfile.TemporaryDirectory(prefix="ssd-deploy-bench-") as tmp:
-        if not exports:
-            exports = [do_export(ckpt, Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype)).parent
-                       for f in ("portable", "ort")]
-        backends = [] if no_torch else [TorchBackend(ckpt, provider, dtype)]
-        backends += [OrtBackend(e, provider) for e in exports]
-        points = b.run(backends, batch_list, length_list, steps, repeats,
+        made = [do_export(ckpt, Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype)).parent
+                for f in names if f != "torch"]
+        runners = [TorchBackend(ckpt, provider, dtype, triton=torch_kernels == "triton")] if "torch" in names else []
+        runners += [OrtBackend(e, provider) for e in [*made, *exports]]
+        points = b.run(runners, batch_list, length_list, steps, repeats,
                        progress=None if as_json else lambda p: click.echo(f"  measured {p.backend} batch {p.batch} "
                                                                          f"length {p.length}", err=True))
     if plot:
         b.plot(points, plot)
     click.echo(json.dumps(b.to_json(points), indent=2) if as_json else b.table(points))
+
+
+@main.group()
+def plugins():
+    """The CUDA kernels and TensorRT plugin library (plugins/)."""
+
+
+@plugins.command("build")
+@click.option("--build-dir", type=click.Path(path_type=Path), default=None, help="default: plugins/build")
+@click.option("--arch", "archs", multiple=True, help="SM architecture, e.g. 90 (repeatable; default: all supported)")
+@user_errors
+def plugins_build(build_dir, archs):
+    """Build libssd_kernels (and the TensorRT plugin library where TensorRT headers are found) with CMake."""
+    from .kernels import build as build_kernels
+
+    lib = build_kernels(build_dir, list(archs) or None)
+    click.echo(f"built {lib}")
+    for extra in sorted(lib.parent.glob("libssd_trt_plugins*.so")):
+        click.echo(f"built {extra}")
 
 
 @main.command()

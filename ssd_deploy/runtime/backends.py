@@ -46,20 +46,26 @@ def _cat_dicts(parts: list[dict], cat) -> dict:
 
 
 class TorchBackend(Backend):
-    def __init__(self, ckpt_dir: Path, device: str = "cpu", dtype: str = "fp32"):
+    def __init__(self, ckpt_dir: Path, device: str = "cpu", dtype: str = "fp32", triton: bool = True):
+        """``triton``: on CUDA, run the ops through the Triton kernels (else their PyTorch reference listings)."""
         from ..checkpoint import load_model
         from ..onnx.export import DTYPES
 
         self.device = torch.device(device)
+        kernels = "reference"
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
                 raise UserError("torch backend: no CUDA device here")
-            from ..ssd.triton import register
+            if triton:
+                from ..ssd.triton import register
 
-            register()  # the Triton kernels as the ops' CUDA implementations, where Triton is available
+                reg = register()  # the ops' CUDA implementations, where Triton is available
+                if not reg:
+                    raise UserError(reg.reason)
+                kernels = "triton"
         self.model = load_model(ckpt_dir, DTYPES[dtype]).to(self.device)
         self.config, self.recipe = self.model.cfg, {}
-        self.name = f"torch-{self.device.type}"
+        self.name = f"torch-{self.device.type}" + (f"-{kernels}" if self.device.type == "cuda" else "")
 
     def zero_states(self, batch: int):
         return self.model.init_states(batch, self.device)
