@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..config import Mamba2Config
+from ..ssd import ops  # noqa: F401  (registers torch.ops.ssd_deploy)
 from .portable import OPSET, Dims
 
 MAX_BATCH = 4096
