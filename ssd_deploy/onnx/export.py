@@ -1,7 +1,9 @@
 """Export: checkpoint → one traced graph → ONNX of the chosen flavor, with metadata, written atomically.
 
 The model is traced once by ``torch.onnx`` (dynamo); the ``ssd_deploy::`` custom ops stay single nodes in that
-trace and the flavor's translation table decides what each becomes (DESIGN §4).
+trace and the flavor's translation table decides what each becomes (DESIGN §4): standard ops (portable.py), ONNX
+Runtime contrib ops (ort.py) or TensorRT plugin nodes (trt.py). Options may come from a recipe (recipes.py,
+``resolve_options``); ``validation_model`` gives the file ONNX Runtime validates (a trt export's validation copy).
 """
 
 from __future__ import annotations
