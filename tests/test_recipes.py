@@ -49,8 +49,13 @@ def test_shipped_recipes_load_and_are_documented():
         assert opts.flavor == r.export["flavor"] and resolved["name"] == name
 
 
-def test_recipes_dir_is_the_repository_export_folder():
-    assert recipes.RECIPES_DIR.resolve() == (REPO / "export").resolve()
+def test_package_ships_the_repository_recipes():
+    """Installed or from the source tree (where ssd_deploy/export_recipes links to export/), the package's recipes
+    are the files of export/."""
+    files = sorted((REPO / "export").glob("*.toml"))
+    assert [f.stem for f in files] == recipes.available()
+    for f in files:
+        assert (recipes.RECIPES_DIR / f.name).read_bytes() == f.read_bytes()
 
 
 def test_tensorrt_recipes_have_decode_and_prefill_profiles():
