@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ssd_deploy.checkpoint import random_model, write_checkpoint
+from ssd_deploy.onnx.metadata import state_names
 from ssd_deploy.presets import preset
 
 
@@ -21,6 +22,22 @@ def rel_err(out, ref) -> float:
     if not torch.isfinite(out).all():
         return float("nan")
     return float((out - ref).norm() / ref.norm())
+
+
+def random_states(meta, batch, rng):
+    """Non-zero states of an export's interface (its own layouts), as numpy feeds."""
+    return {s.name: (rng.standard_normal((batch, *s.shape[1:])) * (0.5 if "ssm" in s.name else 1.0))
+            .astype(np.float32) for s in meta.states}
+
+
+def reference_outputs(model, ids, states):
+    """The PyTorch model's logits and state outputs (named as the graph's) for numpy ids and states in the
+    contract's layouts."""
+    names = state_names(model.cfg.n_layer)
+    st = [torch.from_numpy(states[i]) for i, _ in names]
+    with torch.no_grad():
+        logits, conv, ssm = model(torch.from_numpy(ids), st[0::2], st[1::2])
+    return logits, dict(zip([o for _, o in names], [t for pair in zip(conv, ssm) for t in pair]))
 
 
 TINY = preset("tiny")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from onnx import TensorProto
 from onnx import helper as oh
 
-from conftest import TINY, VARIANTS, rel_err
+from conftest import TINY, VARIANTS, random_states, reference_outputs, rel_err
 from ssd_deploy.checkpoint import load_model
 from ssd_deploy.onnx import ort as ort_flavor
 from ssd_deploy.onnx.export import ExportOptions, export
@@ -24,7 +24,6 @@ from ssd_deploy.onnx.tracing import sample_inputs, trace_op
 from ssd_deploy.runtime.ort_runner import ort_runner, ort_session
 from ssd_deploy.ssd import reference as R
 from ssd_deploy.validate import validate
-from test_export_portable import random_states, reference_outputs
 
 MS = "com.microsoft"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -8,32 +8,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
-from conftest import TINY, VARIANTS, rel_err
+from conftest import TINY, VARIANTS, random_states, reference_outputs, rel_err
 from ssd_deploy.checkpoint import checkpoint_hash, load_model
 from ssd_deploy.config import load_config
 from ssd_deploy.errors import UserError
 from ssd_deploy.onnx import export as export_mod
 from ssd_deploy.onnx.export import ExportOptions, export
-from ssd_deploy.onnx.metadata import read_metadata, state_names
+from ssd_deploy.onnx.metadata import read_metadata
 from ssd_deploy.runtime.feeds import carried_states, feed
 from ssd_deploy.runtime.ort_runner import ort_session
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
-
-
-def random_states(meta, batch, rng):
-    return {s.name: (rng.standard_normal((batch, *s.shape[1:])) * (0.5 if "ssm" in s.name else 1.0))
-            .astype(np.float32) for s in meta.states}
-
-
-def reference_outputs(model, ids, states):
-    names = state_names(model.cfg.n_layer)
-    st = [torch.from_numpy(states[i]) for i, _ in names]
-    with torch.no_grad():
-        logits, conv, ssm = model(torch.from_numpy(ids), st[0::2], st[1::2])
-    return logits, dict(zip([o for _, o in names], [t for pair in zip(conv, ssm) for t in pair]))
 
 
 @pytest.fixture(scope="module")

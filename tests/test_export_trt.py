@@ -9,7 +9,7 @@ import onnx
 import onnx_ir
 import pytest
 
-from conftest import TINY, VARIANTS, rel_err
+from conftest import TINY, VARIANTS, random_states, reference_outputs, rel_err
 from ssd_deploy.checkpoint import load_model
 from ssd_deploy.errors import UserError
 from ssd_deploy.onnx import trt
@@ -17,7 +17,6 @@ from ssd_deploy.onnx.export import DTYPES, ExportOptions, export, validation_mod
 from ssd_deploy.onnx.metadata import read_metadata
 from ssd_deploy.runtime.ort_runner import ort_runner, ort_session
 from ssd_deploy.validate import validate
-from test_export_portable import random_states, reference_outputs
 
 SPEC = {  # op_type → (inputs, outputs, {attribute: ONNX type}), as plugins/<Plugin>/README.md states them
     "SsdChunkScan": (8, 2, {"chunk_size": "INT", "dt_softplus": "INT", "dt_min": "FLOAT", "dt_max": "FLOAT"}),

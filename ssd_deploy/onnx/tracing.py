@@ -29,8 +29,8 @@ def seq_dim():
 
 def translation_table(flavor, cfg: Mamba2Config) -> dict:
     """torch.onnx's custom translation table: each ssd_deploy op → the flavor's lowering of it."""
-    ops = torch.ops.ssd_deploy
-    return {getattr(ops, name).default: fn for name, fn in flavor.lowerings(Dims.of(cfg)).items()}
+    namespace = torch.ops.ssd_deploy
+    return {getattr(namespace, name).default: fn for name, fn in flavor.lowerings(Dims.of(cfg)).items()}
 
 
 def to_onnx(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str], dynamic_shapes: dict,
