@@ -38,7 +38,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FLAVORS = {"portable": portable, "ort": ort, "trt": trt}
 EXTERNAL_DATA = ("auto", "always", "never")
 IR_VERSION = 10  # ONNX 1.23 writes 14 by default; current ONNX Runtime releases load 10
-EXTERNAL_AUTO_BYTES = 1 << 30  # protobuf cannot hold 2 GiB; go external well before
+EXTERNAL_AUTO_BYTES = 128 << 20  # past this, weights stream to a side file: an inline save holds ~3 copies in memory
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ import logging
 import warnings
 
 import onnx_ir
+import onnxscript.optimizer
 import torch
+from onnx_ir.passes import common
 from torch import nn
 
 from ..config import Mamba2Config
@@ -33,6 +35,21 @@ def translation_table(flavor, cfg: Mamba2Config) -> dict:
     return {getattr(namespace, name).default: fn for name, fn in flavor.lowerings(Dims.of(cfg)).items()}
 
 
+def tidy(model: onnx_ir.Model):
+    """Constant folding, dead nodes removed, identical constants (the per-layer triangular masks) stored once, types
+    and shapes inferred.
+
+    Instead of the exporter's full optimizer: its pattern-rewrite rules took three quarters of a 130m export (42 s of
+    a 45 s export on 2 cores) and changed neither the graph's ONNX Runtime speed nor its size; these passes take
+    under a second (measured 2026-11-28).
+    """
+    onnxscript.optimizer.fold_constants(model)
+    for p in (common.RemoveUnusedNodesPass(), common.LiftConstantsToInitializersPass(),
+              common.DeduplicateInitializersPass(size_limit=1 << 17), common.CommonSubexpressionEliminationPass(),
+              common.RemoveUnusedNodesPass(), common.ShapeInferencePass()):
+        p(model)
+
+
 def to_onnx(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str], dynamic_shapes: dict,
             flavor, cfg: Mamba2Config, opset: int) -> onnx_ir.Model:
     # the exporter warns about every torchvision op it cannot register; none of them is ours
@@ -42,8 +59,9 @@ def to_onnx(module: nn.Module, args: tuple, input_names: list[str], output_names
         prog = torch.onnx.export(module, args, dynamo=True, verbose=False, report=False, input_names=input_names,
                                  output_names=output_names, dynamic_shapes=dynamic_shapes,
                                  custom_translation_table=translation_table(flavor, cfg), opset_version=opset,
-                                 optimize=True)
+                                 optimize=False)
     model = prog.model
+    tidy(model)
     if hasattr(flavor, "finalize"):
         model = flavor.finalize(model, cfg)
     return model
