@@ -26,10 +26,10 @@ class TorchRunner(BaseRunner):
         self.swap_ssm = ssm_layout != LAYOUT_SSM  # the only other layout: b,h,n,p
 
     def activate_impl(self):
-        pass
+        """Polygraphy's runner lifecycle: the model is already loaded, nothing to acquire."""
 
     def deactivate_impl(self):
-        pass
+        """Nothing to release."""
 
     def get_input_metadata_impl(self):
         from polygraphy.common import TensorMetadata
