@@ -10,15 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_dir
 from .config import CONFIG_FILE, Mamba2Config, load_config
 from .errors import UserError
 from .model import Mamba2LM
@@ -159,15 +157,10 @@ def write_checkpoint(model: Mamba2LM, out_dir: Path, fmt: str, max_shard_bytes: 
     or 'mamba_ssm' (pytorch_model.bin, as the released checkpoints). Written to a temporary sibling and renamed."""
     if fmt not in FORMATS:
         raise UserError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"{out_dir}: exists and is not empty")
     cfg = model.cfg
     conf = cfg.to_hf() if fmt == "hf" else cfg.to_mamba_ssm()
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(conf, indent=2) + "\n")
         if fmt == "mamba_ssm":
             torch.save({k: v.clone() for k, v in sd.items()}, tmp / BIN_FILE)
@@ -177,13 +170,7 @@ def write_checkpoint(model: Mamba2LM, out_dir: Path, fmt: str, max_shard_bytes: 
             if cfg.tie_embeddings:
                 sd.pop("lm_head.weight")
             _save_safetensors(sd, tmp, max_shard_bytes)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def _save_safetensors(sd: dict[str, torch.Tensor], out: Path, max_shard_bytes: int | None):

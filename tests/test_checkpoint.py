@@ -115,5 +115,5 @@ def test_index_naming_missing_shard(hf_dir):
 
 
 def test_writer_refuses_non_empty_target(hf_dir):
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="not an empty directory"):
         write_checkpoint(random_model(TINY), hf_dir, "hf")

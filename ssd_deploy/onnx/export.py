@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..atomic import atomic_dir
 from ..checkpoint import checkpoint_hash, load_model
 from .. import recipes
 from ..errors import UserError
@@ -113,23 +113,11 @@ def _use_external(model: onnx_ir.Model, mode: str) -> bool:
 
 
 def save_atomically(model: onnx_ir.Model, out_dir: Path, external: bool, check: Callable[[Path], None]) -> Path:
-    """Writes into a temporary sibling directory, checks there, then renames: a failure leaves nothing behind."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir}: exists and is not an empty directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        path = tmp / MODEL_FILE
-        onnx_ir.save(model, path, external_data=DATA_FILE if external else None)
-        check(path)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir / MODEL_FILE
+    """Writes and checks the model in a temporary sibling directory, then renames it: a failure leaves nothing."""
+    with atomic_dir(out_dir) as tmp:
+        onnx_ir.save(model, tmp / MODEL_FILE, external_data=DATA_FILE if external else None)
+        check(tmp / MODEL_FILE)
+    return Path(out_dir) / MODEL_FILE
 
 
 def check_model(path: Path):
