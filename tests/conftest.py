@@ -65,6 +65,25 @@ def make_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def make_export(make_checkpoint, tmp_path_factory):
+    """make_export(cfg, flavor, dtype='fp32', **options) → (checkpoint, export dir), exported once per session. The
+    checkpoint is in mamba_ssm's format where the HF format cannot hold the config (D per head-dim)."""
+    from ssd_deploy.onnx.export import ExportOptions, export
+
+    cache = {}
+
+    def make(cfg, flavor="portable", dtype="fp32", **options):
+        key = (cfg, flavor, dtype, tuple(sorted(options.items())))
+        if key not in cache:
+            ckpt = make_checkpoint(cfg, "mamba_ssm" if cfg.D_has_hdim else "hf", seed=11)
+            out = tmp_path_factory.mktemp(flavor) / dtype
+            cache[key] = ckpt, export(ckpt, out, ExportOptions(flavor=flavor, dtype=dtype, **options)).parent
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_ckpt(make_checkpoint):
     return make_checkpoint()
 

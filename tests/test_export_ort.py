@@ -18,7 +18,6 @@ from onnx import helper as oh
 from conftest import TINY, VARIANTS, random_states, reference_outputs, rel_err
 from ssd_deploy.checkpoint import load_model
 from ssd_deploy.onnx import ort as ort_flavor
-from ssd_deploy.onnx.export import ExportOptions, export
 from ssd_deploy.onnx.metadata import LAYOUT_SSM, read_metadata
 from ssd_deploy.onnx.tracing import sample_inputs, trace_op
 from ssd_deploy.runtime.ort_runner import ort_runner, ort_session
@@ -173,19 +172,8 @@ def test_bf16_graph_casts_around_fp32_contrib_ops():
 # ---- whole models ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def exports(make_checkpoint, tmp_path_factory):
-    cache = {}
-
-    def get(variant, dtype="fp32", **opts):
-        key = (variant, dtype, tuple(sorted(opts.items())))
-        if key not in cache:
-            ckpt = make_checkpoint(MODEL_VARIANTS[variant], "mamba_ssm" if variant == "hdimD-limit" else "hf",
-                                   seed=11)
-            out = tmp_path_factory.mktemp("ort") / f"{variant}-{dtype}"
-            cache[key] = ckpt, export(ckpt, out, ExportOptions(flavor="ort", dtype=dtype, **opts)).parent
-        return cache[key]
-
-    return get
+def exports(make_export):
+    return lambda variant, dtype="fp32", **opts: make_export(MODEL_VARIANTS[variant], "ort", dtype, **opts)
 
 
 def swap_ssm(states: dict) -> dict:

@@ -23,18 +23,8 @@ STANDARD_DOMAINS = {"", "ai.onnx"}
 
 
 @pytest.fixture(scope="module")
-def exports(make_checkpoint, tmp_path_factory):
-    """(variant, dtype) → (checkpoint, export dir), exported once."""
-    cache = {}
-
-    def get(variant, dtype="fp32"):
-        if (variant, dtype) not in cache:
-            ckpt = make_checkpoint(VARIANTS[variant], "mamba_ssm" if variant == "hdimD-limit" else "hf", seed=11)
-            out = tmp_path_factory.mktemp("exp") / f"{variant}-{dtype}"
-            cache[(variant, dtype)] = ckpt, export(ckpt, out, ExportOptions(dtype=dtype)).parent
-        return cache[(variant, dtype)]
-
-    return get
+def exports(make_export):
+    return lambda variant, dtype="fp32": make_export(VARIANTS[variant], "portable", dtype)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

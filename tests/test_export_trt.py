@@ -13,7 +13,7 @@ from conftest import TINY, VARIANTS, random_states, reference_outputs, rel_err
 from ssd_deploy.checkpoint import load_model
 from ssd_deploy.errors import UserError
 from ssd_deploy.onnx import trt
-from ssd_deploy.onnx.export import DTYPES, ExportOptions, export, validation_model
+from ssd_deploy.onnx.export import DTYPES, validation_model
 from ssd_deploy.onnx.metadata import read_metadata
 from ssd_deploy.runtime.ort_runner import ort_runner, ort_session
 from ssd_deploy.validate import validate
@@ -31,19 +31,9 @@ LOWERED = {"Exp", "Softplus", "Conv", "Sigmoid", "CumSum", "Where"}
 
 
 @pytest.fixture(scope="module")
-def exports(make_checkpoint, tmp_path_factory):
-    cache = {}
-
-    def get(variant, dtype="fp32", cfg=None, **opts):
-        key = (variant, dtype, tuple(sorted(opts.items())))
-        if key not in cache:
-            cfg = cfg or VARIANTS[variant]
-            ckpt = make_checkpoint(cfg, "mamba_ssm" if cfg.D_has_hdim else "hf", seed=5)
-            out = tmp_path_factory.mktemp("trt") / f"{variant}-{dtype}"
-            cache[key] = ckpt, export(ckpt, out, ExportOptions(flavor="trt", dtype=dtype, **opts)).parent
-        return cache[key]
-
-    return get
+def exports(make_export):
+    return lambda variant, dtype="fp32", cfg=None, **opts: make_export(cfg or VARIANTS[variant], "trt", dtype,
+                                                                       **opts)
 
 
 def plugin_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
