@@ -40,6 +40,36 @@ def reference_outputs(model, ids, states):
     return logits, dict(zip([o for _, o in names], [t for pair in zip(conv, ssm) for t in pair]))
 
 
+def assert_parity_every_length(ckpt, export_dir, model_file=None):
+    """The exported graph (or ``model_file``, e.g. a trt validation copy) on ONNX Runtime CPU against the PyTorch
+    model, fp32, from random states, at l = 1, 7, Q, Q+3 and 3Q: logits and every state within 1e-4. States are fed
+    in the export's own layout (metadata) and swapped to the contract's for the reference."""
+    from ssd_deploy.checkpoint import load_model
+    from ssd_deploy.onnx.metadata import LAYOUT_SSM, read_metadata
+    from ssd_deploy.runtime.feeds import feed
+    from ssd_deploy.runtime.ort_runner import ort_session
+
+    meta = read_metadata(export_dir)
+    swap = meta.ssm_layout != LAYOUT_SSM  # the only other layout is b,h,n,p
+
+    def to_contract(states):
+        return {k: np.swapaxes(np.asarray(v), -1, -2) if swap and k.startswith("ssm_state") else np.asarray(v)
+                for k, v in states.items()}
+
+    model = load_model(ckpt)
+    sess = ort_session(export_dir, model_file=model_file)
+    rng = np.random.default_rng()
+    q = meta.config.chunk_size
+    for length in (1, 7, q, q + 3, 3 * q):
+        ids = rng.integers(0, meta.config.vocab_size, (2, length))
+        states = random_states(meta, 2, rng)
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed(ids, states))))
+        logits, ref_states = reference_outputs(model, ids, to_contract(states))
+        assert rel_err(got["logits"], logits) < 1e-4, length
+        for name, ref in to_contract({k: v.numpy() for k, v in ref_states.items()}).items():
+            assert rel_err(got[name], ref) < 1e-4, (length, name)
+
+
 TINY = preset("tiny")
 # tiny variants covering every branch of the contract: one group, groups > 1, D per head-dim, dt clamp, untied head
 VARIANTS = {

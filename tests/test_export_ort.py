@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from onnx import TensorProto
 from onnx import helper as oh
 
-from conftest import TINY, VARIANTS, random_states, reference_outputs, rel_err
-from ssd_deploy.checkpoint import load_model
+from conftest import assert_parity_every_length, TINY, VARIANTS, rel_err
 from ssd_deploy.onnx import ort as ort_flavor
 from ssd_deploy.onnx.metadata import LAYOUT_SSM, read_metadata
 from ssd_deploy.onnx.tracing import sample_inputs, trace_op
@@ -176,28 +175,10 @@ def exports(make_export):
     return lambda variant, dtype="fp32", **opts: make_export(MODEL_VARIANTS[variant], "ort", dtype, **opts)
 
 
-def swap_ssm(states: dict) -> dict:
-    """ssm states between the export's [b,h,n,p] (ort.SSM_LAYOUT) and the reference's [b,h,p,n]."""
-    return {k: np.swapaxes(v, -1, -2) if k.startswith("ssm_state") else v for k, v in states.items()}
-
-
 @pytest.mark.parametrize("variant", list(MODEL_VARIANTS))
 def test_parity_fp32_every_length(exports, variant):
-    ckpt, out = exports(variant)
-    meta = read_metadata(out)
-    model = load_model(ckpt)
-    sess = ort_session(out)
-    rng = np.random.default_rng()
-    q = meta.config.chunk_size
-    for length in (1, 7, q, q + 3, 3 * q):
-        ids = rng.integers(0, meta.config.vocab_size, (2, length))
-        states = random_states(meta, 2, rng)  # in the export's layout
-        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input_ids": ids, **states})))
-        logits, ref_states = reference_outputs(model, ids, swap_ssm(states))
-        assert rel_err(got["logits"], logits) < 1e-4, length
-        ref_states = swap_ssm({k: v.numpy() for k, v in ref_states.items()})
-        for name, ref in ref_states.items():
-            assert rel_err(got[name], ref) < 1e-4, (length, name)
+    """States fed in the export's [b,h,n,p] layout (ort.SSM_LAYOUT): a layout mix-up fails here."""
+    assert_parity_every_length(*exports(variant))
 
 
 @pytest.mark.parametrize("variant", list(MODEL_VARIANTS))

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import TINY, VARIANTS, random_states, reference_outputs, rel_err
+from conftest import assert_parity_every_length, TINY, VARIANTS, random_states, reference_outputs, rel_err
 from ssd_deploy.checkpoint import checkpoint_hash, load_model
 from ssd_deploy.config import load_config
 from ssd_deploy.errors import UserError
@@ -29,20 +29,7 @@ def exports(make_export):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_ort_parity_fp32_every_length(exports, variant):
-    ckpt, out = exports(variant)
-    meta = read_metadata(out)
-    model = load_model(ckpt)
-    sess = ort_session(out)
-    rng = np.random.default_rng()
-    q = meta.config.chunk_size
-    for length in (1, 7, q, q + 3, 3 * q):
-        ids = rng.integers(0, meta.config.vocab_size, (2, length))
-        states = random_states(meta, 2, rng)
-        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed(ids, states))))
-        logits, ref_states = reference_outputs(model, ids, states)
-        assert rel_err(got["logits"], logits) < 1e-4, length
-        for name, ref in ref_states.items():
-            assert rel_err(got[name], ref) < 1e-4, (length, name)
+    assert_parity_every_length(*exports(variant))
 
 
 def test_ort_parity_fp16_prefill_then_decode(exports):

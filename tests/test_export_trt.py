@@ -4,13 +4,11 @@ in ONNX Runtime and matches the PyTorch reference; the copy never outlives valid
 
 import dataclasses
 
-import numpy as np
 import onnx
 import onnx_ir
 import pytest
 
-from conftest import TINY, VARIANTS, random_states, reference_outputs, rel_err
-from ssd_deploy.checkpoint import load_model
+from conftest import assert_parity_every_length, TINY, VARIANTS
 from ssd_deploy.errors import UserError
 from ssd_deploy.onnx import trt
 from ssd_deploy.onnx.export import DTYPES, validation_model
@@ -103,20 +101,8 @@ def test_conv_without_bias_gets_zero_bias_input(exports):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_validation_copy_parity_fp32_every_length(exports, variant):
     ckpt, out = exports(variant)
-    meta = read_metadata(out)
-    model = load_model(ckpt)
-    rng = np.random.default_rng()
-    q = meta.config.chunk_size
     with validation_model(out) as path:
-        sess = ort_session(out, model_file=path)
-        for length in (1, 7, q, q + 3, 3 * q):
-            ids = rng.integers(0, meta.config.vocab_size, (2, length))
-            states = random_states(meta, 2, rng)
-            got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input_ids": ids, **states})))
-            logits, ref_states = reference_outputs(model, ids, states)
-            assert rel_err(got["logits"], logits) < 1e-4, length
-            for name, ref in ref_states.items():
-                assert rel_err(got[name], ref) < 1e-4, (length, name)
+        assert_parity_every_length(ckpt, out, model_file=path)
 
 
 @pytest.mark.parametrize("variant,dtype", [(v, "fp32") for v in VARIANTS] + [("g4", "fp16")])
