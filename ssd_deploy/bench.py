@@ -1,6 +1,7 @@
 """bench: prefill tokens/s and decode ms/token over a batch × length grid, for each backend side by side in one
-run (warm-up first, median of repeats), with each backend's last-position logits compared with the first
-backend's (the PyTorch reference when present) on the same prompts."""
+run (warm-up first, median of repeats). Each point also checks parity: the backend's last-position logits after
+the prefill and after one decode step, against a reference backend (the float32 PyTorch listings) fed the same
+prompt and the same next token."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class Point:
     prefill_ms: float
     prefill_tok_s: float
     decode_ms: float
-    rel_err_vs_first: float | None
+    prefill_err: float  # relative error of the last-position logits against the reference
+    decode_err: float  # the same after one decode step with the carried states
 
 
 def _timed(backend: Backend, fn):
@@ -32,10 +34,13 @@ def _timed(backend: Backend, fn):
     return time.perf_counter() - start, result
 
 
+def _rel(out: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
 def measure(backend: Backend, ids: np.ndarray, steps: int, repeats: int):
-    """(median prefill seconds, median decode-step seconds, prefill logits)."""
-    zero = backend.zero_states(ids.shape[0])
-    backend.forward(ids, zero)  # warm-up: sessions, kernels, allocator
+    """(median prefill seconds, median decode-step seconds)."""
+    backend.forward(ids, backend.zero_states(ids.shape[0]))  # warm-up: sessions, kernels, allocator
     prefill_times, logits, states = [], None, None
     for _ in range(repeats):
         t, (logits, states) = _timed(backend, lambda: backend.forward(ids, backend.zero_states(ids.shape[0])))
@@ -47,25 +52,35 @@ def measure(backend: Backend, ids: np.ndarray, steps: int, repeats: int):
         t, (step_logits, states) = _timed(backend, lambda: backend.forward(token, states))
         step_times.append(t)
         token = step_logits.argmax(-1)[:, None]
-    return statistics.median(prefill_times), statistics.median(step_times), logits
+    return statistics.median(prefill_times), statistics.median(step_times)
 
 
-def run(backends: list[Backend], batches: list[int], lengths: list[int], steps: int = 8, repeats: int = 3,
-        seed: int = 0, progress=None) -> list[Point]:
-    vocab = backends[0].config.vocab_size
+def parity(backend: Backend, ids: np.ndarray, expected: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """Relative errors of the prefill logits and of the next step's logits (the reference's greedy token fed to
+    both, so that the two steps see the same input)."""
+    logits, states = backend.forward(ids, backend.zero_states(ids.shape[0]))
+    step_logits, _ = backend.forward(expected[0].argmax(-1)[:, None], states)
+    return _rel(logits, expected[0]), _rel(step_logits, expected[1])
+
+
+def reference_logits(reference: Backend, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    logits, states = reference.forward(ids, reference.zero_states(ids.shape[0]))
+    return logits, reference.forward(logits.argmax(-1)[:, None], states)[0]
+
+
+def run(backends: list[Backend], reference: Backend, batches: list[int], lengths: list[int], steps: int = 8,
+        repeats: int = 3, seed: int = 0, progress=None) -> list[Point]:
+    vocab = reference.config.vocab_size
     rng = np.random.default_rng(seed)
     points = []
     for b in batches:
         for length in lengths:
             ids = rng.integers(0, vocab, (b, length))
-            first = None
+            expected = reference_logits(reference, ids)
             for backend in backends:
-                t_pre, t_step, logits = measure(backend, ids, steps, repeats)
-                if first is None:
-                    first, err = logits, None
-                else:
-                    err = float(np.linalg.norm(logits - first) / np.linalg.norm(first))
-                points.append(Point(backend.name, b, length, t_pre * 1e3, b * length / t_pre, t_step * 1e3, err))
+                t_pre, t_step = measure(backend, ids, steps, repeats)
+                points.append(Point(backend.name, b, length, t_pre * 1e3, b * length / t_pre, t_step * 1e3,
+                                    *parity(backend, ids, expected)))
                 if progress:
                     progress(points[-1])
     return points
@@ -73,11 +88,10 @@ def run(backends: list[Backend], batches: list[int], lengths: list[int], steps: 
 
 def table(points: list[Point]) -> str:
     lines = [f"{'backend':<22} {'batch':>5} {'length':>6} {'prefill ms':>11} {'tokens/s':>10} {'decode ms':>10} "
-             f"{'rel err':>9}"]
+             f"{'err pre':>8} {'err step':>8}"]
     for p in points:
-        err = "ref" if p.rel_err_vs_first is None else f"{p.rel_err_vs_first:.1e}"
         lines.append(f"{p.backend:<22} {p.batch:>5} {p.length:>6} {p.prefill_ms:>11.2f} {p.prefill_tok_s:>10.1f} "
-                     f"{p.decode_ms:>10.2f} {err:>9}")
+                     f"{p.decode_ms:>10.2f} {p.prefill_err:>8.1e} {p.decode_err:>8.1e}")
     return "\n".join(lines)
 
 

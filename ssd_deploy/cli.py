@@ -200,12 +200,11 @@ def run(model, backend, provider, engine, plugins, prompt, input_ids, batch_file
 @main.command()
 @click.argument("ckpt", type=click.Path(path_type=Path))
 @click.option("--backends", default="torch,portable,ort", show_default=True,
-              help="comma-separated: torch (the PyTorch model), portable and ort (ONNX Runtime on exports made here)")
+              help="comma-separated: torch (the PyTorch model on the ops' PyTorch listings), torch-triton (on our "
+                   "Triton kernels; CUDA), portable and ort (ONNX Runtime on exports made here)")
 @click.option("--export", "exports", type=click.Path(path_type=Path), multiple=True,
               help="further export directories to run on ONNX Runtime")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--torch-kernels", type=click.Choice(["triton", "reference"]), default="triton", show_default=True,
-              help="the torch backend on CUDA: Triton kernels or the ops' PyTorch listings")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="of the PyTorch model and of the exports made here")
 @click.option("--batch", "batches", default="1", show_default=True, help="comma-separated batch sizes")
@@ -215,24 +214,30 @@ def run(model, backend, provider, engine, plugins, prompt, input_ids, batch_file
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of tokens/s against length")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def bench(ckpt, backends, exports, provider, torch_kernels, dtype, batches, lengths, steps, repeats, plot, as_json):
-    """Prefill tokens/s and decode ms/token of each backend, side by side on the same prompts (logits compared
-    with the first backend's)."""
+def bench(ckpt, backends, exports, provider, dtype, batches, lengths, steps, repeats, plot, as_json):
+    """Prefill tokens/s and decode ms/token of each backend, side by side on the same prompts, each checked against
+    the float32 PyTorch listings (err pre: logits after the prefill; err step: after one decode step)."""
     from . import bench as b
     from .onnx.export import ExportOptions, export as do_export
     from .runtime.backends import OrtBackend, TorchBackend
 
     batch_list, length_list = _ints(batches, "--batch"), _ints(lengths, "--length")
     names = [n.strip() for n in backends.split(",") if n.strip()]
-    unknown = set(names) - {"torch", "portable", "ort"}
+    torch_kernels = {"torch": False, "torch-triton": True}
+    unknown = set(names) - {*torch_kernels, "portable", "ort"}
     if unknown or not (names or exports):
-        raise UserError(f"--backends: choose among torch, portable, ort (got {backends!r})")
+        raise UserError(f"--backends: choose among torch, torch-triton, portable, ort (got {backends!r})")
+    if not Path(ckpt, "config.json").is_file():
+        raise UserError(f"{ckpt}: not a checkpoint directory (no config.json)")
     with tempfile.TemporaryDirectory(prefix="ssd-deploy-bench-") as tmp:
-        made = [do_export(ckpt, Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype)).parent
-                for f in names if f != "torch"]
-        runners = [TorchBackend(ckpt, provider, dtype, triton=torch_kernels == "triton")] if "torch" in names else []
+        # last-position logits only, as generation needs: all-position logits would time a [b, l, vocab] copy
+        made = [do_export(ckpt, Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype, logits="last")).parent
+                for f in names if f in ("portable", "ort")]
+        runners = [TorchBackend(ckpt, provider, dtype, triton=torch_kernels[n]) for n in names if n in torch_kernels]
         runners += [OrtBackend(e, provider) for e in [*made, *exports]]
-        points = b.run(runners, batch_list, length_list, steps, repeats,
+        reference = next((r for r in runners if r.name == f"torch-{provider}" and dtype == "fp32"), None) \
+            or TorchBackend(ckpt, provider, "fp32", triton=False)
+        points = b.run(runners, reference, batch_list, length_list, steps, repeats,
                        progress=None if as_json else lambda p: click.echo(f"  measured {p.backend} batch {p.batch} "
                                                                          f"length {p.length}", err=True))
     if plot:

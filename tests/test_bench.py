@@ -1,4 +1,4 @@
-"""bench: every backend measured on the same prompts, logits compared with the first backend."""
+"""bench: every backend measured on the same prompts, each checked against the float32 PyTorch listings."""
 
 import json
 
@@ -18,8 +18,24 @@ def test_bench_command_tiny(tiny_ckpt, tiny_export, tmp_path):
         (b, n, length) for b in ("torch-cpu", "ort-portable-cpu") for n in (1, 2) for length in (8, 40)}
     for p in points:
         assert p["prefill_tok_s"] > 0 and p["decode_ms"] > 0
-        if p["backend"] != "torch-cpu":
-            assert p["rel_err_vs_first"] < 1e-4
+        assert p["prefill_err"] < 1e-4 and p["decode_err"] < 1e-4  # NaN fails
+    torch_points = [p for p in points if p["backend"] == "torch-cpu"]
+    assert all(p["prefill_err"] == 0 for p in torch_points), "the fp32 torch backend is the reference itself"
+
+
+def test_bench_parity_catches_a_wrong_backend(tiny_ckpt):
+    """The parity columns are live: a backend whose carried state is dropped fails the step check but not the
+    prefill check."""
+    from ssd_deploy import bench
+    from ssd_deploy.runtime.backends import TorchBackend
+
+    class Forgetful(TorchBackend):
+        def forward(self, ids, states):
+            return super().forward(ids, self.zero_states(ids.shape[0]) if ids.shape[1] == 1 else states)
+
+    reference = TorchBackend(tiny_ckpt)
+    [p] = bench.run([Forgetful(tiny_ckpt)], reference, [2], [24], steps=1, repeats=1)
+    assert p.prefill_err == 0 and p.decode_err > 1e-2
 
 
 def test_bench_plot(tiny_ckpt, tiny_export, tmp_path):
@@ -35,3 +51,14 @@ def test_bench_bad_input(tiny_ckpt):
     assert r.exit_code == 2 and "positive integers" in r.output
     r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--backends", "tensorflow"])
     assert r.exit_code == 2 and "choose among" in r.output
+    r = CliRunner().invoke(main, ["bench", str(tiny_ckpt.parent), "--backends", "torch"])
+    assert r.exit_code == 2 and "not a checkpoint directory" in r.output
+
+
+def test_bench_dtype_parity_against_fp32(tiny_ckpt):
+    """A bf16 torch backend is measured against the fp32 listings, not against itself."""
+    r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--backends", "torch", "--dtype", "bf16", "--length",
+                                  "16", "--steps", "1", "--repeats", "1", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    [p] = json.loads(r.output)
+    assert 0 < p["prefill_err"] < 5e-2 and 0 < p["decode_err"] < 5e-2

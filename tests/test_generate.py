@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from conftest import TINY
@@ -14,7 +15,7 @@ from ssd_deploy.errors import UserError
 from ssd_deploy.generate import SamplingOptions, generate, sample
 from ssd_deploy.onnx.export import ExportOptions, export
 from ssd_deploy.presets import preset
-from ssd_deploy.runtime.backends import open_backend
+from ssd_deploy.runtime.backends import OrtBackend, open_backend
 
 # untied heads: with a tied head a random model mostly echoes its input token, which would make a weak test
 UNTIED = dataclasses.replace(TINY, tie_embeddings=False)
@@ -52,6 +53,22 @@ def test_greedy_identical_across_backends_130m(make_checkpoint, tmp_path):
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, 300).tolist()  # past one 256-token chunk
     outs = greedy_everywhere(ckpt, exports, [prompt], 64)
     assert outs["portable"] == outs["torch"] and outs["ort"] == outs["torch"]
+
+
+@pytest.mark.parametrize("flavor", ["portable", "ort"])
+def test_io_binding_matches_plain_run(untied, flavor, tmp_path):
+    """The IO-binding path (the one ONNX Runtime's CUDA provider takes) on the CPU provider: same tokens as plain
+    ``run`` for all-position and last-position logits, unequal prompts stacked as torch tensors."""
+    ckpt, exports = untied
+    last = export(ckpt, tmp_path / "last", ExportOptions(flavor=flavor, logits="last")).parent
+    prompts = [[5, 6, 7, 8], list(range(20, 50))]
+    opts = SamplingOptions(max_new_tokens=16)
+    for path in (exports[flavor], last):
+        plain = generate(OrtBackend(path, io_binding=False), prompts, opts)
+        bound = OrtBackend(path, io_binding=True)
+        assert generate(bound, prompts, opts) == plain
+        logits, states = bound.forward(np.array([prompts[0]]), bound.zero_states(1))
+        assert all(isinstance(t, torch.Tensor) for t in states.values())
 
 
 def test_unequal_prompts_batch_like_separate_runs(untied):
@@ -140,3 +157,61 @@ def test_run_bad_input(untied, args, message):
     _, exports = untied
     r = CliRunner().invoke(main, ["run", str(exports["portable"]), *args])
     assert r.exit_code == 2 and message in r.output
+
+
+# ---------------------------------------------------------------- GPU: ONNX Runtime's CUDA provider
+
+def _ort_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def ort_cuda_test(fn):
+    for mark in (pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+                 pytest.mark.skipif(not _ort_cuda(), reason="needs onnxruntime-gpu (CUDAExecutionProvider)")):
+        fn = mark(fn)
+    return fn
+
+
+@pytest.mark.parametrize("kernels", ["reference", "triton"])
+@ort_cuda_test
+def test_greedy_identical_on_cuda(untied, kernels):
+    """PyTorch on CUDA and ONNX Runtime's CUDA provider (states bound on the device) pick the same 64 tokens as
+    PyTorch on the CPU."""
+    from ssd_deploy.runtime.backends import TorchBackend
+
+    if kernels == "triton":
+        pytest.importorskip("triton", reason="the Triton kernels need triton")
+    ckpt, exports = untied
+    prompts, opts = [[5, 6, 7, 8, 9, 10, 11], [3] * 40], SamplingOptions(max_new_tokens=64)
+    expected = generate(open_backend(ckpt, "torch"), prompts, opts)
+    assert generate(TorchBackend(ckpt, "cuda", triton=kernels == "triton"), prompts, opts) == expected
+    for path in exports.values():
+        backend = OrtBackend(path, "cuda")
+        assert backend.io_binding and generate(backend, prompts, opts) == expected
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("flavor", ["portable", "ort"])
+@ort_cuda_test
+def test_half_precision_on_cuda(untied, flavor, dtype, tmp_path):
+    """fp16/bf16 exports on ONNX Runtime's CUDA provider, against the fp32 PyTorch listings (DESIGN §6: ≤ 1e-2)."""
+    from ssd_deploy import bench
+    from ssd_deploy.runtime.backends import TorchBackend
+
+    ckpt, _ = untied
+    path = export(ckpt, tmp_path / flavor, ExportOptions(flavor=flavor, dtype=dtype, logits="last")).parent
+    ids = np.random.default_rng(3).integers(0, UNTIED.vocab_size, (2, 77))
+    expected = bench.reference_logits(TorchBackend(ckpt, "cuda", triton=False), ids)
+    errs = bench.parity(OrtBackend(path, "cuda"), ids, expected)
+    assert max(errs) <= 1e-2, errs  # NaN fails
+
+
+@ort_cuda_test
+def test_run_command_on_cuda(untied):
+    ckpt, exports = untied
+    args = ["--input-ids", "5,6,7", "--max-new-tokens", "12", "--json"]
+    r = CliRunner().invoke(main, ["run", str(exports["ort"]), "--provider", "cuda", *args], catch_exceptions=False)
+    expected = CliRunner().invoke(main, ["run", str(ckpt), "--backend", "torch", *args], catch_exceptions=False)
+    assert r.exit_code == 0 and json.loads(r.output) == json.loads(expected.output)

@@ -121,10 +121,19 @@ def case_errors(b, l, h, p, n, g, chunk_size, dtype, opts, device="cpu") -> dict
     import ssd_deploy.ssd.triton as tri
 
     assert tri.register(device), "register() refused"
-    y_op, s_op = torch.ops.ssd_deploy.ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], t["dt_bias"],
-                                               t["initial_state"], chunk_size, attrs["dt_softplus"],
-                                               attrs["dt_min"], attrs["dt_max"])
+
+    def op():
+        return torch.ops.ssd_deploy.ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], t["dt_bias"],
+                                             t["initial_state"], chunk_size, attrs["dt_softplus"], attrs["dt_min"],
+                                             attrs["dt_max"])
+
+    y_op, s_op = op()
     errs["op_equals_kernel"] = float(torch.equal(y_op, y) and torch.equal(s_op, final))
+    with tri.disabled(device), torch.device(device):
+        y_off, s_off = op()
+        y_listing, s_listing = reference.ssd_chunked(**t, chunk_size=chunk_size, **attrs)
+    errs["disabled_runs_listing"] = float(torch.equal(y_off, y_listing) and torch.equal(s_off, s_listing))
+    errs["reenabled_runs_kernel"] = float(torch.equal(op()[0], y))
     return errs
 
 
@@ -147,6 +156,8 @@ def test_interpreter_parity(interpreter_results, name):
         assert errs[key] <= tol, f"{name} {key}: relative error {errs[key]} > {tol}"  # NaN fails too
     assert errs["step_inplace_aliases"] == 0.0, "the in-place step returned another tensor"
     assert errs["op_equals_kernel"] == 1.0, "torch.ops.ssd_deploy.ssd_scan did not run the Triton kernels"
+    assert errs["disabled_runs_listing"] == 1.0, "inside triton.disabled() the op did not run its listing"
+    assert errs["reenabled_runs_kernel"] == 1.0, "after triton.disabled() the op did not return to the kernels"
 
 
 def test_import_does_not_import_triton():

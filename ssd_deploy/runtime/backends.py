@@ -9,14 +9,21 @@ there is no host round trip of the states per token. Only the last position's lo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from ..errors import UserError
 from ..config import Mamba2Config
 from ..onnx.metadata import INPUT_IDS, LOGITS, read_metadata
+from .feeds import carried_states, zero_states
+
+# IO binding takes ONNX element types: numpy has no bfloat16
+ONNX_TYPES = {torch.float32: onnx.TensorProto.FLOAT, torch.float16: onnx.TensorProto.FLOAT16,
+              torch.bfloat16: onnx.TensorProto.BFLOAT16}
 
 BACKENDS = ("torch", "ort", "trt")
 
@@ -25,6 +32,7 @@ class Backend(ABC):
     name: str
     config: Mamba2Config
     recipe: dict  # the export recipe the model was made with ({} for none): its shape ranges bound the calls
+    device: str = "cpu"  # where states live between calls
 
     @abstractmethod
     def zero_states(self, batch: int): ...
@@ -38,7 +46,9 @@ class Backend(ABC):
         lengths are prefilled one by one, then decoded together: Mamba has no attention mask to pad with)."""
 
     def synchronize(self):
-        """Waits for queued device work (for timing)."""
+        """Waits for queued device work (for timing, and before another stream reads torch's writes)."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
 
 
 def _cat_dicts(parts: list[dict], cat) -> dict:
@@ -47,46 +57,47 @@ def _cat_dicts(parts: list[dict], cat) -> dict:
 
 class TorchBackend(Backend):
     def __init__(self, ckpt_dir: Path, device: str = "cpu", dtype: str = "fp32", triton: bool = True):
-        """``triton``: on CUDA, run the ops through the Triton kernels (else their PyTorch reference listings)."""
+        """``triton``: on CUDA, run the ops through our Triton kernels (else their PyTorch listings, as on the CPU)."""
         from ..checkpoint import load_model
         from ..onnx.export import DTYPES
 
-        self.device = torch.device(device)
-        kernels = "reference"
-        if self.device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise UserError("torch backend: no CUDA device here")
-            if triton:
-                from ..ssd.triton import register
+        self.device = torch.device(device).type
+        kernels = "triton" if triton and self.device == "cuda" else "reference"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("torch backend: no CUDA device here")
+        if kernels == "triton":
+            from ..ssd.triton import register
 
-                reg = register()  # the ops' CUDA implementations, where Triton is available
-                if not reg:
-                    raise UserError(reg.reason)
-                kernels = "triton"
+            reg = register()  # the ops' CUDA implementations, where Triton is available
+            if not reg:
+                raise UserError(reg.reason)
+        self.triton = kernels == "triton"
         self.model = load_model(ckpt_dir, DTYPES[dtype]).to(self.device)
         self.config, self.recipe = self.model.cfg, {}
-        self.name = f"torch-{self.device.type}" + (f"-{kernels}" if self.device.type == "cuda" else "")
+        # the reference listings on CUDA keep the plain name: they are PyTorch eager, the anchor
+        self.name = f"torch-{self.device}" + ("-triton" if kernels == "triton" else "")
 
     def zero_states(self, batch: int):
         return self.model.init_states(batch, self.device)
 
     @torch.no_grad()
     def forward(self, ids, states):
+        from ..ssd import triton
+
         t = torch.as_tensor(np.asarray(ids, np.int64), device=self.device)
-        logits, conv, ssm = self.model(t, *states, decode=t.shape[1] == 1, last_token_only=True)
+        with nullcontext() if self.triton else triton.disabled(self.device):
+            logits, conv, ssm = self.model(t, *states, decode=t.shape[1] == 1, last_token_only=True)
         return logits[:, -1].float().cpu().numpy(), (conv, ssm)
 
     def concat_states(self, parts):
         return tuple([torch.cat(layer) for layer in zip(*[p[i] for p in parts])] for i in range(2))
 
-    def synchronize(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
 
 class OrtBackend(Backend):
-    def __init__(self, export_dir: Path, provider: str = "cpu"):
-        from ..onnx.export import validation_model
+    def __init__(self, export_dir: Path, provider: str = "cpu", io_binding: bool | None = None):
+        """``io_binding`` (default: on for CUDA): states and logits live in torch tensors on the provider's device,
+        bound to the session's inputs and outputs, instead of numpy arrays fed and fetched by ``run``."""
+        from ..onnx.export import DTYPES, validation_model
         from .ort_runner import ort_session
 
         self.meta = read_metadata(export_dir)
@@ -94,45 +105,52 @@ class OrtBackend(Backend):
         with validation_model(export_dir) as path:  # trt exports run through their standard-op validation copy
             self.session = ort_session(export_dir, provider, path)
         self.provider = provider
+        self.device = "cuda" if provider == "cuda" else "cpu"
+        self.io_binding = provider == "cuda" if io_binding is None else io_binding
         self.name = f"ort-{self.meta.flavor}-{provider}"
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.vocab = self.session.get_outputs()[self.outputs.index(LOGITS)].shape[-1]
+        self.logits_dtype = DTYPES[self.meta.dtype]
 
     def zero_states(self, batch: int):
-        shapes = {s.name: (batch, *s.shape[1:]) for s in self.meta.states}
-        if self.provider == "cuda":
-            return {k: torch.zeros(v, device="cuda") for k, v in shapes.items()}
-        return {k: np.zeros(v, np.float32) for k, v in shapes.items()}
+        host = zero_states(self.meta, batch)
+        return {k: torch.from_numpy(v).to(self.device) for k, v in host.items()} if self.io_binding else host
 
     def forward(self, ids, states):
         ids = np.ascontiguousarray(ids, np.int64)
-        if self.provider == "cpu":
+        if not self.io_binding:
             out = dict(zip(self.outputs, self.session.run(None, {INPUT_IDS: ids, **states})))
-            new = {s.name: out[s.output] for s in self.meta.states}
-            return np.asarray(out[LOGITS][:, -1], np.float32), new
+            return np.asarray(out[LOGITS][:, -1], np.float32), carried_states(self.meta, out)
         return self._forward_bound(ids, states)
 
     def _forward_bound(self, ids, states):
-        """CUDA: inputs and state outputs bound to torch CUDA buffers, so states never leave the device."""
+        """States and logits bound to torch buffers on the device: on CUDA the states never leave it, and bf16
+        logits (which numpy cannot hold) come back through torch."""
         binding = self.session.io_binding()
         binding.bind_cpu_input(INPUT_IDS, ids)
+
+        def bind(bind_fn, name, t):
+            bind_fn(name, self.device, 0, ONNX_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+
         for name, t in states.items():
-            binding.bind_input(name, "cuda", 0, np.float32, tuple(t.shape), t.data_ptr())
-        new = {}
+            bind(binding.bind_input, name, t)
+        new = {s.name: torch.empty_like(states[s.name]) for s in self.meta.states}
         for s in self.meta.states:
-            out = torch.empty_like(states[s.name])
-            binding.bind_output(s.output, "cuda", 0, np.float32, tuple(out.shape), out.data_ptr())
-            new[s.name] = out
-        binding.bind_output(LOGITS, "cpu")
-        torch.cuda.synchronize()  # torch's writes to the inputs must land before ORT's stream reads them
-        self.session.run_with_iobinding(binding)
-        logits = binding.copy_outputs_to_cpu()[0]
-        return np.asarray(logits[:, -1], np.float32), new
+            bind(binding.bind_output, s.output, new[s.name])
+        positions = 1 if self.meta.logits == "last" else ids.shape[1]
+        logits = torch.empty((ids.shape[0], positions, self.vocab), dtype=self.logits_dtype, device=self.device)
+        bind(binding.bind_output, LOGITS, logits)
+        self.synchronize()  # torch's writes to the inputs must land before ORT's stream reads them
+        self.session.run_with_iobinding(binding)  # returns once ORT's stream is done (ORT's default)
+        return logits[:, -1].float().cpu().numpy(), new
 
     def concat_states(self, parts):
-        return _cat_dicts(parts, torch.cat if self.provider == "cuda" else np.concatenate)
+        return _cat_dicts(parts, torch.cat if self.io_binding else np.concatenate)
 
 
 class TrtBackend(Backend):
+    device = "cuda"
+
     def __init__(self, export_dir: Path, engine: Path | None = None, plugins: Path | None = None):
         from ..tensorrt.runner import trt_runner
 
@@ -146,15 +164,12 @@ class TrtBackend(Backend):
         return self.runner.zero_states(batch)
 
     def forward(self, ids, states):
-        t = torch.as_tensor(np.asarray(ids, np.int64), device="cuda")
+        t = torch.as_tensor(np.asarray(ids, np.int64), device=self.device)
         out = self.runner.infer_torch({INPUT_IDS: t, **states})
         return out[LOGITS][:, -1].float().cpu().numpy(), self.runner.carried(out)
 
     def concat_states(self, parts):
         return _cat_dicts(parts, torch.cat)
-
-    def synchronize(self):
-        torch.cuda.synchronize()
 
 
 def open_backend(model: Path, backend: str, provider: str = "cpu", plugins: Path | None = None,

@@ -7,9 +7,11 @@ says through its return value why it registered nothing when Triton is missing. 
 
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
 from typing import NamedTuple
 
 OPS = ("ssd_scan", "ssd_step")
+_registered: set[str] = set()  # devices register() attached the kernels to
 
 
 class Registration(NamedTuple):
@@ -39,4 +41,18 @@ def register(device: str = "cuda") -> Registration:
     # The launchers take the ops' arguments in the ops' order and names (plus keyword-only extras).
     torch.library.register_kernel(f"{ops.NAMESPACE}::ssd_scan", device, ssd_scan)
     torch.library.register_kernel(f"{ops.NAMESPACE}::ssd_step", device, ssd_step)
+    _registered.add(device)
     return Registration(True, f"Triton kernels registered for {', '.join(OPS)} on {device}")
+
+
+@contextmanager
+def disabled(device: str = "cuda"):
+    """The ops run their PyTorch listings on ``device`` inside this block, even after ``register()``: one process
+    can then time PyTorch eager and the Triton kernels side by side."""
+    with ExitStack() as stack:
+        if device in _registered:  # set_kernel_enabled warns about a kernel that was never registered
+            from .. import ops
+
+            for name in OPS:
+                stack.enter_context(getattr(ops, name).set_kernel_enabled(device, False))
+        yield
