@@ -10,6 +10,8 @@ from ..errors import UserError
 from ..onnx.metadata import model_path
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+# an fp32 export means fp32 math: the CUDA provider would otherwise round MatMul inputs to TF32 (DESIGN §6's 1e-4)
+PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
 
 
 def ort_session(export_dir: Path, provider: str = "cpu", model_file: Path | None = None):
@@ -23,7 +25,8 @@ def ort_session(export_dir: Path, provider: str = "cpu", model_file: Path | None
     opts.log_severity_level = 3
     path = model_file or model_path(export_dir)
     try:
-        return ort.InferenceSession(str(path), opts, providers=PROVIDERS[provider])
+        return ort.InferenceSession(str(path), opts, providers=PROVIDERS[provider],
+                                    provider_options=[PROVIDER_OPTIONS.get(p, {}) for p in PROVIDERS[provider]])
     except Exception as e:  # ORT's pybind errors share no public base type
         hint = " (bf16 graphs need TensorRT or the CUDA provider)" if "bfloat16" in str(e) or "MatMul" in str(e) else ""
         raise UserError(f"ONNX Runtime ({provider}) cannot load {path}: {e}{hint}") from None

@@ -1,0 +1,223 @@
+"""Serving backends on one GPU, side by side in one run (issue 6): PyTorch eager (the ops' PyTorch listings, the
+anchor), the PyTorch model on our Triton kernels, and ONNX Runtime's CUDA provider on the `portable` and `ort`
+exports, for random checkpoints of the 130m and 2.7b presets in fp16 and bf16.
+
+Each point is `ssd_deploy.bench`'s: prefill tokens/s (median of repeats after a warm-up) and decode ms/token with
+the carried states (median of steps), checked in the same run against the float32 PyTorch listings on the GPU:
+relative error of the last-position logits after the prefill and after one decode step. ONNX Runtime runs with
+IO binding (states stay on the device). A profile of one prefill and one step per ONNX Runtime session (130m)
+says which provider ran each node and where the time went.
+
+Two phases, so that checkpoints and exports (CPU work) can be made while other things happen:
+
+    PYTHONPATH=. python benchmarks/bench_backends_gpu.py prepare --work /tmp/sb     # checkpoints + exports
+    PYTHONPATH=. python benchmarks/bench_backends_gpu.py bench --work /tmp/sb --out OUT
+
+needs onnxruntime-gpu (CUDA 13 build) for the ONNX Runtime rows; without it those rows say why they are missing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import multiprocessing
+import os
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ssd_deploy import bench
+from ssd_deploy.checkpoint import random_model, write_checkpoint
+from ssd_deploy.onnx.export import ExportOptions, export
+from ssd_deploy.presets import preset
+
+FLAVORS = ("portable", "ort")
+# preset → (dtypes, batches, prompt lengths)
+PLAN = {"130m": (("fp16", "bf16"), (1, 8), (128, 512, 2048)),
+        "2.7b": (("fp16", "bf16"), (1, 8), (512, 2048)),
+        "tiny": (("fp32", "fp16"), (1, 2), (40,))}  # a smoke run of this script (--provider cpu works too)
+
+
+def _log(msg: str):
+    click.echo(f"[{time.strftime('%H:%M:%S')}] {msg}", err=True)
+
+
+def _export_dir(work: Path, name: str, dtype: str, flavor: str) -> Path:
+    return work / f"{name}-{dtype}-{flavor}"
+
+
+def _export_one(args) -> str:
+    ckpt, out, flavor, dtype = args
+    if (out / "model.onnx").is_file():
+        return f"{out.name}: already there"
+    t = time.perf_counter()
+    export(ckpt, out, ExportOptions(flavor=flavor, dtype=dtype, logits="last"))
+    return f"{out.name}: exported in {time.perf_counter() - t:.0f} s"
+
+
+def prepare(work: Path, presets: list[str], jobs: int):
+    work.mkdir(parents=True, exist_ok=True)
+    tasks = []
+    for name in presets:
+        ckpt = work / f"ckpt-{name}"
+        if not (ckpt / "config.json").is_file():
+            t = time.perf_counter()
+            write_checkpoint(random_model(preset(name), seed=0), ckpt, "hf")
+            _log(f"checkpoint {name} written in {time.perf_counter() - t:.0f} s")
+        tasks += [(ckpt, _export_dir(work, name, d, f), f, d) for d in PLAN[name][0] for f in FLAVORS]
+    # the exporter is mostly single-threaded Python; spawn, since forking a process that has run torch's thread
+    # pools can deadlock the children
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for msg in pool.map(_export_one, tasks):
+            _log(msg)
+    _log("prepare: done")
+
+
+def ort_placement(export_dir: Path, backend, ids: np.ndarray) -> dict:
+    """Nodes and kernel time per provider, and the slowest op types, from ONNX Runtime's profile of one prefill
+    and one decode step (the second of two such pairs: the first pays for cuDNN's algorithm search)."""
+    import onnxruntime as ort
+
+    from ssd_deploy.onnx.metadata import model_path
+    from ssd_deploy.runtime.ort_runner import PROVIDER_OPTIONS, PROVIDERS
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.log_severity_level = 3
+    providers = PROVIDERS[backend.provider]
+    sess = backend.session
+    backend.session = ort.InferenceSession(str(model_path(export_dir)), opts, providers=providers,
+                                           provider_options=[PROVIDER_OPTIONS.get(p, {}) for p in providers])
+    try:
+        for _ in range(2):
+            logits, states = backend.forward(ids, backend.zero_states(ids.shape[0]))
+            backend.forward(logits.argmax(-1)[:, None], states)
+        profile = Path(backend.session.end_profiling())
+    finally:
+        backend.session = sess
+    events = json.loads(profile.read_text())
+    profile.unlink()
+    runs = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    by_provider, by_op = {}, {}
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < runs[2]:
+            continue
+        prov, op = e["args"].get("provider", "?"), e["args"].get("op_name", "?")
+        n, us = by_provider.get(prov, (0, 0))
+        by_provider[prov] = (n + 1, us + e["dur"])
+        by_op[f"{op}@{prov}"] = by_op.get(f"{op}@{prov}", 0) + e["dur"]
+    return {"nodes_and_us_by_provider": by_provider,
+            "top_ops_us": dict(sorted(by_op.items(), key=lambda kv: -kv[1])[:8])}
+
+
+def open_backends(work: Path, name: str, dtype: str, provider: str):
+    from ssd_deploy.errors import UserError
+    from ssd_deploy.runtime.backends import OrtBackend, TorchBackend
+
+    ckpt = work / f"ckpt-{name}"
+    opened, missing = {}, {}
+    makers = {f"torch-{provider}": lambda: TorchBackend(ckpt, provider, dtype, triton=False)}
+    if provider == "cuda":
+        makers["torch-cuda-triton"] = lambda: TorchBackend(ckpt, "cuda", dtype, triton=True)
+    makers.update({f: (lambda f=f: OrtBackend(_export_dir(work, name, dtype, f), provider)) for f in FLAVORS})
+    for label, make in makers.items():
+        try:
+            opened[label] = make()
+        except (UserError, OSError, RuntimeError) as e:
+            missing[label] = str(e)[:500]
+            _log(f"{name} {dtype} {label}: not run: {missing[label]}")
+    return opened, missing
+
+
+def machine() -> dict:
+    import onnxruntime
+    import torch
+
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.mem",
+                              "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        smi = "no nvidia-smi"
+    return {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none", "nvidia_smi": smi,
+            "torch": torch.__version__, "cuda": torch.version.cuda, "onnxruntime": onnxruntime.__version__,
+            "ort_providers": onnxruntime.get_available_providers(), "cpu_cores": os.cpu_count()}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| preset | dtype | backend | batch | length | prefill tok/s | decode ms/token | err prefill | err step |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['preset']} | {r['dtype']} | {r['backend']} | {r['batch']} | {r['length']} | "
+                     f"{r['prefill_tok_s']:,.0f} | {r['decode_ms']:.2f} | {r['prefill_err']:.1e} | "
+                     f"{r['decode_err']:.1e} |")
+    return "\n".join(lines)
+
+
+def run_bench(work: Path, out: Path, presets: list[str], provider: str, steps: int, repeats: int, commit: str):
+    import torch
+
+    from ssd_deploy.runtime.backends import TorchBackend
+
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"date": datetime.date.today().isoformat(), "commit": commit, "machine": machine(),
+              "steps": steps, "repeats": repeats, "rows": [], "missing": {}, "placement": {}}
+    for name in presets:
+        dtypes, batches, lengths = PLAN[name]
+        reference = TorchBackend(work / f"ckpt-{name}", provider, "fp32", triton=False)
+        for dtype in dtypes:
+            backends, missing = open_backends(work, name, dtype, provider)
+            result["missing"][f"{name}-{dtype}"] = missing
+            points = bench.run(list(backends.values()), reference, list(batches), list(lengths), steps, repeats,
+                               progress=lambda p: _log(f"{name} {dtype} {p.backend} b{p.batch} l{p.length}: "
+                                                       f"{p.prefill_tok_s:,.0f} tok/s, {p.decode_ms:.2f} ms/token, "
+                                                       f"err {p.prefill_err:.1e}/{p.decode_err:.1e}"))
+            result["rows"] += [{"preset": name, "dtype": dtype, **asdict(p)} for p in points]
+            if name != "2.7b":  # one profile per session is enough to see the placement
+                ids = np.random.default_rng(1).integers(0, reference.config.vocab_size, (1, 512))
+                for flavor in FLAVORS:
+                    if flavor in backends:
+                        result["placement"][f"{name}-{dtype}-{flavor}"] = ort_placement(
+                            _export_dir(work, name, dtype, flavor), backends[flavor], ids)
+            del backends
+            if provider == "cuda":
+                torch.cuda.empty_cache()
+            (out / "bench_backends_gpu.json").write_text(json.dumps(result, indent=2))
+        del reference
+    table = markdown(result["rows"])
+    (out / "bench_backends_gpu.md").write_text(table + "\n")
+    click.echo(json.dumps({"missing": result["missing"], "placement": result["placement"]}, indent=1))
+    click.echo(table)
+
+
+@click.group()
+def main():
+    pass
+
+
+@main.command("prepare")
+@click.option("--work", type=click.Path(path_type=Path), required=True)
+@click.option("--presets", default="130m,2.7b", show_default=True)
+@click.option("--jobs", type=int, default=4, show_default=True)
+def prepare_cmd(work, presets, jobs):
+    prepare(work, presets.split(","), jobs)
+
+
+@main.command("bench")
+@click.option("--work", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--presets", default="130m,2.7b", show_default=True)
+@click.option("--provider", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True)
+@click.option("--steps", type=int, default=16, show_default=True)
+@click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--commit", default="unknown")
+def bench_cmd(work, out, presets, provider, steps, repeats, commit):
+    run_bench(work, out, presets.split(","), provider, steps, repeats, commit)
+
+
+if __name__ == "__main__":
+    main()
