@@ -1,6 +1,6 @@
 """Serving backends on one GPU, side by side in one run (issue 6): PyTorch eager (the ops' PyTorch listings, the
-anchor), the PyTorch model on our Triton kernels, and ONNX Runtime's CUDA provider on the `portable` and `ort`
-exports, for random checkpoints of the 130m and 2.7b presets in fp16 and bf16.
+anchor), the PyTorch model on our Triton kernels, each also with its decode steps replayed from CUDA graphs, and
+ONNX Runtime's CUDA provider on the `portable` and `ort` exports, for random checkpoints of the 130m and 2.7b presets in fp16 and bf16.
 
 Each point is `ssd_deploy.bench`'s: prefill tokens/s (median of repeats after a warm-up) and decode ms/token with
 the carried states (median of steps), checked in the same run against the float32 PyTorch listings on the GPU:
@@ -60,7 +60,7 @@ def _export_one(args) -> str:
     return f"{out.name}: exported in {time.perf_counter() - t:.0f} s"
 
 
-def prepare(work: Path, presets: list[str], jobs: int):
+def prepare(work: Path, presets: list[str], jobs: int, exports: bool = True):
     work.mkdir(parents=True, exist_ok=True)
     tasks = []
     for name in presets:
@@ -69,7 +69,7 @@ def prepare(work: Path, presets: list[str], jobs: int):
             t = time.perf_counter()
             write_checkpoint(random_model(preset(name), seed=0), ckpt, "hf")
             _log(f"checkpoint {name} written in {time.perf_counter() - t:.0f} s")
-        tasks += [(ckpt, _export_dir(work, name, d, f), f, d) for d in PLAN[name][0] for f in FLAVORS]
+        tasks += [(ckpt, _export_dir(work, name, d, f), f, d) for d in PLAN[name][0] for f in FLAVORS if exports]
     # the exporter is mostly single-threaded Python; spawn, since forking a process that has run torch's thread
     # pools can deadlock the children
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -123,7 +123,8 @@ def open_backends(work: Path, name: str, dtype: str, provider: str):
     opened, missing = {}, {}
     makers = {f"torch-{provider}": lambda: TorchBackend(ckpt, provider, dtype, triton=False)}
     if provider == "cuda":
-        makers["torch-cuda-triton"] = lambda: TorchBackend(ckpt, "cuda", dtype, triton=True)
+        makers.update({f"torch-cuda{'-triton' * t}{'-graphs' * g}": (lambda t=t, g=g: TorchBackend(
+            ckpt, "cuda", dtype, triton=t, cuda_graphs=g)) for t, g in ((True, False), (False, True), (True, True))})
     makers.update({f: (lambda f=f: OrtBackend(_export_dir(work, name, dtype, f), provider)) for f in FLAVORS})
     for label, make in makers.items():
         try:
@@ -203,8 +204,9 @@ def main():
 @click.option("--work", type=click.Path(path_type=Path), required=True)
 @click.option("--presets", default="130m,2.7b", show_default=True)
 @click.option("--jobs", type=int, default=4, show_default=True)
-def prepare_cmd(work, presets, jobs):
-    prepare(work, presets.split(","), jobs)
+@click.option("--exports/--no-exports", default=True, show_default=True, help="--no-exports: the PyTorch rows only")
+def prepare_cmd(work, presets, jobs, exports):
+    prepare(work, presets.split(","), jobs, exports)
 
 
 @main.command("bench")

@@ -201,7 +201,8 @@ def run(model, backend, provider, engine, plugins, prompt, input_ids, batch_file
 @click.argument("ckpt", type=click.Path(path_type=Path))
 @click.option("--backends", default="torch,portable,ort", show_default=True,
               help="comma-separated: torch (the PyTorch model on the ops' PyTorch listings), torch-triton (on our "
-                   "Triton kernels; CUDA), portable and ort (ONNX Runtime on exports made here)")
+                   "Triton kernels; CUDA), either with -graphs (CUDA: decode steps replayed from CUDA graphs), "
+                   "portable and ort (ONNX Runtime on exports made here)")
 @click.option("--export", "exports", type=click.Path(path_type=Path), multiple=True,
               help="further export directories to run on ONNX Runtime")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -223,17 +224,19 @@ def bench(ckpt, backends, exports, provider, dtype, batches, lengths, steps, rep
 
     batch_list, length_list = _ints(batches, "--batch"), _ints(lengths, "--length")
     names = [n.strip() for n in backends.split(",") if n.strip()]
-    torch_kernels = {"torch": False, "torch-triton": True}
-    unknown = set(names) - {*torch_kernels, "portable", "ort"}
+    # name → (Triton kernels, CUDA graphs)
+    torch_kinds = {"torch": (False, False), "torch-triton": (True, False), "torch-graphs": (False, True),
+                   "torch-triton-graphs": (True, True)}
+    unknown = set(names) - {*torch_kinds, "portable", "ort"}
     if unknown or not (names or exports):
-        raise UserError(f"--backends: choose among torch, torch-triton, portable, ort (got {backends!r})")
+        raise UserError(f"--backends: choose among {', '.join(torch_kinds)}, portable, ort (got {backends!r})")
     if not Path(ckpt, "config.json").is_file():
         raise UserError(f"{ckpt}: not a checkpoint directory (no config.json)")
     with tempfile.TemporaryDirectory(prefix="ssd-deploy-bench-") as tmp:
         # last-position logits only, as generation needs: all-position logits would time a [b, l, vocab] copy
         made = [do_export(ckpt, Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype, logits="last")).parent
                 for f in names if f in ("portable", "ort")]
-        runners = [TorchBackend(ckpt, provider, dtype, triton=torch_kernels[n]) for n in names if n in torch_kernels]
+        runners = [TorchBackend(ckpt, provider, dtype, *torch_kinds[n]) for n in names if n in torch_kinds]
         runners += [OrtBackend(e, provider) for e in [*made, *exports]]
         reference = next((r for r in runners if r.name == f"torch-{provider}" and dtype == "fp32"), None) \
             or TorchBackend(ckpt, provider, "fp32", triton=False)

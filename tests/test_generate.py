@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import TINY
+from conftest import TINY, rel_err
 from ssd_deploy.cli import main
 from ssd_deploy.errors import UserError
 from ssd_deploy.generate import SamplingOptions, generate, sample
@@ -159,6 +159,39 @@ def test_run_bad_input(untied, args, message):
     assert r.exit_code == 2 and message in r.output
 
 
+# ---------------------------------------------------------------- GPU
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("triton", [False, True], ids=["listings", "triton"])
+def test_cuda_graph_decode_matches_eager(untied, triton):
+    """Decode steps replayed from CUDA graphs give the eager steps' logits and states, one graph per batch size,
+    and never overwrite the states a caller still holds."""
+    from ssd_deploy.runtime.backends import TorchBackend
+
+    if triton:
+        pytest.importorskip("triton", reason="the Triton kernels need triton")
+    ckpt, _ = untied
+    eager = TorchBackend(ckpt, "cuda", triton=triton)
+    graphs = TorchBackend(ckpt, "cuda", triton=triton, cuda_graphs=True)
+    rng = np.random.default_rng()
+    for batch in (1, 3, 1):
+        ids = rng.integers(0, UNTIED.vocab_size, (batch, 9))
+        expected, eager_states = eager.forward(ids, eager.zero_states(batch))
+        _, states = graphs.forward(ids, graphs.zero_states(batch))
+        for _ in range(6):
+            token = expected.argmax(-1)[:, None]
+            expected, eager_states = eager.forward(token, eager_states)
+            held = [t.clone() for t in (*states[0], *states[1])]
+            logits, states_next = graphs.forward(token, states)
+            assert all(torch.equal(a, b) for a, b in zip(held, (*states[0], *states[1])))
+            assert rel_err(logits, expected) <= 1e-6
+            states = states_next
+        for mine, ref in zip((*states[0], *states[1]), (*eager_states[0], *eager_states[1])):
+            assert rel_err(mine, ref) <= 1e-6
+    assert sorted(graphs.graphs.captured) == [1, 3]
+
+
 # ---------------------------------------------------------------- GPU: ONNX Runtime's CUDA provider
 
 def _ort_cuda() -> bool:
@@ -212,6 +245,8 @@ def test_half_precision_on_cuda(untied, flavor, dtype, tmp_path):
 def test_run_command_on_cuda(untied):
     ckpt, exports = untied
     args = ["--input-ids", "5,6,7", "--max-new-tokens", "12", "--json"]
-    r = CliRunner().invoke(main, ["run", str(exports["ort"]), "--provider", "cuda", *args], catch_exceptions=False)
     expected = CliRunner().invoke(main, ["run", str(ckpt), "--backend", "torch", *args], catch_exceptions=False)
-    assert r.exit_code == 0 and json.loads(r.output) == json.loads(expected.output)
+    for model, backend in ((exports["ort"], "ort"), (ckpt, "torch")):  # torch on CUDA: Triton + CUDA graphs
+        r = CliRunner().invoke(main, ["run", str(model), "--backend", backend, "--provider", "cuda", *args],
+                               catch_exceptions=False)
+        assert r.exit_code == 0 and json.loads(r.output) == json.loads(expected.output), backend

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,11 @@ def _cat_dicts(parts: list[dict], cat) -> dict:
 
 
 class TorchBackend(Backend):
-    def __init__(self, ckpt_dir: Path, device: str = "cpu", dtype: str = "fp32", triton: bool = True):
-        """``triton``: on CUDA, run the ops through our Triton kernels (else their PyTorch listings, as on the CPU)."""
+    def __init__(self, ckpt_dir: Path, device: str = "cpu", dtype: str = "fp32", triton: bool = True,
+                 cuda_graphs: bool = False):
+        """On CUDA: ``triton`` runs the ops through our Triton kernels (else their PyTorch listings, as on the CPU);
+        ``cuda_graphs`` replays each decode step from a CUDA graph captured per batch size (same kernels, one
+        launch)."""
         from ..checkpoint import load_model
         from ..onnx.export import DTYPES
 
@@ -74,8 +78,14 @@ class TorchBackend(Backend):
         self.triton = kernels == "triton"
         self.model = load_model(ckpt_dir, DTYPES[dtype]).to(self.device)
         self.config, self.recipe = self.model.cfg, {}
+        self.graphs = None
+        if cuda_graphs and self.device == "cuda":
+            from .cuda_graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(lambda ids, conv, ssm: self.model(ids, conv, ssm, decode=True,
+                                                                          last_token_only=True))
         # the reference listings on CUDA keep the plain name: they are PyTorch eager, the anchor
-        self.name = f"torch-{self.device}" + ("-triton" if kernels == "triton" else "")
+        self.name = f"torch-{self.device}" + ("-triton" if self.triton else "") + ("-graphs" if self.graphs else "")
 
     def zero_states(self, batch: int):
         return self.model.init_states(batch, self.device)
@@ -85,8 +95,10 @@ class TorchBackend(Backend):
         from ..ssd import triton
 
         t = torch.as_tensor(np.asarray(ids, np.int64), device=self.device)
+        decode = t.shape[1] == 1
         with nullcontext() if self.triton else triton.disabled(self.device):
-            logits, conv, ssm = self.model(t, *states, decode=t.shape[1] == 1, last_token_only=True)
+            step = self.graphs if decode and self.graphs else partial(self.model, decode=decode, last_token_only=True)
+            logits, conv, ssm = step(t, *states)
         return logits[:, -1].float().cpu().numpy(), (conv, ssm)
 
     def concat_states(self, parts):
@@ -183,7 +195,7 @@ def open_backend(model: Path, backend: str, provider: str = "cpu", plugins: Path
     if backend == "torch":
         if not (model / "config.json").is_file():
             raise UserError(f"{model}: the torch backend needs a checkpoint directory (with config.json)")
-        return TorchBackend(model, provider, dtype)
+        return TorchBackend(model, provider, dtype, cuda_graphs=True)
     if backend == "ort":
         return OrtBackend(model, provider)
     return TrtBackend(model, engine, plugins)
