@@ -53,6 +53,8 @@ def test_bench_bad_input(tiny_ckpt):
     assert r.exit_code == 2 and "choose among" in r.output
     r = CliRunner().invoke(main, ["bench", str(tiny_ckpt.parent), "--backends", "torch"])
     assert r.exit_code == 2 and "not a checkpoint directory" in r.output
+    r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--backends", "torch,torch-triton-graphs"])
+    assert r.exit_code == 2 and "need --provider cuda" in r.output
 
 
 def test_bench_dtype_parity_against_fp32(tiny_ckpt):

@@ -159,6 +159,18 @@ def test_run_bad_input(untied, args, message):
     assert r.exit_code == 2 and message in r.output
 
 
+def test_run_missing_runtime(untied):
+    """A provider or device this machine does not have gets one message (the other half runs on the GPU)."""
+    ckpt, exports = untied
+    args = ["--input-ids", "1,2", "--max-new-tokens", "2", "--provider", "cuda"]
+    if not _ort_cuda():
+        r = CliRunner().invoke(main, ["run", str(exports["ort"]), *args])
+        assert r.exit_code == 2 and "install onnxruntime-gpu" in r.output
+    if not torch.cuda.is_available():
+        r = CliRunner().invoke(main, ["run", str(ckpt), "--backend", "torch", *args])
+        assert r.exit_code == 2 and "no CUDA device" in r.output
+
+
 # ---------------------------------------------------------------- GPU
 
 @pytest.mark.gpu
