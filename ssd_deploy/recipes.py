@@ -30,7 +30,8 @@ TARGETS = {
     "cuda": {"flavors": ("portable", "ort"), "dtypes": ("fp32", "fp16", "bf16")},
     "tensorrt": {"flavors": ("portable", "trt"), "dtypes": ("fp32", "fp16", "bf16")},
 }
-EXPORT_KEYS = {"flavor": str, "dtype": str, "opset": int, "graph": str, "logits": str, "external_data": str}
+EXPORT_KEYS = {"flavor": str, "dtype": str, "opset": int, "graph": str, "logits": str, "external_data": str,
+               "prefill": str}
 PROFILES = ("decode", "prefill")
 
 

@@ -31,6 +31,14 @@ def test_new_export_validate_inspect(cli, tmp_path):
     assert info["inputs"][0]["name"] == "input_ids"
 
 
+def test_export_ort_with_chunked_prefill(cli, tmp_path):
+    assert cli("new", tmp_path / "ck", "--preset", "tiny").exit_code == 0
+    r = cli("export", tmp_path / "ck", "-o", tmp_path / "ex", "--flavor", "ort", "--prefill", "chunked")
+    assert r.exit_code == 0, r.output
+    info = json.loads(cli("inspect", tmp_path / "ex", "--json").output)
+    assert info["metadata"]["prefill"] == "chunked" and info["ops"]["If"] == 2  # one per layer
+
+
 def test_demo(cli):
     r = cli("demo")
     assert r.exit_code == 0, r.output
@@ -42,6 +50,7 @@ def test_demo(cli):
     (["new", "{tmp}/n", "--preset", "huge"], "unknown preset"),
     (["validate", "{tmp}", "--against", "{tmp}"], "no exported model"),
     (["inspect", "{tmp}"], "no exported model"),
+    (["export", "/nonexistent/ckpt", "-o", "{tmp}/o", "--prefill", "chunked"], "option of the ort flavor"),
 ])
 def test_bad_input_is_one_message(cli, tmp_path, args, message):
     r = cli(*[a.format(tmp=tmp_path) for a in args])

@@ -1,6 +1,7 @@
 """`ort` export: the ONNX Runtime contrib ops it relies on behave as ort.py says (checked here against the float64
 recurrence, so an ONNX Runtime upgrade that changes them fails loudly), each op's lowering matches the contract,
-and whole models match the PyTorch reference on the tiny configs, prefill and decode, fp32 and fp16."""
+and whole models match the PyTorch reference on the tiny configs, prefill and decode, fp32 and fp16, with either
+prefill (LinearAttention, or the chunked scan with LinearAttention for one-token calls only)."""
 
 import dataclasses
 import math
@@ -16,7 +17,9 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 from conftest import assert_parity_every_length, TINY, VARIANTS, rel_err
+from ssd_deploy.errors import UserError
 from ssd_deploy.onnx import ort as ort_flavor
+from ssd_deploy.onnx.export import ExportOptions, export
 from ssd_deploy.onnx.metadata import LAYOUT_SSM, read_metadata
 from ssd_deploy.onnx.tracing import sample_inputs, trace_op
 from ssd_deploy.runtime.ort_runner import ort_runner, ort_session
@@ -135,15 +138,16 @@ def ort_value(t: torch.Tensor):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
-@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("op_name,prefill", [(op_name, "contrib") for op_name in OPS] + [("ssd_scan", "chunked")])
 @pytest.mark.parametrize("variant", ["g4", "hdimD-limit", "n8"])
-def test_op_lowering_matches_contract(op_name, dtype, variant, tmp_path):
+def test_op_lowering_matches_contract(op_name, prefill, dtype, variant, tmp_path):
+    """The chunked prefill's scan at l = 1 (LinearAttention), inside one chunk, at and past its end (Q = 16)."""
     cfg = MODEL_VARIANTS[variant]
     attrs, names, outs = OPS[op_name]
     if op_name != "causal_conv1d":
         attrs = {**attrs, "dt_min": cfg.dt_min, "dt_max": cfg.dt_max}
-    model = trace_op(op_name, attrs, cfg, DTYPES[dtype], ort_flavor, names, outs)
-    assert MS in {n.domain for n in model.graph}  # the contrib op is really used
+    model = trace_op(op_name, attrs, cfg, DTYPES[dtype], ort_flavor, names, outs, {"prefill": prefill})
+    assert MS in {n.domain for n in onnx_ir.traversal.RecursiveGraphIterator(model.graph)}  # the contrib op is used
     assert model.graph.outputs[1].dtype == onnx_ir.DataType.FLOAT  # states stay float32 whatever the activations
     sess = op_session(model, tmp_path / "op.onnx")
     for length in (1, 7, 16, 19):
@@ -225,9 +229,70 @@ def test_graph_uses_contrib_ops_and_declares_its_state_layout(exports):
     onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
 
 
-def test_bf16_export_is_refused_by_ort_cpu_with_a_clear_message(exports):
-    from ssd_deploy.errors import UserError
+# ---- whole models with the chunked prefill (prefill="chunked": LinearAttention for one token only) -----------------
 
+@pytest.mark.parametrize("variant", list(MODEL_VARIANTS))
+def test_chunked_prefill_parity_fp32_every_length(exports, variant):
+    """l = 1 takes LinearAttention, every other length the chunked scan; both from and to the [b,h,n,p] states."""
+    assert_parity_every_length(*exports(variant, prefill="chunked"))
+
+
+def test_chunked_prefill_validate_fp16(exports):
+    ckpt, out = exports("g4", "fp16", prefill="chunked")
+    report = validate(out, ckpt, ort_runner(out), steps=3, batch=2)
+    assert report.ok, report.to_dict()
+    assert report.dtype == "fp16" and max(e.rel for e in report.errors) > 1e-6
+
+
+def test_chunked_prefill_graph(exports):
+    """Each layer's scan is an If on l == 1: LinearAttention alone in the one-token branch, the chunked machinery
+    (and the state's two transposes to and from the contract layout) in the other; the interface keeps
+    LinearAttention's [b,h,n,p] states, and the metadata says which prefill the graph has."""
+    _, out = exports("n8", prefill="chunked")
+    proto = onnx.load(str(out / "model.onnx"))
+    cfg = MODEL_VARIANTS["n8"]
+    assert "LinearAttention" not in {n.op_type for n in proto.graph.node}
+    ifs = [n for n in proto.graph.node if n.op_type == "If"]
+    assert len(ifs) == cfg.n_layer
+    chunk_machinery = {"Pad", "Range", "Concat"}
+    for i, node in enumerate(ifs):
+        branches = {a.name: a.g.node for a in node.attribute}
+        then_ops = [(n.domain, n.op_type) for n in branches["then_branch"]]
+        else_ops = [(n.domain, n.op_type) for n in branches["else_branch"]]
+        assert then_ops.count((MS, "LinearAttention")) == 1 and not chunk_machinery & {t for _, t in then_ops}
+        assert not {d for d, _ in else_ops} - {""} and chunk_machinery <= {t for _, t in else_ops}
+        la = next(n for n in branches["then_branch"] if n.op_type == "LinearAttention")
+        assert la.input[3] == f"ssm_state.{i}" and node.output[1] == f"ssm_state_out.{i}"
+        reads_state = [n for n in branches["else_branch"] if f"ssm_state.{i}" in n.input]
+        assert [(n.op_type, list(n.attribute[0].ints)) for n in reads_state] == [("Transpose", [0, 1, 3, 2])]
+    dims = lambda vi: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731
+    states = [v for v in [*proto.graph.input, *proto.graph.output] if v.name.startswith("ssm_state")]
+    assert len(states) == 2 * cfg.n_layer
+    assert all(dims(v) == ["batch", cfg.nheads, cfg.d_state, cfg.headdim] for v in states)
+    meta = read_metadata(out)
+    assert meta.prefill == "chunked" and meta.ssm_layout == ort_flavor.SSM_LAYOUT
+    assert read_metadata(exports("n8")[1]).prefill == "contrib"
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+
+
+def test_chunked_prefill_export_is_byte_identical(exports, tmp_path):
+    ckpt, out = exports("g4", prefill="chunked")
+    again = export(ckpt, tmp_path / "again", ExportOptions(flavor="ort", prefill="chunked"))
+    assert again.read_bytes() == (out / "model.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("opts,message", [
+    (ExportOptions(flavor="ort", prefill="fast"), "unknown prefill 'fast'; choose one of contrib, chunked"),
+    (ExportOptions(flavor="portable", prefill="chunked"), "option of the ort flavor"),
+    (ExportOptions(flavor="trt", prefill="chunked"), "option of the ort flavor"),
+])
+def test_bad_prefill_is_refused_before_any_work(tiny_ckpt, tmp_path, opts, message):
+    with pytest.raises(UserError, match=message):
+        export(tiny_ckpt, tmp_path / "x", opts)
+    assert not (tmp_path / "x").exists()
+
+
+def test_bf16_export_is_refused_by_ort_cpu_with_a_clear_message(exports):
     _, out = exports("g1", "bf16")
     with pytest.raises(UserError, match="bf16"):
         ort_session(out)

@@ -69,6 +69,16 @@ def test_tensorrt_recipes_have_decode_and_prefill_profiles():
     assert recipes.load("cpu-fp32").profiles == {}
 
 
+def test_ort_recipes_choose_their_prefill():
+    """ONNX Runtime's CUDA LinearAttention is a token-by-token recurrence: prompts take the chunked scan there; on
+    the CPU LinearAttention prefills faster and stays."""
+    assert resolve_options("ort-cuda-fp16")[0].prefill == "chunked"
+    assert resolve_options("cpu-fp32")[0].prefill == "contrib"
+    opts, resolved = resolve_options("cpu-fp32", prefill="chunked")
+    assert opts.prefill == "chunked" and resolved["export"]["prefill"] == "chunked"
+    assert resolved["overrides"] == ["prefill"]
+
+
 def test_load_by_path(tmp_path):
     r = recipes.load(write(tmp_path, GOOD, "mine"))
     assert r.name == "mine" and r.profiles["prefill"].seq == (1, 512, 4096)
@@ -91,6 +101,7 @@ def test_load_by_path(tmp_path):
     (GOOD.replace('dtype = "fp16"', 'dtype = "int8"'), "dtype 'int8' is not supported on target tensorrt"),
     (GOOD.replace("batch = [1, 8]", 'batch = "1-8"'), "must be a list of 2 integers"),
     (GOOD.replace('dtype = "fp16"', "dtype = 16"), "export.dtype must be a str"),
+    (GOOD.replace('dtype = "fp16"', 'dtype = "fp16"\nprefill = true'), "export.prefill must be a str"),
     (GOOD.replace("[shapes]\nbatch = [1, 8]\nprefill = [1, 4096]", ""), r"missing keys \['shapes'\]"),
     ("target = \n", "malformed TOML"),
 ])
@@ -124,6 +135,8 @@ def test_flags_override_recipe_and_are_checked_again():
         resolve_options("cpu-fp32", flavor="trt")
     with pytest.raises(UserError, match="a decode graph for tensorrt needs exactly the profiles"):
         resolve_options("trt-datacenter-bf16", graph="decode")
+    with pytest.raises(UserError, match="prefill 'chunked' is an option of the ort flavor"):
+        resolve_options("trt-datacenter-bf16", prefill="chunked")
 
 
 def test_without_recipe_flags_and_defaults():
@@ -141,12 +154,19 @@ def test_resolved_recipe_is_stored_in_metadata(tiny_ckpt, tmp_path):
     assert meta.flavor == "ort" and meta.logits == "all"
 
 
-def test_bad_recipe_fails_before_any_work(tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe,flags", [
+    ("cpu-fp32", {"dtype": "bf16"}),
+    ("trt-datacenter-bf16", {"prefill": "chunked"}),
+    (GOOD.replace('dtype = "fp16"', 'dtype = "fp16"\nprefill = "chunked"'), {}),  # a recipe file's text
+])
+def test_bad_recipe_fails_before_any_work(tmp_path, monkeypatch, recipe, flags):
     def no_work(*a, **k):
         raise AssertionError("the checkpoint was loaded")
 
     monkeypatch.setattr(export_mod, "load_model", no_work)
+    if "\n" in recipe:
+        recipe = write(tmp_path, recipe)
     with pytest.raises(UserError):
-        opts, resolved = resolve_options("cpu-fp32", dtype="bf16")
+        opts, resolved = resolve_options(recipe, **flags)
         export_mod.export(tmp_path / "ckpt", tmp_path / "out", opts, recipe=resolved)
     assert not (tmp_path / "out").exists()

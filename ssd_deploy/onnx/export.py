@@ -33,8 +33,9 @@ from .metadata import (DATA_FILE, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, Exp
 from .tracing import batch_dim, seq_dim, to_onnx
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# flavor name → module with lowerings(dims); optionally finalize(model, cfg) for rewrites tracing cannot express,
-# and SSM_LAYOUT where its graph keeps the ssm state in another layout than DESIGN §3's
+# flavor name → module with lowerings(dims, **ExportOptions.flavor_options()); optionally finalize(model, cfg) for
+# rewrites tracing cannot express, and SSM_LAYOUT where its graph keeps the ssm state in another layout than
+# DESIGN §3's
 FLAVORS = {"portable": portable, "ort": ort, "trt": trt}
 EXTERNAL_DATA = ("auto", "always", "never")
 IR_VERSION = 10  # ONNX 1.23 writes 14 by default; current ONNX Runtime releases load 10
@@ -49,6 +50,7 @@ class ExportOptions:
     external_data: str = "auto"
     logits: str = "all"  # "all" | "last"
     graph: str = "unified"  # "unified" | "decode" (a single-token graph using ssd_step)
+    prefill: str = "contrib"  # ort flavor: calls of more than one token run "contrib" (LinearAttention) | "chunked"
 
     def check(self):
         if self.flavor not in FLAVORS:
@@ -63,6 +65,15 @@ class ExportOptions:
             raise UserError("logits must be 'all' or 'last'")
         if self.graph not in ("unified", "decode"):
             raise UserError("graph must be 'unified' or 'decode'")
+        if self.prefill not in ort.PREFILLS:
+            raise UserError(f"unknown prefill {self.prefill!r}; choose one of {', '.join(ort.PREFILLS)}")
+        if self.prefill != "contrib" and self.flavor != "ort":
+            raise UserError(f"prefill {self.prefill!r} is an option of the ort flavor (the {self.flavor} flavor's "
+                            f"scan is chunked already)")
+
+    def flavor_options(self) -> dict:
+        """The options the flavor's lowerings take besides the model's sizes."""
+        return {"prefill": self.prefill} if self.flavor == "ort" else {}
 
 
 class GraphInterface(nn.Module):
@@ -91,7 +102,7 @@ def trace(model: Mamba2LM, opts: ExportOptions) -> onnx_ir.Model:
     return to_onnx(GraphInterface(model, opts), (ids, *states), [INPUT_IDS] + [i for i, _ in names],
                    [LOGITS] + [o for _, o in names],
                    {"input_ids": {0: batch, 1: seq}, "states": tuple({0: batch} for _ in states)},
-                   FLAVORS[opts.flavor], cfg, opts.opset)
+                   FLAVORS[opts.flavor], cfg, opts.opset, opts.flavor_options())
 
 
 def strip_trace_metadata(model: onnx_ir.Model):
@@ -137,8 +148,8 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
         config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opts.opset,
         exporter=f"ssd-deploy {__version__}; torch {torch.__version__}; onnx {onnx.__version__}",
         checkpoint_sha256=checkpoint_hash(ckpt_dir), logits=opts.logits,
-        graph="decode" if opts.graph == "decode" else "unified", recipe=recipe or {},
-        ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM))
+        graph="decode" if opts.graph == "decode" else "unified", prefill=opts.flavor_options().get("prefill"),
+        recipe=recipe or {}, ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM))
     graph.metadata_props.update(meta.to_props())
     return save_atomically(graph, out_dir, _use_external(graph, opts.external_data), check_model)
 

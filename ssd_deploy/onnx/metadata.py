@@ -56,6 +56,7 @@ class ExportMetadata:
     graph: str = "unified"  # "unified" (prefill and decode) | "prefill" | "decode"
     state_dtype: str = "fp32"
     ssm_layout: str = LAYOUT_SSM
+    prefill: str | None = None  # ort flavor: the scan of calls longer than one token, "contrib" | "chunked"
     recipe: dict = field(default_factory=dict)
 
     @property
@@ -80,6 +81,8 @@ class ExportMetadata:
             "states": json.dumps([s.__dict__ for s in self.states]),
             "recipe": json.dumps(self.recipe, sort_keys=True),
         }
+        if self.prefill is not None:
+            props["prefill"] = self.prefill
         return {PREFIX + k: v for k, v in props.items()}
 
     @classmethod
@@ -92,7 +95,7 @@ class ExportMetadata:
             return cls(config=Mamba2Config.from_dict(json.loads(p["config"])), flavor=p["flavor"], dtype=p["dtype"],
                        opset=int(p["opset"]), exporter=p["exporter"], checkpoint_sha256=p["checkpoint_sha256"],
                        logits=p["logits"], graph=p["graph"], state_dtype=states[0]["dtype"] if states else "fp32",
-                       ssm_layout=states[1]["layout"] if len(states) > 1 else LAYOUT_SSM,
+                       ssm_layout=states[1]["layout"] if len(states) > 1 else LAYOUT_SSM, prefill=p.get("prefill"),
                        recipe=json.loads(p.get("recipe", "{}")))
         except (KeyError, ValueError, IndexError, TypeError) as e:
             raise UserError(f"{where}: malformed ssd-deploy metadata ({e})") from None
@@ -122,7 +125,8 @@ def read_metadata(export_dir: Path) -> ExportMetadata:
 
 def summary(meta: ExportMetadata) -> dict[str, Any]:
     cfg = meta.config
-    return {"flavor": meta.flavor, "dtype": meta.dtype, "graph": meta.graph, "logits": meta.logits,
+    prefill = {} if meta.prefill is None else {"prefill": meta.prefill}
+    return {"flavor": meta.flavor, "dtype": meta.dtype, "graph": meta.graph, "logits": meta.logits, **prefill,
             "opset": meta.opset, "exporter": meta.exporter, "checkpoint_sha256": meta.checkpoint_sha256,
             "layers": cfg.n_layer, "d_model": cfg.d_model, "heads": cfg.nheads, "headdim": cfg.headdim,
             "d_state": cfg.d_state, "ngroups": cfg.ngroups, "chunk_size": cfg.chunk_size,

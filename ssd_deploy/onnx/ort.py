@@ -8,7 +8,9 @@ Semantics of each contrib op, checked numerically against ONNX Runtime 1.32 (CPU
   default scale is 1/sqrt(d_k), so it is set explicitly; its chunk_size tuning hint is left unset: 64 or 256 made
   no consistent difference on the CPU provider). Its GQA shares one *key/value* head among query heads,
   while SSD shares B and C (query and key) among value heads: groups are expanded to heads instead. dt', the D skip
-  and the clamps are computed around the op, in float32.
+  and the clamps are computed around the op, in float32. ONNX Runtime's CUDA kernel of it runs token by token:
+  with ``prefill="chunked"`` only one-token calls use it, longer ones the portable chunked scan
+  (``ssd_scan_chunked_prefill``).
 * ``CausalConvWithState``: depthwise causal conv with a k-1 carry and fused SiLU. ``channels_last=1`` takes x as
   [b, l, d] as the model has it, but then wants the carry as [b, k-1, d]: transposing the tiny carry is cheaper
   than transposing the activations. On the CPU provider it is slower than the standard Conv over long prompts
@@ -34,12 +36,13 @@ import onnx_ir
 from onnxscript import opset18 as op
 
 from .custom import custom_op
-from .portable import OPSET, Dims, d_skip, f32, gated_rmsnorm, ints, process_dt
+from .portable import OPSET, Dims, d_skip, f32, gated_rmsnorm, if_one_token, ints, process_dt, ssd_chunked
 
-__all__ = ["OPSET", "SSM_LAYOUT", "finalize", "lowerings"]
+__all__ = ["OPSET", "PREFILLS", "SSM_LAYOUT", "finalize", "lowerings"]
 
 DOMAIN = "com.microsoft"
 SSM_LAYOUT = "b,h,n,p"  # the ssm state layout of this flavor's graph interface (ExportMetadata.ssm_layout)
+PREFILLS = ("contrib", "chunked")  # what calls of more than one token run: LinearAttention, or the portable scan
 
 LinearAttention = custom_op(
     DOMAIN, "LinearAttention", ["query", "key", "value", "past_state", "decay", "beta"], ["output", "present_state"],
@@ -71,6 +74,32 @@ def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus: bool, dt_mi
     return op.CastLike(y, x), state
 
 
+def ssd_scan_chunked_prefill(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size: int, dt_softplus: bool,
+                             dt_min: float, dt_max: float, dims: Dims):
+    """If(l == 1): ``ssd_scan`` (LinearAttention) on the one token, else the portable chunked scan.
+
+    ONNX Runtime's CUDA LinearAttention is a token-by-token recurrence: on an H200 this flavor's prefill stayed at
+    4-28 k tokens/s whatever the batch and length, while the portable chunked scan prefilled up to 3.7x faster and
+    LinearAttention decoded 2.5-3x faster (benchmarks/RESULTS.md). The chunked branch works in the contract's
+    [b, h, p, n] state layout, so it transposes the state in and out; decode, where that would cost (see the module
+    docstring), never takes it. As in the portable scan, both branches reshape y to x's shape, taken outside the If,
+    so that shape inference sees one shape of y.
+    """
+    y_shape = op.Shape(x)
+    to_other_layout = [0, 1, 3, 2]  # [b, h, n, p] <-> [b, h, p, n]
+
+    def one_token():
+        y, state = ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, dims)
+        return op.Reshape(y, y_shape), state
+
+    def chunks():
+        y, state = ssd_chunked(x, dt, A, B, C, D, dt_bias, op.Transpose(initial_state, perm=to_other_layout),
+                               chunk_size, dt_softplus, dt_min, dt_max, dims)
+        return op.Reshape(y, y_shape), op.Transpose(state, perm=to_other_layout)
+
+    return if_one_token(x, one_token, chunks)
+
+
 def ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus: bool, dt_min: float, dt_max: float, dims: Dims):
     """One token is the scan at l = 1 (the op has no separate decode form)."""
     one = ints(1)
@@ -88,19 +117,36 @@ def causal_conv1d(x, weight, bias, conv_state, silu: bool):
 
 def finalize(model: onnx_ir.Model, cfg) -> onnx_ir.Model:
     """The trace took its shapes from the PyTorch model, whose ssm states are [b, h, p, n]; the states of this
-    graph are LinearAttention's [b, h, n, p] (graph inputs and outputs included, as they feed the op directly)."""
+    graph are LinearAttention's [b, h, n, p] (graph inputs and outputs included, as they feed the op directly).
+
+    With the chunked prefill the op sits in the one-token branch of an If (reading the graph's state input from
+    there) and the If returns its state: the If's output is the graph's, and the branch's output, which no shape
+    inference types (ONNX knows no contrib op), takes the same type. Runs before tracing.tidy's shape inference,
+    which then derives the shapes inside the branches from these.
+    """
     for node in model.graph:
-        if node.op_type == "LinearAttention" and node.domain == DOMAIN:
-            for value in (node.inputs[3], node.outputs[1]):
-                b, h, p, n = value.shape
-                value.shape = onnx_ir.Shape([b, h, n, p])
+        if node.op_type == "If":  # ssd_scan_chunked_prefill's
+            la = next(n for n in node.attributes["then_branch"].as_graph() if n.op_type == "LinearAttention")
+            state_in, state_out = la.inputs[3], node.outputs[1]
+        elif node.op_type == "LinearAttention" and node.domain == DOMAIN:
+            la, state_in, state_out = node, node.inputs[3], node.outputs[1]
+        else:
+            continue
+        for value in (state_in, state_out):
+            b, h, p, n = value.shape
+            value.shape = onnx_ir.Shape([b, h, n, p])
+        la.outputs[1].type, la.outputs[1].shape = state_out.type, state_out.shape  # (itself outside an If)
     return model
 
 
-def lowerings(dims: Dims) -> dict:
-    """The translation of each ssd_deploy op (names as in ssd/ops.py), static sizes bound."""
+def lowerings(dims: Dims, prefill: str = "contrib") -> dict:
+    """The translation of each ssd_deploy op (names as in ssd/ops.py), static sizes bound; ``prefill`` (PREFILLS)
+    chooses what the scan runs for calls of more than one token."""
 
     def scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus, dt_min, dt_max):
+        if prefill == "chunked":
+            return ssd_scan_chunked_prefill(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus,
+                                            dt_min, dt_max, dims)
         return ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, dims)
 
     def step(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_min, dt_max):

@@ -227,13 +227,15 @@ def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size: int, dt_soft
                                dims)
         return op.Reshape(y, y_shape), state
 
-    return _if(op.Equal(op.Shape(x, start=1, end=2), ints(1)), one_token, chunks)
+    return if_one_token(x, one_token, chunks)
 
 
-def _if(cond, then_fn, else_fn):
-    """An ``If`` node among the ops being recorded; each branch holds the ops its function records (they read the
-    outer graph's values, as ONNX subgraphs may). The recorder is torch.onnx's evaluator, current while a translation
-    function runs; its ``nodes`` become the op's nodes (torch.onnx builds the If of ``torch.cond`` the same way)."""
+def if_one_token(x, one_token, chunks):
+    """If(x's sequence length (axis 1) == 1) one_token() else chunks(): an ``If`` node among the ops being recorded;
+    each branch holds the ops its function records (they read the outer graph's values, as ONNX subgraphs may). The
+    recorder is torch.onnx's evaluator, current while a translation function runs; its ``nodes`` become the op's
+    nodes (torch.onnx builds the If of ``torch.cond`` the same way)."""
+    cond = op.Equal(op.Shape(x, start=1, end=2), ints(1))
     recorded = evaluator.default().nodes
 
     def branch(fn, name):
@@ -243,7 +245,7 @@ def _if(cond, then_fn, else_fn):
         del recorded[start:]
         return graph
 
-    then_branch, else_branch = branch(then_fn, "one_token"), branch(else_fn, "chunks")
+    then_branch, else_branch = branch(one_token, "one_token"), branch(chunks, "chunks")
     node = onnx_ir.Node("", "If", [cond], [onnx_ir.AttrGraph("then_branch", then_branch),
                                            onnx_ir.AttrGraph("else_branch", else_branch)],
                         num_outputs=len(then_branch.outputs))

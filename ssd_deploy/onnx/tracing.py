@@ -1,6 +1,6 @@
 """One call of torch.onnx's dynamo exporter, made the same way for the whole model and for single ops (the `trt`
-validation bodies, tests): the ssd_deploy ops lowered through a flavor's translation table, then the flavor's
-``finalize`` (if any) for what tracing cannot express; batch and sequence dynamic."""
+validation bodies, tests): the ssd_deploy ops lowered through a flavor's translation table, the flavor's ``finalize``
+(if any) for what tracing cannot express, then ``tidy``; batch and sequence dynamic."""
 
 from __future__ import annotations
 
@@ -30,10 +30,11 @@ def seq_dim():
     return torch.export.Dim("seq", min=1, max=MAX_SEQ)
 
 
-def translation_table(flavor, cfg: Mamba2Config) -> dict:
-    """torch.onnx's custom translation table: each ssd_deploy op → the flavor's lowering of it."""
+def translation_table(flavor, cfg: Mamba2Config, options: dict) -> dict:
+    """torch.onnx's custom translation table: each ssd_deploy op → the flavor's lowering of it (``options``: the
+    flavor's own, passed to its ``lowerings``)."""
     namespace = torch.ops.ssd_deploy
-    return {getattr(namespace, name).default: fn for name, fn in flavor.lowerings(Dims.of(cfg)).items()}
+    return {getattr(namespace, name).default: fn for name, fn in flavor.lowerings(Dims.of(cfg), **options).items()}
 
 
 def tidy(model: onnx_ir.Model):
@@ -71,19 +72,19 @@ def _name_branch_values(model: onnx_ir.Model):
 
 
 def to_onnx(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str], dynamic_shapes: dict,
-            flavor, cfg: Mamba2Config, opset: int) -> onnx_ir.Model:
+            flavor, cfg: Mamba2Config, opset: int, options: dict | None = None) -> onnx_ir.Model:
     # the exporter warns about every torchvision op it cannot register; none of them is ours
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(module, args, dynamo=True, verbose=False, report=False, input_names=input_names,
                                  output_names=output_names, dynamic_shapes=dynamic_shapes,
-                                 custom_translation_table=translation_table(flavor, cfg), opset_version=opset,
-                                 optimize=False)
+                                 custom_translation_table=translation_table(flavor, cfg, options or {}),
+                                 opset_version=opset, optimize=False)
     model = prog.model
-    tidy(model)
-    if hasattr(flavor, "finalize"):
+    if hasattr(flavor, "finalize"):  # first: tidy's shape inference starts from the shapes it fixes
         model = flavor.finalize(model, cfg)
+    tidy(model)
     return model
 
 
@@ -117,11 +118,11 @@ def sample_inputs(op_name: str, cfg: Mamba2Config, dtype: torch.dtype, batch: in
 
 
 def trace_op(op_name: str, attrs: dict, cfg: Mamba2Config, dtype: torch.dtype, flavor, input_names: list[str],
-             output_names: list[str]) -> onnx_ir.Model:
-    """One ssd_deploy op alone (``attrs``: its non-tensor arguments by name), lowered by ``flavor``; batch and
-    sequence dynamic, the other sizes those of ``cfg``."""
+             output_names: list[str], options: dict | None = None) -> onnx_ir.Model:
+    """One ssd_deploy op alone (``attrs``: its non-tensor arguments by name), lowered by ``flavor`` (with its
+    ``options``); batch and sequence dynamic, the other sizes those of ``cfg``."""
     inputs, axes = sample_inputs(op_name, cfg, dtype)
     batch, seq = batch_dim(), seq_dim()
     dyn = tuple({i: (batch if c == "b" else seq) for i, c in enumerate(a)} for a in axes)
     return to_onnx(_OneOp(getattr(torch.ops.ssd_deploy, op_name), attrs), tuple(inputs), input_names, output_names,
-                   {"inputs": dyn}, flavor, cfg, OPSET)
+                   {"inputs": dyn}, flavor, cfg, OPSET, options)
