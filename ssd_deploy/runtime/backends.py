@@ -119,7 +119,8 @@ class OrtBackend(Backend):
         self.provider = provider
         self.device = "cuda" if provider == "cuda" else "cpu"
         self.io_binding = provider == "cuda" if io_binding is None else io_binding
-        self.name = f"ort-{self.meta.flavor}-{provider}"
+        chunked = "-chunked" if self.meta.prefill == "chunked" else ""  # the ort flavor's prefill choice
+        self.name = f"ort-{self.meta.flavor}{chunked}-{provider}"
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.vocab = self.session.get_outputs()[self.outputs.index(LOGITS)].shape[-1]
         self.logits_dtype = DTYPES[self.meta.dtype]
