@@ -78,9 +78,9 @@ def ssd_scan_chunked_prefill(x, dt, A, B, C, D, dt_bias, initial_state, chunk_si
                              dt_min: float, dt_max: float, dims: Dims):
     """If(l == 1): ``ssd_scan`` (LinearAttention) on the one token, else the portable chunked scan.
 
-    ONNX Runtime's CUDA LinearAttention is a token-by-token recurrence: on an H200 this flavor's prefill stayed at
-    4-28 k tokens/s whatever the batch and length, while the portable chunked scan prefilled up to 3.7x faster and
-    LinearAttention decoded 2.5-3x faster (benchmarks/RESULTS.md). The chunked branch works in the contract's
+    ONNX Runtime's CUDA LinearAttention is a token-by-token recurrence: on an H200 (130m fp16, benchmarks/RESULTS.md
+    run 3) this graph prefills 1.3-4.3x faster than the contrib-only one and decodes within 10% of it. The chunked
+    branch works in the contract's
     [b, h, p, n] state layout, so it transposes the state in and out; decode, where that would cost (see the module
     docstring), never takes it. As in the portable scan, both branches reshape y to x's shape, taken outside the If,
     so that shape inference sees one shape of y.
