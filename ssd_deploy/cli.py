@@ -233,7 +233,7 @@ def bench(ckpt, backends, exports, provider, dtype, batches, lengths, steps, rep
     unknown = set(names) - {*torch_kinds, "portable", "ort"}
     if unknown or not (names or exports):
         raise UserError(f"--backends: choose among {', '.join(torch_kinds)}, portable, ort (got {backends!r})")
-    if provider != "cuda" and any(torch_kinds.get(n, (False, False)) != (False, False) for n in names):
+    if provider != "cuda" and any(any(torch_kinds.get(n, ())) for n in names):
         raise UserError("Triton kernels and CUDA graphs need --provider cuda")
     if not Path(ckpt, "config.json").is_file():
         raise UserError(f"{ckpt}: not a checkpoint directory (no config.json)")

@@ -66,24 +66,22 @@ class TorchBackend(Backend):
         from ..onnx.export import DTYPES
 
         self.device = torch.device(device).type
-        kernels = "triton" if triton and self.device == "cuda" else "reference"
+        self.triton = triton and self.device == "cuda"
         if self.device == "cuda" and not torch.cuda.is_available():
             raise UserError("torch backend: no CUDA device here")
-        if kernels == "triton":
+        if self.triton:
             from ..ssd.triton import register
 
             reg = register()  # the ops' CUDA implementations, where Triton is available
             if not reg:
                 raise UserError(reg.reason)
-        self.triton = kernels == "triton"
         self.model = load_model(ckpt_dir, DTYPES[dtype]).to(self.device)
         self.config, self.recipe = self.model.cfg, {}
         self.graphs = None
         if cuda_graphs and self.device == "cuda":
             from .cuda_graphs import DecodeGraphs
 
-            self.graphs = DecodeGraphs(lambda ids, conv, ssm: self.model(ids, conv, ssm, decode=True,
-                                                                          last_token_only=True))
+            self.graphs = DecodeGraphs(partial(self.model, decode=True, last_token_only=True))
         # the reference listings on CUDA keep the plain name: they are PyTorch eager, the anchor
         self.name = f"torch-{self.device}" + ("-triton" if self.triton else "") + ("-graphs" if self.graphs else "")
 
