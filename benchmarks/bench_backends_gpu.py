@@ -1,4 +1,4 @@
-"""Serving backends on one GPU, side by side in one run (issue 6): PyTorch eager (the ops' PyTorch listings, the
+"""Serving backends on one GPU, side by side in one run: PyTorch eager (the ops' PyTorch listings, the
 anchor), the PyTorch model on our Triton kernels, each also with its decode steps replayed from CUDA graphs, and
 ONNX Runtime's CUDA provider on the `portable` and `ort` exports, for random checkpoints of the 130m and 2.7b presets in fp16 and bf16.
 

@@ -4,7 +4,7 @@ export vs ONNX Runtime on the `ort` export, on a random checkpoint of a preset (
 Prefill tokens/s at batch × prompt length (default 1, 4 × 512, 2048) and decode-step latency at each decode batch
 (default 1, 8); warm-up first, median of repeats. Every backend predicts last-token logits only (what generation
 needs, and what the shipped recipes export) and is checked against the reference's logits, after the prefill and
-after one decode step, before its numbers count. Goals (issue 3): `ort` prefill >= 2x and decode >= 2x faster than
+after one decode step, before its numbers count. Goals (docs/performance.md): `ort` prefill >= 2x and decode >= 2x faster than
 PyTorch eager; portable within 1.5x of `ort`.
 
     PYTHONPATH=. python benchmarks/bench_cpu_flavors.py [--preset 130m] [--workdir DIR] [--repeats 3] [--json]
@@ -37,7 +37,7 @@ from ssd_deploy.runtime.backends import open_backend
 
 FLAVORS = ("portable", "ort")
 DECODE_PROMPT = 16  # decode is timed after a short prefill: a step's cost does not depend on the prompt's length
-MAX_REL_ERR = 1e-3  # fp32 end to end is 1e-4 (DESIGN §6); last-token logits of long prompts get a little slack
+MAX_REL_ERR = 1e-3  # fp32 end to end is 1e-4 (docs/verification.md); last-token logits of long prompts get a little slack
 
 
 def _ints(text: str) -> list[int]:

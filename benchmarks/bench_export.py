@@ -1,5 +1,5 @@
 """Export cost: wall time and peak resident memory of `ssd-deploy export` for a preset (default 130m), each export
-in a fresh process so the peak is the export's own. Goal (issue 2): ≤ 30 s and peak RSS ≤ 2x the model's size.
+in a fresh process so the peak is the export's own. Goal (docs/performance.md): ≤ 30 s and peak RSS ≤ 2x the model's size.
 
     python benchmarks/bench_export.py [--preset 130m] [--flavor portable] [--repeats 3] [--json]
 """

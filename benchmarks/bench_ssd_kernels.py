@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python3 benchmarks/bench_ssd_kernels.py --out DIR [--commit HASH] [--mamba third_party/mamba]
 
-Prefill: the DESIGN §7 shapes in bf16, chunk 256, no initial state; ours ``ssd_deploy.ssd.triton.scan.ssd_scan``
+Prefill: the docs/performance.md shapes in bf16, chunk 256, no initial state; ours ``ssd_deploy.ssd.triton.scan.ssd_scan``
 against ``mamba_chunk_scan_combined`` (final state returned by both). Decode: one step at batch 1, 4, 16, 64
 (h128 p64 n128 g8, bf16 activations, fp32 state updated in place) against ``selective_state_update``, with Triton
 block-size variants and a bandwidth anchor (the state read and written in place by one torch kernel).
@@ -20,7 +20,7 @@ they are device times without Python launch overhead; ``eager_ms`` (``triton.tes
 before each run) keeps it, for comparison. A profiler pass gives each kernel's share. The copy bandwidth and the
 bf16 matmul rate are measured in the same run and give the floors: prefill max(flops / matmul rate, bytes / copy
 bandwidth) with flops = b·l·(h·(4pn + 2Qp) + g·2Qn) and bytes = x, dt, B, C read once, y and the final state written
-once (the DESIGN §7 counts); decode 2·state bytes (+ the small tensors) / copy bandwidth. A markdown table is printed
+once (the docs/performance.md counts); decode 2·state bytes (+ the small tensors) / copy bandwidth. A markdown table is printed
 last; everything goes to DIR/bench_ssd_kernels.json.
 """
 

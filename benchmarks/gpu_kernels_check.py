@@ -1,4 +1,4 @@
-"""Time the CUDA kernels (ssd_deploy/kernels.py) at the DESIGN §7 shapes, against the ceilings of this GPU.
+"""Time the CUDA kernels (ssd_deploy/kernels.py) at the docs/performance.md shapes, against the ceilings of this GPU.
 
 One run measures, in this order: the ceilings (device-to-device copy bandwidth, bf16 matmul rate), then prefill
 (ssd_scan, bf16, two interleaved rounds with the anchor), decode (ssd_step, fp32 state, CUDA graphs), causal_conv1d
@@ -26,13 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ssd_deploy import kernels  # noqa: E402
 
-PREFILL_SHAPES = [  # b, l, h, p, n, g (DESIGN §7)
+PREFILL_SHAPES = [  # b, l, h, p, n, g (docs/performance.md)
     (8, 2048, 24, 64, 128, 1),
     (4, 4096, 80, 64, 128, 1),
     (1, 8192, 128, 64, 128, 8),
     (4, 16384, 128, 64, 128, 8),
 ]
-MAMBA_DESIGN_MS = [0.50, 0.97, 0.59, 5.11]  # DESIGN §7, another run: for reference only
+MAMBA_REFERENCE_MS = [0.50, 0.97, 0.59, 5.11]  # docs/performance.md's mamba_ssm figures, another run: for reference only
 DECODE = dict(h=128, p=64, n=128, g=8)
 L2_BYTES = 50 * 2**20
 
@@ -105,7 +105,7 @@ def prefill_inputs(b, l, h, p, n, g, gen):
 
 
 def prefill_floor(b, l, h, p, n, g, copy_gbs, tflops, q=256):
-    """DESIGN §7's floors: one pass over x, y, B, C, dt (bf16) and the final state (fp32); FLOPs of full QxQ blocks,
+    """docs/performance.md's floors: one pass over x, y, B, C, dt (bf16) and the final state (fp32); FLOPs of full QxQ blocks,
     CB once per group, two state products per token-head."""
     tokens = b * l
     flops = tokens * h * (2 * q * p + 4 * p * n) + tokens * g * 2 * q * n
@@ -115,7 +115,7 @@ def prefill_floor(b, l, h, p, n, g, copy_gbs, tflops, q=256):
 
 def bench_prefill(rep, copy_gbs, tflops, mamba, reps):
     gen = torch.Generator(device="cuda").manual_seed(0)
-    for shape, mamba_design in zip(PREFILL_SHAPES, MAMBA_DESIGN_MS):
+    for shape, mamba_reference in zip(PREFILL_SHAPES, MAMBA_REFERENCE_MS):
         b, l, h, p, n, g = shape
         x, dt, A, B, C, D, dt_bias = prefill_inputs(b, l, h, p, n, g, gen)
         flops, nbytes, t_c, t_m = prefill_floor(b, l, h, p, n, g, copy_gbs, tflops)
@@ -135,7 +135,7 @@ def bench_prefill(rep, copy_gbs, tflops, mamba, reps):
                        frac_matmul=flops / ms / 1e9 / tflops, GBps=nbytes / ms / 1e6,
                        frac_copy=nbytes / ms / 1e6 / copy_gbs)
             if name.startswith("cuda"):
-                row.update(floor_compute_ms=t_c, floor_memory_ms=t_m, mamba_design_ms=mamba_design)
+                row.update(floor_compute_ms=t_c, floor_memory_ms=t_m, mamba_reference_ms=mamba_reference)
                 if mamba is not None:
                     row["speedup_vs_mamba_same_run"] = min(rounds["mamba_ssm chunk 256"]) / ms
             rep.add(**row)
@@ -247,7 +247,7 @@ def table(rep: Report) -> None:
             if "floor_compute_ms" in r:
                 note += (f"; floor {max(r['floor_compute_ms'], r['floor_memory_ms']):.3f} ms; "
                          f"x{r.get('speedup_vs_mamba_same_run', float('nan')):.2f} vs mamba_ssm here "
-                         f"(DESIGN: mamba {r['mamba_design_ms']} ms)")
+                         f"(docs/performance.md: mamba {r['mamba_reference_ms']} ms)")
             print(f"| prefill | {r['impl']} | {tuple(r['shape'])} | {r['ms']:.3f} | {r['TFLOPs']:.0f} | "
                   f"{r['GBps']:.0f} | {r['frac_copy']:.2f} | {r['frac_matmul']:.2f} | {note} |")
         elif r["kind"] == "prefill_parity":
@@ -287,7 +287,7 @@ def main():
     ap.add_argument("--no-mamba", action="store_true", help="skip the mamba_ssm anchor")
     ap.add_argument("--only", choices=["prefill", "decode", "conv_norm"], action="append")
     ap.add_argument("--once", action="store_true",
-                    help="launch one prefill (DESIGN shape 3), decode step (b=16) and conv each, for a profiler")
+                    help="launch one prefill (docs/performance.md shape 3), decode step (b=16) and conv each, for a profiler")
     args = ap.parse_args()
     if args.once:
         once()

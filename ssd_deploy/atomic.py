@@ -1,4 +1,4 @@
-"""Outputs appear whole or not at all (DESIGN §8): a directory is written under a temporary sibling name and renamed
+"""Outputs appear whole or not at all (docs/architecture.md): a directory is written under a temporary sibling name and renamed
 into place only when everything in it was written and checked."""
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class Mamba2Config:
         if not self.norm_eps > 0:
             raise UserError(f"config: norm epsilon must be positive, got {self.norm_eps}")
 
-    # derived dimensions (DESIGN §2 notation)
+    # derived dimensions (notation of docs/op-contracts.md)
     @property
     def d_inner(self) -> int:
         return self.expand * self.d_model
@@ -86,7 +86,7 @@ class Mamba2Config:
         return self.d_inner // self.ngroups
 
     def state_shapes(self, batch: int | str = "batch") -> dict[str, tuple]:
-        """Per-layer state shapes (DESIGN §3): conv [b, conv_dim, k-1], ssm [b, h, p, n]."""
+        """Per-layer state shapes (docs/graph-interface.md): conv [b, conv_dim, k-1], ssm [b, h, p, n]."""
         return {"conv": (batch, self.conv_dim, self.d_conv - 1),
                 "ssm": (batch, self.nheads, self.headdim, self.d_state)}
 

@@ -1,7 +1,7 @@
 """The ssd_kernels CUDA library (``plugins/kernels``) from Python, through ctypes.
 
 ``ssd_scan``, ``ssd_step``, ``causal_conv1d`` and ``gated_rmsnorm`` take torch CUDA tensors in the layouts and
-dtypes of the op contract (DESIGN §2) and have the signatures of the reference listings (``ssd/reference.py``),
+dtypes of the op contract (docs/op-contracts.md) and have the signatures of the reference listings (``ssd/reference.py``),
 plus a keyword-only ``out`` for preallocated outputs (CUDA graphs; ``ssd_step(..., out=(y, state))`` updates the
 state in place). Every argument is checked before the library is loaded or CUDA is touched: a mistake raises
 ``ValueError`` naming the tensor. The library is found through ``SSD_DEPLOY_KERNELS_LIB``, else in

@@ -1,4 +1,4 @@
-"""The Mamba-2 language model in PyTorch, calling the four ``ssd_deploy::`` ops (DESIGN §2 block order).
+"""The Mamba-2 language model in PyTorch, calling the four ``ssd_deploy::`` ops (block order: docs/op-contracts.md).
 
 Prefill and decode share one code path: ``forward`` takes and returns the per-layer conv and ssm states, so a prompt
 can be fed whole, in pieces, or token by token. Module and parameter names follow mamba_ssm's checkpoint keys
@@ -114,7 +114,7 @@ class Mamba2LM(nn.Module):
         return self
 
     def init_states(self, batch: int, device=None) -> tuple[States, States]:
-        """Zero states, float32 (DESIGN §3)."""
+        """Zero states, float32 (docs/graph-interface.md)."""
         shapes = self.cfg.state_shapes(batch)
         conv = [torch.zeros(shapes["conv"], device=device) for _ in range(self.cfg.n_layer)]
         ssm = [torch.zeros(shapes["ssm"], device=device) for _ in range(self.cfg.n_layer)]

@@ -24,7 +24,7 @@ except ImportError:  # Python 3.10
 
 RECIPES_DIR = Path(__file__).resolve().parent / "export_recipes"  # a symlink to ../export in the source tree
 
-# what each target runs (DESIGN §4); ONNX Runtime's CPU provider has no bfloat16 MatMul
+# what each target runs (docs/flavors.md); ONNX Runtime's CPU provider has no bfloat16 MatMul
 TARGETS = {
     "cpu": {"flavors": ("portable", "ort"), "dtypes": ("fp32", "fp16")},
     "cuda": {"flavors": ("portable", "ort"), "dtypes": ("fp32", "fp16", "bf16")},

@@ -1,7 +1,7 @@
 """validate: an exported model against the PyTorch reference, prefill then K decode steps with carried states.
 
 Both runners are Polygraphy runners over the same feeds; each carries its own states from call to call (so drift
-shows), and Polygraphy's Comparator compares every call's outputs with our norm-relative error (DESIGN §6).
+shows), and Polygraphy's Comparator compares every call's outputs with our norm-relative error (docs/verification.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .onnx.metadata import LOGITS, ExportMetadata, read_metadata
 from .runtime.feeds import carried_states, feed, zero_states
 from .runtime.torch_runner import TorchRunner
 
-TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}  # end to end, DESIGN §6
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}  # end to end, docs/verification.md
 
 
 @dataclass

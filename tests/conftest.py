@@ -1,5 +1,5 @@
 """Shared fixtures: tiny random checkpoints in both on-disk formats, built once per session, and the error metric
-of DESIGN §6."""
+of docs/verification.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Portable export: standard ops only, the graph interface and metadata of DESIGN §3, ONNX Runtime parity with the
+"""Portable export: standard ops only, the graph interface and metadata of docs/graph-interface.md, ONNX Runtime parity with the
 PyTorch reference on several tiny configs, and the export's file guarantees."""
 
 import dataclasses
@@ -55,7 +55,7 @@ def test_ort_parity_fp16_prefill_then_decode(exports):
 def test_graph_uses_standard_ops_and_interface(tiny_export, tiny_ckpt):
     proto = onnx.load(str(tiny_export / "model.onnx"))
     assert {n.domain for n in proto.graph.node} <= STANDARD_DOMAINS
-    assert "CumSum" not in {n.op_type for n in proto.graph.node}  # masked MatMul instead (DESIGN §4)
+    assert "CumSum" not in {n.op_type for n in proto.graph.node}  # masked MatMul instead (docs/flavors.md)
     assert proto.ir_version == 10 and proto.opset_import[0].version >= 17
     names = [i.name for i in proto.graph.input]
     assert names[:3] == ["input_ids", "conv_state.0", "ssm_state.0"]

@@ -241,7 +241,7 @@ def test_greedy_identical_on_cuda(untied, kernels):
 @pytest.mark.parametrize("flavor", ["portable", "ort"])
 @ort_cuda_test
 def test_half_precision_on_cuda(untied, flavor, dtype, tmp_path):
-    """fp16/bf16 exports on ONNX Runtime's CUDA provider, against the fp32 PyTorch listings (DESIGN §6: ≤ 1e-2)."""
+    """fp16/bf16 exports on ONNX Runtime's CUDA provider, against the fp32 PyTorch listings (docs/verification.md: ≤ 1e-2)."""
     from ssd_deploy import bench
     from ssd_deploy.runtime.backends import TorchBackend
 

@@ -1,4 +1,4 @@
-"""The reference listings against the float64 sequential recurrence (DESIGN §2, §6)."""
+"""The reference listings against the float64 sequential recurrence (docs/op-contracts.md, docs/verification.md)."""
 
 import math
 

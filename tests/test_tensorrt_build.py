@@ -1,4 +1,4 @@
-"""TensorRT acceptance (DESIGN §6): the tiny portable export parsed and built into an engine with decode and prefill
+"""TensorRT acceptance (docs/verification.md): the tiny portable export parsed and built into an engine with decode and prefill
 profiles over batch and sequence, by whichever TensorRT builder is importable (in CI TensorRT-RTX, which builds
 ahead of time on the CPU); the sidecar written with it; and the builder's refusals.
 

@@ -4,7 +4,7 @@ CPU (CI): the kernels run in Triton's interpreter. Triton reads TRITON_INTERPRET
 run in one subprocess (this file run as a script) and the rest of the suite keeps its own Triton, if any. Tiny
 shapes, fp32 and fp16 (the interpreter's bf16 dot is broken: it returns garbage for plain bf16 matrices).
 
-GPU (``-m gpu``): parity at moderate shapes against the float64 sequential recurrence, at the DESIGN §7 shapes
+GPU (``-m gpu``): parity at moderate shapes against the float64 sequential recurrence, at the docs/performance.md shapes
 against the fp32 chunked listing fed the same (rounded) inputs, the decode step, and dispatch through the ops.
 
 Every kernel output starts poisoned with NaN, so an element the kernels never write fails the check.
@@ -177,8 +177,8 @@ def gpu_test(fn):
 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# b, l, h, p, n, g of DESIGN §7
-DESIGN_SHAPES = [(8, 2048, 24, 64, 128, 1), (4, 4096, 80, 64, 128, 1), (1, 8192, 128, 64, 128, 8),
+# b, l, h, p, n, g of docs/performance.md
+REFERENCE_SHAPES = [(8, 2048, 24, 64, 128, 1), (4, 4096, 80, 64, 128, 1), (1, 8192, 128, 64, 128, 8),
                  (4, 16384, 128, 64, 128, 8)]
 
 
@@ -195,8 +195,8 @@ def test_gpu_scan_vs_sequential(shape, dtype):
 
 @gpu_test
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", DESIGN_SHAPES, ids=str)
-def test_gpu_scan_design_shapes(shape, dtype):
+@pytest.mark.parametrize("shape", REFERENCE_SHAPES, ids=str)
+def test_gpu_scan_reference_shapes(shape, dtype):
     t = make_inputs(*shape, dtype, "cuda")
     y, final = run_scan(t, 256)
     rounded = {k: (v.float() if v is not None else None) for k, v in t.items()}  # same values, fp32 math

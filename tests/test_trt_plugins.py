@@ -1,4 +1,4 @@
-"""TensorRT plugin library (plugins/, DESIGN §5-6), without TensorRT: it compiles against TensorRT headers, exports
+"""TensorRT plugin library (plugins/, docs/verification.md; plugins/README.md), without TensorRT: it compiles against TensorRT headers, exports
 only TensorRT's entry points with no link to libnvinfer, passes the harness's host checks (creators, fields,
 serialisation, dtypes and formats, output shapes, shape checks, self-registration), and on a GPU matches the float64
 reference through enqueue.

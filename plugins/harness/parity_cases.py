@@ -18,7 +18,7 @@ import torch
 from ssd_deploy.ssd import reference
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-# DESIGN §6: relative error against float64; the fp32 bound is the math one (the plugins add no arithmetic).
+# docs/verification.md: relative error against float64; the fp32 bound is the math one (the plugins add no arithmetic).
 TOLERANCE = {"f32": 1e-5, "f16": 1e-2, "bf16": 1e-2}
 
 

@@ -1,6 +1,6 @@
 // Chunked SSD prefill on tensor cores (fp16/bf16 I/O, fp32 accumulation, decays and states), one fused kernel.
 //
-// One block per (chunk c, batch-head bh), Q = 128 tokens, 4 warps (measured faster than Q = 256 at every DESIGN §7
+// One block per (chunk c, batch-head bh), Q = 128 tokens, 4 warps (measured faster than Q = 256 at every docs/performance.md
 // shape: fewer FLOPs in the causal blocks, three blocks per SM). Blocks take tile numbers from an atomic ticket in
 // chunk-major order, so every block that a block waits for is already running (no deadlock whatever the grid):
 //   1. x and B chunks -> shared memory by cp.async; dt' and the inclusive cumsum of dt'A, one token per thread.

@@ -1,4 +1,4 @@
-// C ABI of the ssd_kernels library: the CUDA kernels behind the four ops of DESIGN §2.
+// C ABI of the ssd_kernels library: the CUDA kernels behind the four ops of docs/op-contracts.md.
 // Used by the TensorRT plugins (plugins/<Plugin>/) and, through ctypes, by ssd_deploy/kernels.py.
 //
 // Conventions shared by every entry point:

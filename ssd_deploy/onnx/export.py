@@ -1,7 +1,7 @@
 """Export: checkpoint → one traced graph → ONNX of the chosen flavor, with metadata, written atomically.
 
 The model is traced once by ``torch.onnx`` (dynamo); the ``ssd_deploy::`` custom ops stay single nodes in that
-trace and the flavor's translation table decides what each becomes (DESIGN §4): standard ops (portable.py), ONNX
+trace and the flavor's translation table decides what each becomes (docs/flavors.md): standard ops (portable.py), ONNX
 Runtime contrib ops (ort.py) or TensorRT plugin nodes (trt.py). Options may come from a recipe (recipes.py,
 ``resolve_options``); ``validation_model`` gives the file ONNX Runtime validates (a trt export's validation copy).
 """
@@ -35,7 +35,7 @@ from .tracing import batch_dim, seq_dim, to_onnx
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # flavor name → module with lowerings(dims, **ExportOptions.flavor_options()); optionally finalize(model, cfg) for
 # rewrites tracing cannot express, and SSM_LAYOUT where its graph keeps the ssm state in another layout than
-# DESIGN §3's
+# docs/graph-interface.md's
 FLAVORS = {"portable": portable, "ort": ort, "trt": trt}
 EXTERNAL_DATA = ("auto", "always", "never")
 IR_VERSION = 10  # ONNX 1.23 writes 14 by default; current ONNX Runtime releases load 10
@@ -77,7 +77,7 @@ class ExportOptions:
 
 
 class GraphInterface(nn.Module):
-    """The model with the flat ONNX interface of DESIGN §3: input_ids, then (conv_state.i, ssm_state.i) per layer."""
+    """The model with the flat ONNX interface of docs/graph-interface.md: input_ids, then (conv_state.i, ssm_state.i) per layer."""
 
     def __init__(self, model: Mamba2LM, opts: ExportOptions):
         super().__init__()

@@ -1,4 +1,4 @@
-"""What an exported model says about itself (DESIGN §3): everything a runtime needs without the checkpoint.
+"""What an exported model says about itself (docs/graph-interface.md): everything a runtime needs without the checkpoint.
 
 Stored as ONNX ``metadata_props`` under the ``ssd_deploy.`` prefix; values are strings (JSON where structured).
 """
@@ -22,7 +22,7 @@ DATA_FILE = "model.onnx.data"
 INPUT_IDS = "input_ids"
 LOGITS = "logits"
 
-# DESIGN §3 layouts; a flavor whose ops want another layout says so here and every runner honours it
+# docs/graph-interface.md layouts; a flavor whose ops want another layout says so here and every runner honours it
 LAYOUT_CONV = "b,d,k-1"
 LAYOUT_SSM = "b,h,p,n"
 

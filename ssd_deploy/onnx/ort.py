@@ -1,4 +1,4 @@
-"""The `ort` lowering (DESIGN §4): the scan and the conv as ONNX Runtime ``com.microsoft`` contrib ops.
+"""The `ort` lowering (docs/flavors.md): the scan and the conv as ONNX Runtime ``com.microsoft`` contrib ops.
 
 Semantics of each contrib op, checked numerically against ONNX Runtime 1.32 (CPU) before relying on them
 (tests/test_export_ort.py keeps them checked):
@@ -23,7 +23,7 @@ The contrib ops take parameters and states in the activation dtype; the contract
 contrib op runs in float32 (inputs cast up, the result cast back), which is also what the reference computes.
 
 State layout: LinearAttention keeps its state as [b, h, n, p], the contract as [b, h, p, n]. This flavor declares
-``ssm_layout = "b,h,n,p"`` in the metadata (DESIGN §3 allows it; the runners honour it) instead of transposing
+``ssm_layout = "b,h,n,p"`` in the metadata (docs/graph-interface.md allows it; the runners honour it) instead of transposing
 at every op boundary: on 2 CPU cores at 130m shapes the two transposes per layer cost 21% of a batch-1 decode step
 and half of a batch-8 one (69.7 → 55.1 ms and 256 → 128 ms per step, measured 2026-11-28 side by side on the same
 export with and without them). The conv carry keeps the contract layout: it is k-1 columns wide, its transposes

@@ -1,4 +1,4 @@
-"""The `portable` lowering (DESIGN §4): the four ops as standard ONNX ops (opset 18), for any ONNX runtime and for
+"""The `portable` lowering (docs/flavors.md): the four ops as standard ONNX ops (opset 18), for any ONNX runtime and for
 TensorRT without plugins.
 
 Each function is a torch.onnx translation function: it receives the op's inputs as symbolic ONNX values and its

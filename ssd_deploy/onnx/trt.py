@@ -1,4 +1,4 @@
-"""The `trt` lowering (DESIGN §4): each op as one node of domain ``trt.plugins`` for the TensorRT plugins of
+"""The `trt` lowering (docs/flavors.md): each op as one node of domain ``trt.plugins`` for the TensorRT plugins of
 ``plugins/`` (node spec in ``plugins/<Plugin>/README.md``), and the validation copy that proves such a graph
 without TensorRT.
 

@@ -1,4 +1,4 @@
-"""Feeds of the graph interface (DESIGN §3): the one data format every runner takes and returns.
+"""Feeds of the graph interface (docs/graph-interface.md): the one data format every runner takes and returns.
 
 A feed is a dict of numpy arrays named as the graph's inputs (input_ids, conv_state.i, ssm_state.i); a runner
 returns the outputs (logits, conv_state_out.i, ssm_state_out.i). States are carried by renaming outputs to inputs.

@@ -10,7 +10,7 @@ from ..errors import UserError
 from ..onnx.metadata import model_path
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
-# an fp32 export means fp32 math: the CUDA provider would otherwise round MatMul inputs to TF32 (DESIGN §6's 1e-4)
+# an fp32 export means fp32 math: the CUDA provider would otherwise round MatMul inputs to TF32 (docs/verification.md's 1e-4)
 PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
 
 

@@ -1,4 +1,4 @@
-"""The four ops of DESIGN §2 as ``torch.library`` custom ops (``torch.ops.ssd_deploy.*``).
+"""The four ops of docs/op-contracts.md as ``torch.library`` custom ops (``torch.ops.ssd_deploy.*``).
 
 The model calls only these, so that one traced graph keeps each op as one node, which the exporter lowers three
 ways (portable / ort / trt), and so that faster kernels (Triton, CUDA) register as implementations of the same ops

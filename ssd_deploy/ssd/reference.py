@@ -1,4 +1,4 @@
-"""Reference listings of the four ops of DESIGN §2, in plain PyTorch.
+"""Reference listings of the four ops of docs/op-contracts.md, in plain PyTorch.
 
 Two implementations of the SSD scan live here, as in mamba_ssm (a minimal listing beside the fast kernels):
 

@@ -1,7 +1,7 @@
 """TensorRT optimization profiles over the graph interface: which ones an engine gets, their shape ranges, and which
 one serves a call.
 
-Two shape regimes (DESIGN §3): decode (one token, seq = 1) and prefill (a range of prompt lengths). Both share the
+Two shape regimes (docs/graph-interface.md): decode (one token, seq = 1) and prefill (a range of prompt lengths). Both share the
 batch range; states only carry the batch as a dynamic axis. The decode profile lets TensorRT pick kernels for
 single-token calls instead of stretching the prefill ones down to seq = 1.
 """

@@ -1,4 +1,4 @@
-"""A TensorRT engine built by ``ssd-deploy build`` as a Polygraphy runner over the graph interface (DESIGN §3).
+"""A TensorRT engine built by ``ssd-deploy build`` as a Polygraphy runner over the graph interface (docs/graph-interface.md).
 
 Named-tensor execution (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``) on torch's current CUDA
 stream, with torch CUDA tensors as the memory, so nothing beyond torch is needed (no pycuda, no cuda-python). The

@@ -1,4 +1,4 @@
-"""Chunked SSD forward (the ``ssd_scan`` contract of DESIGN §2) in four Triton kernels.
+"""Chunked SSD forward (the ``ssd_scan`` contract of docs/op-contracts.md) in four Triton kernels.
 
 With chunks of Q tokens, per batch b, head h and chunk c (positions i, j inside the chunk, cum = cumulative sum of
 dt'·A inside the chunk):

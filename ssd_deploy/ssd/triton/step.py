@@ -1,4 +1,4 @@
-"""One decode step (the ``ssd_step`` contract of DESIGN §2) as one Triton kernel.
+"""One decode step (the ``ssd_step`` contract of docs/op-contracts.md) as one Triton kernel.
 
 Decode moves the state twice (read, write: 2·b·h·p·n·4 bytes) and does a few flops per element, so the kernel is a
 streaming pass over the state: each program owns BLOCK_P rows of one head's [p, n] state, updates them in fp32 and
