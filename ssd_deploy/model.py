@@ -53,14 +53,21 @@ class Mamba2Mixer(nn.Module):
         self.norm = GatedNormWeight(cfg.d_inner)
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
 
-    def forward(self, u: Tensor, conv_state: Tensor, ssm_state: Tensor, decode: bool = False):
+    def forward(self, u: Tensor, conv_state: Tensor, ssm_state: Tensor, decode: bool = False,
+                cu_seqlens: Tensor | None = None):
+        """``cu_seqlens`` [n+1]: u [1, T, d_model] holds n sequences end to end and the states are theirs, [n, ...]
+        (the packed ops)."""
         cfg = self.cfg
         b, l, _ = u.shape
         h, p, g, n = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
         z, xBC, dt = torch.split(self.in_proj(u), [cfg.d_inner, cfg.conv_dim, h], dim=-1)
         conv_bias = None if self.conv1d.bias is None else self.conv1d.bias.float()
-        xBC, conv_state = torch.ops.ssd_deploy.causal_conv1d(
-            xBC.contiguous(), self.conv1d.weight.float().squeeze(1), conv_bias, conv_state, True)
+        if cu_seqlens is not None:
+            xBC, conv_state = torch.ops.ssd_deploy.causal_conv1d_packed(
+                xBC.contiguous(), self.conv1d.weight.float().squeeze(1), conv_bias, conv_state, cu_seqlens, True)
+        else:
+            xBC, conv_state = torch.ops.ssd_deploy.causal_conv1d(
+                xBC.contiguous(), self.conv1d.weight.float().squeeze(1), conv_bias, conv_state, True)
         x, B, C = torch.split(xBC, [cfg.d_inner, g * n, g * n], dim=-1)
         A = -torch.exp(self.A_log.float())
         D = self.D.float().reshape(h, p) if cfg.D_has_hdim else self.D.float()
@@ -68,6 +75,10 @@ class Mamba2Mixer(nn.Module):
             y, ssm_state = torch.ops.ssd_deploy.ssd_step(
                 ssm_state, x.reshape(b, h, p), dt.reshape(b, h), A, B.reshape(b, g, n), C.reshape(b, g, n), D,
                 self.dt_bias.float(), True, cfg.dt_min, cfg.dt_max)
+        elif cu_seqlens is not None:
+            y, ssm_state = torch.ops.ssd_deploy.ssd_scan_packed(
+                x.reshape(b, l, h, p), dt.contiguous(), A, B.reshape(b, l, g, n), C.reshape(b, l, g, n), D,
+                self.dt_bias.float(), ssm_state, cu_seqlens, cfg.chunk_size, True, cfg.dt_min, cfg.dt_max)
         else:
             y, ssm_state = torch.ops.ssd_deploy.ssd_scan(
                 x.reshape(b, l, h, p), dt.contiguous(), A, B.reshape(b, l, g, n), C.reshape(b, l, g, n), D,
@@ -121,17 +132,20 @@ class Mamba2LM(nn.Module):
         return conv, ssm
 
     def forward(self, input_ids: Tensor, conv_states: States, ssm_states: States, decode: bool = False,
-                last_token_only: bool = False):
-        """input_ids [b, l] → (logits [b, l or 1, padded_vocab], new conv states, new ssm states)."""
+                last_token_only: bool = False, cu_seqlens: Tensor | None = None):
+        """input_ids [b, l] → (logits [b, l or 1, padded_vocab], new conv states, new ssm states).
+
+        Packed (``cu_seqlens`` [n+1] int64): input_ids [1, T] holds n sequences end to end, the states are [n, ...]
+        in and out, and ``last_token_only`` gives each sequence's last-token logits, [n, 1, padded_vocab]."""
         hidden = self.backbone.embedding(input_ids)
         residual = hidden.float() if self.cfg.residual_in_fp32 else hidden
         new_conv, new_ssm = [], []
         for layer, conv, ssm in zip(self.backbone.layers, conv_states, ssm_states):
-            out, conv, ssm = layer.mixer(layer.norm(residual), conv, ssm, decode)
+            out, conv, ssm = layer.mixer(layer.norm(residual), conv, ssm, decode, cu_seqlens)
             residual = residual + out.to(residual.dtype)
             new_conv.append(conv)
             new_ssm.append(ssm)
         if last_token_only:
-            residual = residual[:, -1:]
+            residual = residual[:, -1:] if cu_seqlens is None else residual[0, cu_seqlens[1:] - 1, None]
         logits = F.linear(self.backbone.norm_f(residual), self.lm_head.weight)
         return logits, new_conv, new_ssm

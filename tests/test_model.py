@@ -77,3 +77,26 @@ def test_cast_keeps_contract_parameters_in_fp32():
     ids = torch.randint(0, TINY.vocab_size, (1, 9))
     logits, conv, ssm = model(ids, *model.init_states(1))
     assert logits.dtype == torch.float16 and ssm[0].dtype == torch.float32 and conv[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("variant", ["g1", "g4"])
+@torch.no_grad()
+def test_packed_prefill_equals_each_prompt_alone(variant):
+    """n prompts end to end in one call (cu_seqlens), from random per-sequence states: each sequence's logits and
+    states equal its own call's; last_token_only gives each sequence's last logits."""
+    model = random_model(VARIANTS[variant], seed=8)
+    q = model.cfg.chunk_size
+    lengths = [q + 3, 1, 2, q, 5]  # boundaries inside chunks, shorter than the conv width, exactly one chunk
+    prompts = [torch.randint(0, model.cfg.vocab_size, (1, n)) for n in lengths]
+    conv, ssm = model.init_states(len(lengths))
+    conv, ssm = [torch.randn_like(t) for t in conv], [torch.randn_like(t) * 0.5 for t in ssm]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    ids = torch.cat(prompts, 1)
+    logits, pconv, pssm = model(ids, conv, ssm, cu_seqlens=cu)
+    last, lconv, _ = model(ids, conv, ssm, last_token_only=True, cu_seqlens=cu)
+    assert last.shape == (len(lengths), 1, logits.shape[-1])
+    for s, p in enumerate(prompts):
+        one, c1, s1 = model(p, [t[s:s + 1] for t in conv], [t[s:s + 1] for t in ssm])
+        assert rel_err(logits[:, cu[s]:cu[s + 1]], one) < 1e-5
+        assert rel_err(last[s], one[:, -1]) < 1e-5
+        assert all(rel_err(a[s:s + 1], b) < 1e-5 for a, b in zip(pconv + pssm + lconv, c1 + s1 + c1))

@@ -106,3 +106,84 @@ def test_gated_rmsnorm_is_per_group():
     assert rel_err(out, expect) < 1e-14
     whole = R.gated_rmsnorm(y, z, w, 1e-5, 12)
     assert rel_err(whole, expect) > 1e-3  # normalising over all of d is a different function
+
+
+# ---- packed sequences (docs/op-contracts.md, "Packed sequences") ----------------------------------------------
+
+PACKED = [  # lengths, chunk, ngroups: boundaries inside chunks, sequences shorter than a chunk and than the conv
+    ([5, 1, 13, 8, 2], 8, 1),  # width, length 1 mixed with long ones, a sequence of exactly one chunk
+    ([1, 1, 1], 4, 2),
+    ([3, 20, 1, 9, 16], 4, 4),
+    ([37], 16, 2),  # one sequence: the unpacked call
+]
+
+
+def cu(lengths):
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+
+
+def packed_inputs(lengths, h=4, p=8, g=2, n=5, hdim_D=False, seed=None):
+    inp = ssd_inputs(1, sum(lengths), h, p, g, n, hdim_D=hdim_D, seed=seed)
+    inp["initial_states"] = torch.randn(len(lengths), h, p, n, dtype=torch.float64)
+    del inp["initial_state"]
+    return inp
+
+
+@pytest.mark.parametrize("lengths,q,g", PACKED)
+@pytest.mark.parametrize("hdim_D", [False, True])
+def test_packed_scan_equals_each_sequence_alone(lengths, q, g, hdim_D):
+    inp = packed_inputs(lengths, g=g, hdim_D=hdim_D)
+    offsets = cu(lengths)
+    y0, s0 = R.ssd_sequential_packed(**inp, cu_seqlens=offsets)
+    y64, s64 = R.ssd_chunked_packed(**inp, cu_seqlens=offsets, chunk_size=q)
+    assert rel_err(y64, y0) < 1e-12 and rel_err(s64, s0) < 1e-12
+    y32, s32 = R.ssd_chunked_packed(**{k: v.float() for k, v in inp.items()}, cu_seqlens=offsets, chunk_size=q)
+    assert y32.dtype == s32.dtype == torch.float32
+    assert rel_err(y32, y0) < 1e-5 and rel_err(s32, s0) < 1e-5
+
+
+def test_packed_scan_nothing_crosses_a_boundary():
+    inp = packed_inputs([6, 7], seed=1)
+    offsets = cu([6, 7])
+    y0, s0 = R.ssd_chunked_packed(**inp, cu_seqlens=offsets, chunk_size=4)
+    changed = {k: v.clone() for k, v in inp.items()}
+    for k in ("x", "dt", "B", "C"):
+        changed[k][:, :6] = torch.randn_like(changed[k][:, :6])
+    changed["initial_states"][0] += 1
+    y1, s1 = R.ssd_chunked_packed(**changed, cu_seqlens=offsets, chunk_size=4)
+    assert torch.equal(y1[:, 6:], y0[:, 6:]) and torch.equal(s1[1], s0[1])
+    assert not torch.equal(y1[:, :6], y0[:, :6])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_equal_lengths_are_the_unpacked_call_exactly(dtype):
+    n, l = 3, 21
+    inp = {k: v.to(dtype) for k, v in packed_inputs([l] * n).items()}
+    y, s = R.ssd_chunked_packed(**inp, cu_seqlens=cu([l] * n), chunk_size=8)
+    unpacked = {k: v.reshape(n, l, *v.shape[2:]) if k in ("x", "dt", "B", "C") else v for k, v in inp.items()}
+    unpacked["initial_state"] = unpacked.pop("initial_states")
+    yu, su = R.ssd_chunked(**unpacked, chunk_size=8)
+    assert torch.equal(y, yu.reshape(1, n * l, *yu.shape[2:])) and torch.equal(s, su)
+
+
+@pytest.mark.parametrize("lengths", [[5, 1, 13, 2, 3], [1, 1], [2, 30]])  # k-1 = 3: shorter and longer than it
+def test_packed_conv_equals_each_sequence_alone(lengths):
+    d, k = 10, 4
+    x = torch.randn(1, sum(lengths), d, dtype=torch.float64)
+    w, bias = torch.randn(d, k, dtype=torch.float64), torch.randn(d, dtype=torch.float64)
+    states = torch.randn(len(lengths), d, k - 1, dtype=torch.float64)
+    y0, s0 = R.causal_conv1d_sequential_packed(x, w, bias, states, cu(lengths))
+    y1, s1 = R.causal_conv1d_packed(x, w, bias, states, cu(lengths))
+    assert rel_err(y1, y0) < 1e-14 and torch.equal(s1, s0)
+    y2, s2 = R.causal_conv1d_packed(x.float(), w.float(), None, states.float(), cu(lengths), silu=False)
+    y3, s3 = R.causal_conv1d_sequential_packed(x, w, None, states, cu(lengths), silu=False)
+    assert rel_err(y2, y3) < 1e-6 and torch.equal(s2, s3.float())
+
+
+def test_packed_conv_equal_lengths_are_the_unpacked_call_exactly():
+    n, l, d, k = 3, 6, 10, 4
+    x, w, bias = torch.randn(n, l, d), torch.randn(d, k), torch.randn(d)
+    states = torch.randn(n, d, k - 1)
+    yu, su = R.causal_conv1d(x, w, bias, states)
+    y, s = R.causal_conv1d_packed(x.reshape(1, n * l, d), w, bias, states, cu([l] * n))
+    assert torch.equal(y, yu.reshape(1, n * l, d)) and torch.equal(s, su)

@@ -57,6 +57,38 @@ def _(x, weight, bias, conv_state, silu):
     return torch.empty_like(x), torch.empty_like(conv_state)
 
 
+# Packed sequences (docs/op-contracts.md, "Packed sequences"): separate ops rather than optional inputs of the two
+# above, so that the unpacked ops, their kernels and their lowerings stay exactly as they are, and each flavor
+# lowers the packed form on its own. x [1, T, ...] holds n sequences end to end, cut by cu_seqlens [n+1] int64;
+# states are per sequence, [n, ...].
+
+@torch.library.custom_op(f"{NAMESPACE}::ssd_scan_packed", mutates_args=())
+def ssd_scan_packed(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dt_bias: Tensor,
+                    initial_states: Tensor, cu_seqlens: Tensor, chunk_size: int, dt_softplus: bool, dt_min: float,
+                    dt_max: float) -> tuple[Tensor, Tensor]:
+    y, states = reference.ssd_chunked_packed(x, dt, A, B, C, D, dt_bias, cu_seqlens, initial_states,
+                                             chunk_size=chunk_size, dt_softplus=dt_softplus, dt_min=dt_min,
+                                             dt_max=dt_max)
+    return y, states.float().contiguous()
+
+
+@ssd_scan_packed.register_fake
+def _(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, chunk_size, dt_softplus, dt_min, dt_max):
+    return torch.empty_like(x), torch.empty_like(initial_states, dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::causal_conv1d_packed", mutates_args=())
+def causal_conv1d_packed(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_states: Tensor,
+                         cu_seqlens: Tensor, silu: bool) -> tuple[Tensor, Tensor]:
+    y, new = reference.causal_conv1d_packed(x, weight, bias, conv_states, cu_seqlens, silu=silu)
+    return y, new.contiguous()
+
+
+@causal_conv1d_packed.register_fake
+def _(x, weight, bias, conv_states, cu_seqlens, silu):
+    return torch.empty_like(x), torch.empty_like(conv_states)
+
+
 @torch.library.custom_op(f"{NAMESPACE}::gated_rmsnorm", mutates_args=())
 def gated_rmsnorm(y: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int) -> Tensor:
     return reference.gated_rmsnorm(y, z, weight, eps, group_size)

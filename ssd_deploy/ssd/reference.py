@@ -72,15 +72,22 @@ def ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state=None, *, chunk_size=25
     The chunk is min(chunk_size, l), so a short call (decode, l = 1) never pays for a full chunk; l is padded up to
     a multiple of it with dt' = 0, which neither decays nor feeds the state.
     """
+    dtp = process_dt(dt, dt_bias, dt_softplus, dt_min, dt_max, _acc_dtype(x))
+    y, final = _chunked(x, dtp, A, B, C, initial_state, chunk_size)
+    return (y + _d_skip(D.to(y.dtype), x.to(y.dtype))).to(x.dtype), final
+
+
+def _chunked(x, dtp, A, B, C, initial_state, chunk_size: int):
+    """The chunked algorithm on processed dt' (positions with dt' = 0 neither decay nor feed the state): y without
+    the D skip, in the accumulation dtype, and the final state."""
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r = h // g
-    dtype = _acc_dtype(x)
+    dtype = dtp.dtype
     q = min(chunk_size, l)
     pad = (-l) % q
     nc = (l + pad) // q
 
-    dtp = process_dt(dt, dt_bias, dt_softplus, dt_min, dt_max, dtype)
     xdt = x.to(dtype) * dtp[..., None]  # [b,l,h,p]
     if pad:
         dtp, xdt = F.pad(dtp, (0, 0, 0, pad)), F.pad(xdt, (0, 0, 0, 0, 0, pad))
@@ -118,8 +125,107 @@ def ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state=None, *, chunk_size=25
     # 4. state entering each chunk, seen from each position
     y = y + torch.einsum("bcign,bcgrpn,bgrci->bcigrp", Cc, entering, torch.exp(cum))
 
-    y = y.reshape(b, nc * q, h, p)[:, :l] + _d_skip(D.to(dtype), x.to(dtype))
-    return y.to(x.dtype), final.reshape(b, h, p, n)
+    return y.reshape(b, nc * q, h, p)[:, :l], final.reshape(b, h, p, n)
+
+
+# ---- packed sequences ------------------------------------------------------------------------------------------
+# n sequences end to end on the token axis of a batch of one, cut by cu_seqlens [n+1] (offsets, cu[0] = 0,
+# cu[n] = total, every length >= 1); one initial and one final state per sequence (docs/op-contracts.md,
+# "Packed sequences").
+
+def seq_lengths(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    return cu_seqlens[1:] - cu_seqlens[:-1]
+
+
+def token_seq_idx(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """The sequence of every token [total] (mamba_ssm's seq_idx), derived from the offsets."""
+    t = torch.arange(total, device=cu_seqlens.device)
+    return torch.searchsorted(cu_seqlens[1:].contiguous(), t, right=True)
+
+
+def _padded_index(cu_seqlens: torch.Tensor, total: int):
+    """The per-sequence layout [n, Lmax] of a packed token axis: ``gather`` [n, Lmax] (the packed position of each
+    slot, 0 for slots past the sequence's end), ``valid`` [n, Lmax] and ``scatter`` [total] (the flat slot of every
+    token, to bring results back)."""
+    lens = seq_lengths(cu_seqlens)
+    lmax = int(lens.max())
+    j = torch.arange(lmax, device=cu_seqlens.device)
+    valid = j[None, :] < lens[:, None]
+    gather = torch.where(valid, cu_seqlens[:-1, None] + j[None, :], 0)
+    seq = token_seq_idx(cu_seqlens, total)
+    scatter = seq * lmax + (torch.arange(total, device=cu_seqlens.device) - cu_seqlens[seq])
+    return gather, valid, scatter
+
+
+def ssd_sequential_packed(x, dt, A, B, C, D, dt_bias, cu_seqlens, initial_states, **attrs):
+    """Ground truth: the sequential recurrence run on each sequence alone, from its own initial state."""
+    ys, finals = [], []
+    for s, (a, e) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())):
+        y, f = ssd_sequential(x[:, a:e], dt[:, a:e], A, B[:, a:e], C[:, a:e], D, dt_bias,
+                              initial_states[s:s + 1], **attrs)
+        ys.append(y)
+        finals.append(f)
+    return torch.cat(ys, dim=1), torch.cat(finals)
+
+
+def ssd_chunked_packed(x, dt, A, B, C, D, dt_bias, cu_seqlens, initial_states, *, chunk_size=256, dt_softplus=True,
+                       dt_min=0.0, dt_max=math.inf):
+    """Packed chunked SSD: x [1,T,h,p], dt [1,T,h], B/C [1,T,g,n], initial_states [n,h,p,n] → (y [1,T,h,p],
+    final_states [n,h,p,n]).
+
+    Each sequence is chunked on its own: the tokens are gathered into a per-sequence layout [n, Lmax], slots past a
+    sequence's end get dt' = 0 (they neither decay nor feed the state, so its final state is the one after its last
+    token), the unpacked algorithm runs with batch n, and y is gathered back. No chunk ever holds two sequences, so
+    nothing can leak across a boundary, wherever it falls relative to the chunks; equal lengths are the unpacked
+    call on [n, L] exactly."""
+    total = x.shape[1]
+    gather, valid, scatter = _padded_index(cu_seqlens, total)
+
+    def per_seq(t):  # [1, T, ...] → [n, Lmax, ...]
+        return t[0][gather]
+
+    dtp = process_dt(per_seq(dt), dt_bias, dt_softplus, dt_min, dt_max, _acc_dtype(x))
+    dtp = torch.where(valid[..., None], dtp, 0)
+    y, final = _chunked(per_seq(x), dtp, A, per_seq(B), per_seq(C), initial_states, chunk_size)
+    y = y.flatten(0, 1)[scatter][None]
+    return (y + _d_skip(D.to(y.dtype), x.to(y.dtype))).to(x.dtype), final
+
+
+def causal_conv1d_packed(x, weight, bias, conv_states, cu_seqlens, *, silu=True):
+    """Packed causal conv: x [1,T,d], conv_states [n,d,k-1] → (y [1,T,d], new conv_states [n,d,k-1]).
+
+    Each sequence gets its own window [its state, its tokens], gathered from the rows of [x; the states] into a
+    per-sequence layout [n, d, k-1+Lmax] as for the scan, and the unpacked conv runs on those windows: no window
+    crosses a boundary, and equal lengths are the unpacked call exactly. The new state of a sequence is its last
+    k-1 inputs (reaching back into its old state when it is shorter than k-1)."""
+    total, d = x.shape[1], x.shape[2]
+    k = weight.shape[1]
+    n = conv_states.shape[0]
+    dtype = _acc_dtype(x)
+    gather, valid, scatter = _padded_index(cu_seqlens, total)
+    s = torch.arange(n, device=x.device)[:, None]
+    carry = total + s * (k - 1) + torch.arange(k - 1, device=x.device)[None, :]  # rows of each sequence's state
+    index = torch.cat([carry, torch.where(valid, gather, 0)], dim=1)  # [n, k-1+Lmax]
+    rows = torch.cat([x[0].to(dtype), conv_states.to(dtype).transpose(1, 2).reshape(-1, d)])  # [T + n(k-1), d]
+    window = rows[index].transpose(1, 2)  # [n, d, k-1+Lmax]
+    y = F.conv1d(window, weight.to(dtype)[:, None, :], None if bias is None else bias.to(dtype), groups=d)
+    if silu:
+        y = F.silu(y)
+    y = y.transpose(1, 2).flatten(0, 1)[scatter][None]
+    lens = seq_lengths(cu_seqlens)
+    tail = lens[:, None] + torch.arange(k - 1, device=x.device)[None, :]  # window columns of the last k-1 inputs
+    new_states = rows[index.gather(1, tail)].transpose(1, 2)
+    return y.to(x.dtype), new_states.to(conv_states.dtype)
+
+
+def causal_conv1d_sequential_packed(x, weight, bias, conv_states, cu_seqlens, *, silu=True):
+    """The unpacked conv on each sequence alone (what the packed conv must equal)."""
+    ys, states = [], []
+    for s, (a, e) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())):
+        y, st = causal_conv1d(x[:, a:e], weight, bias, conv_states[s:s + 1], silu=silu)
+        ys.append(y)
+        states.append(st)
+    return torch.cat(ys, dim=1), torch.cat(states)
 
 
 def ssd_step(state, x, dt, A, B, C, D, dt_bias, *, dt_softplus=True, dt_min=0.0, dt_max=math.inf):
