@@ -1,0 +1,81 @@
+"""The samples in samples/ run, and say what they claim: the ONNX Runtime application without ssd-deploy gives
+`ssd-deploy run`'s tokens; the Python API sample runs end to end."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import TINY
+from ssd_deploy.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+# untied heads: a tied random model mostly echoes its input token, which would make a weak comparison
+UNTIED = dataclasses.replace(TINY, tie_embeddings=False)
+# the application must run where ssd-deploy, PyTorch and the onnx package are absent
+BLOCKED = ("ssd_deploy", "torch", "onnx")
+RUN_WITHOUT = ("import runpy, sys\n"
+               "for m in {blocked!r}: sys.modules[m] = None  # import m now raises ImportError\n"
+               "sys.argv = [{app!r}] + {args!r}\n"
+               "runpy.run_path({app!r}, run_name='__main__')\n"
+               "assert not set({blocked!r}) & {{m.split('.')[0] for m, v in sys.modules.items() if v is not None}}\n")
+
+
+def run_app(args: list[str]) -> str:
+    code = RUN_WITHOUT.format(blocked=BLOCKED, app=str(SAMPLES / "onnxruntime_app" / "app.py"), args=args)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def run_cli(args: list[str]) -> str:
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+SAMPLING = [[], ["--temperature", "0.9", "--top-k", "20", "--top-p", "0.9", "--seed", "7"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavor, options", [("portable", {}), ("ort", {}), ("portable", {"graph": "decode"})],
+                         ids=["portable", "ort", "decode-graph"])
+def test_onnxruntime_app_equals_run(make_export, flavor, options):
+    """A decode-only graph (the app feeds the prompt token by token) against `run` on the unified graph of the same
+    checkpoint."""
+    _, export_dir = make_export(UNTIED, flavor, **options)
+    _, run_dir = make_export(UNTIED, flavor)
+    prompt = "5,6,7,8,9,10,11,40,41,42"
+    for sampling in SAMPLING:
+        common = ["--input-ids", prompt, "--max-new-tokens", "24", "--json", *sampling]
+        app = json.loads(run_app([str(export_dir), *common]))["generated"]
+        cli = json.loads(run_cli(["run", str(run_dir), "--backend", "ort", *common]))["generated"][0]
+        assert len(app) == 24 and app == cli, sampling
+        if not sampling:
+            assert len(set(app)) > 4  # not a degenerate repetition
+
+
+@pytest.mark.slow
+def test_onnxruntime_app_text_with_tokenizer(make_export, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    _, export_dir = make_export(UNTIED, "ort")
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(UNTIED.vocab_size)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    args = [str(export_dir), "--prompt", "w5 w6 w7 w30", "--tokenizer", str(tmp_path / "tokenizer.json"),
+            "--max-new-tokens", "12"]
+    streamed = run_app(args)
+    assert streamed.strip() and streamed == run_cli(["run", "--backend", "ort", *args])
+
+
+def test_onnxruntime_app_refuses_a_non_export(tmp_path):
+    code = RUN_WITHOUT.format(blocked=BLOCKED, app=str(SAMPLES / "onnxruntime_app" / "app.py"),
+                              args=[str(tmp_path), "--input-ids", "1"])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "no such file" in r.stderr and "Traceback" not in r.stderr
