@@ -137,6 +137,45 @@ def case_errors(b, l, h, p, n, g, chunk_size, dtype, opts, device="cpu") -> dict
     return errs
 
 
+# packed (docs/op-contracts.md, "Packed sequences"): lengths, h, p, n, g, chunk_size, dtype. Boundaries inside
+# chunks, sequences shorter than a chunk, length 1 among long ones, equal lengths (== the unpacked kernel).
+PACKED_CASES = {
+    "packed_mixed": ([5, 1, 37, 16, 2, 20], 4, 16, 16, 2, 16, torch.float32),
+    "packed_ones": ([1, 1, 1], 2, 16, 16, 1, 16, torch.float32),
+    "packed_equal": ([19, 19], 4, 16, 16, 2, 16, torch.float32),
+    "packed_fp16_hdimD": ([3, 40, 9], 4, 16, 32, 4, 32, torch.float16),
+}
+
+
+def packed_errors(lengths, h, p, n, g, chunk_size, dtype, device="cpu", seed=0) -> dict:
+    """The Triton packed scan (poisoned outputs) against the float64 recurrence on each sequence alone, the
+    registered op against the direct call, and equal lengths against the unpacked kernel (bit for bit)."""
+    from ssd_deploy.ssd.triton.scan import ssd_scan, ssd_scan_packed
+
+    total = sum(lengths)
+    t = make_inputs(1, total, h, p, n, g, dtype, device, d_has_hdim=dtype == torch.float16, seed=seed)
+    del t["initial_state"]
+    init = torch.randn(len(lengths), h, p, n, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=device)
+    y, final = ssd_scan_packed(**t, initial_states=init, cu_seqlens=cu, chunk_size=chunk_size,
+                               y=torch.full_like(t["x"], math.nan), final_states=torch.full_like(init, math.nan))
+    with torch.device(device):
+        y_ref, s_ref = reference.ssd_sequential_packed(**as64(t), cu_seqlens=cu, initial_states=init.double())
+    errs = {"y": rel_err(y, y_ref), "final_state": rel_err(final, s_ref)}
+    import ssd_deploy.ssd.triton as tri
+
+    assert tri.register(device), "register() refused"
+    y_op, s_op = torch.ops.ssd_deploy.ssd_scan_packed(t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], t["dt_bias"],
+                                                      init, cu, chunk_size, True, 0.0, math.inf)
+    errs["op_equals_kernel"] = float(torch.equal(y_op, y) and torch.equal(s_op, final))
+    if len(set(lengths)) == 1:
+        k, l = len(lengths), lengths[0]
+        rows = {key: (v.reshape(k, l, *v.shape[2:]) if key in ("x", "dt", "B", "C") else v) for key, v in t.items()}
+        yu, su = ssd_scan(**rows, initial_state=init, chunk_size=chunk_size)
+        errs["equal_lengths_are_unpacked"] = float(torch.equal(yu.reshape(y.shape), y) and torch.equal(su, final))
+    return errs
+
+
 @pytest.fixture(scope="module")
 def interpreter_results():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get(
@@ -158,6 +197,17 @@ def test_interpreter_parity(interpreter_results, name):
     assert errs["op_equals_kernel"] == 1.0, "torch.ops.ssd_deploy.ssd_scan did not run the Triton kernels"
     assert errs["disabled_runs_listing"] == 1.0, "inside triton.disabled() the op did not run its listing"
     assert errs["reenabled_runs_kernel"] == 1.0, "after triton.disabled() the op did not return to the kernels"
+
+
+@needs_triton
+@pytest.mark.parametrize("name", sorted(PACKED_CASES))
+def test_interpreter_packed_parity(interpreter_results, name):
+    errs = interpreter_results[name]
+    tol = TOL[PACKED_CASES[name][6]]
+    for key in ("y", "final_state"):
+        assert errs[key] <= tol, f"{name} {key}: relative error {errs[key]} > {tol}"
+    assert errs["op_equals_kernel"] == 1.0, "torch.ops.ssd_deploy.ssd_scan_packed did not run the Triton kernels"
+    assert errs.get("equal_lengths_are_unpacked", 1.0) == 1.0, "equal lengths differ from the unpacked kernel"
 
 
 def test_import_does_not_import_triton():
@@ -219,7 +269,38 @@ def test_gpu_step(b, dtype):
     assert errs["step_inplace_aliases"] == 0.0
 
 
+@gpu_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(8, 64, 128, 2, 256), (4, 64, 64, 4, 64)], ids=str)  # h, p, n, g, chunk
+def test_gpu_packed_scan_vs_sequential(shape, dtype):
+    h, p, n, g, chunk = shape
+    lengths = [300, 1, 17, 256, 2, 513, 64]
+    errs = packed_errors(lengths, h, p, n, g, chunk, dtype, "cuda")
+    for key in ("y", "final_state"):
+        assert errs[key] <= TOL[dtype], f"{key}: relative error {errs[key]} > {TOL[dtype]}"
+    assert errs["op_equals_kernel"] == 1.0
+    assert packed_errors([300] * 3, h, p, n, g, chunk, dtype, "cuda")["equal_lengths_are_unpacked"] == 1.0
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gpu_packed_scan_realistic_mix(dtype):
+    """16 prompts of lengths drawn from 16..4096 at 2.7b-like heads, against the fp32 packed listing."""
+    from ssd_deploy.ssd.triton.scan import ssd_scan_packed
+
+    lengths = torch.randint(16, 4097, (16,), generator=torch.Generator().manual_seed(0)).tolist()
+    t = make_inputs(1, sum(lengths), 80, 64, 128, 1, dtype, "cuda")
+    init = torch.randn(16, 80, 64, 128, device="cuda")
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device="cuda")
+    del t["initial_state"]
+    y, final = ssd_scan_packed(**t, initial_states=init, cu_seqlens=cu, chunk_size=256)
+    rounded = {k: v.float() for k, v in t.items()}
+    y_ref, s_ref = reference.ssd_chunked_packed(**rounded, cu_seqlens=cu, initial_states=init, chunk_size=256)
+    assert rel_err(y, y_ref) <= TOL[dtype] and rel_err(final, s_ref) <= TOL[dtype]
+
+
 if __name__ == "__main__":  # the interpreter run (TRITON_INTERPRET=1, set by interpreter_results)
     assert os.environ.get("TRITON_INTERPRET") == "1"
     results = {name: case_errors(*case) for name, case in INTERPRETER_CASES.items()}
+    results.update({name: packed_errors(*case) for name, case in PACKED_CASES.items()})
     print(json.dumps(results))

@@ -1,8 +1,8 @@
-"""Triton kernels for the SSD ops (``ssd_scan``, ``ssd_step``), registered as their CUDA implementations.
+"""Triton kernels for the SSD ops (``ssd_scan``, ``ssd_step``, ``ssd_scan_packed``), registered as their CUDA implementations.
 
 Importing this package does not import Triton (``import ssd_deploy`` must work without it); ``register()`` does, and
 says through its return value why it registered nothing when Triton is missing. The kernels live in ``scan``
-(prefill, chunked) and ``step`` (decode); ``NOTES.md`` beside this file records their design and measurements.
+(prefill, chunked; packed too) and ``step`` (decode); ``NOTES.md`` beside this file records their design and measurements.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 from typing import NamedTuple
 
-OPS = ("ssd_scan", "ssd_step")
+OPS = ("ssd_scan", "ssd_step", "ssd_scan_packed")
 _registered: set[str] = set()  # devices register() attached the kernels to
 
 
@@ -23,7 +23,8 @@ class Registration(NamedTuple):
 
 
 def register(device: str = "cuda") -> Registration:
-    """Make ``torch.ops.ssd_deploy.ssd_scan`` / ``ssd_step`` run the Triton kernels on ``device`` tensors.
+    """Make ``torch.ops.ssd_deploy.ssd_scan`` / ``ssd_step`` / ``ssd_scan_packed`` run the Triton kernels on
+    ``device`` tensors.
 
     Safe to call more than once (the last call wins) and without Triton (then nothing changes). ``device`` is "cuda"
     but for tests: with TRITON_INTERPRET=1 set before Triton is imported, "cpu" runs the kernels in the interpreter.
@@ -35,12 +36,13 @@ def register(device: str = "cuda") -> Registration:
     import torch
 
     from .. import ops  # noqa: F401  (defines the ops before kernels are attached to them)
-    from .scan import ssd_scan
+    from .scan import ssd_scan, ssd_scan_packed
     from .step import ssd_step
 
     # The launchers take the ops' arguments in the ops' order and names (plus keyword-only extras).
     torch.library.register_kernel(f"{ops.NAMESPACE}::ssd_scan", device, ssd_scan)
     torch.library.register_kernel(f"{ops.NAMESPACE}::ssd_step", device, ssd_step)
+    torch.library.register_kernel(f"{ops.NAMESPACE}::ssd_scan_packed", device, ssd_scan_packed)
     _registered.add(device)
     return Registration(True, f"Triton kernels registered for {', '.join(OPS)} on {device}")
 

@@ -38,18 +38,28 @@ def chunk_length(chunk_size: int, seqlen: int) -> int:
 
 
 @triton.jit
-def _dt_kernel(dt_ptr, A_ptr, dt_bias_ptr, dtp_ptr, cum_ptr,
+def _chunk(b, c, seqlen, chunk_start_ptr, chunk_len_ptr, Q: tl.constexpr, PACKED: tl.constexpr):
+    """The first token row (int64, into [b*l] or the packed [T]) and the length of chunk c of batch row b; packed
+    (b = 0), chunk c of the chunk table, where every sequence is chunked on its own (length 0: an unused slot)."""
+    if PACKED:
+        return tl.load(chunk_start_ptr + c), tl.load(chunk_len_ptr + c)
+    else:
+        return b.to(tl.int64) * seqlen + c * Q, min(Q, seqlen - c * Q)
+
+
+@triton.jit
+def _dt_kernel(dt_ptr, A_ptr, dt_bias_ptr, dtp_ptr, cum_ptr, chunk_start_ptr, chunk_len_ptr,
                seqlen, nheads, nchunks, dt_min, dt_max,
-               DT_SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_H: tl.constexpr):
+               DT_SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_H: tl.constexpr, PACKED: tl.constexpr):
     pid_bc = tl.program_id(0)
     b = pid_bc // nchunks
     c = pid_bc % nchunks
+    row0, chunk_len = _chunk(b, c, seqlen, chunk_start_ptr, chunk_len_ptr, Q, PACKED)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_q = tl.arange(0, Q)
-    t = c * Q + offs_q
     hmask = offs_h < nheads
-    valid = hmask[:, None] & (t[None, :] < seqlen)
-    raw = tl.load(dt_ptr + (b.to(tl.int64) * seqlen + t[None, :]) * nheads + offs_h[:, None], mask=valid,
+    valid = hmask[:, None] & (offs_q[None, :] < chunk_len)
+    raw = tl.load(dt_ptr + (row0 + offs_q[None, :]) * nheads + offs_h[:, None], mask=valid,
                   other=0.0).to(tl.float32)
     bias = tl.load(dt_bias_ptr + offs_h, mask=hmask, other=0.0)
     dtp = tl.where(valid, process_dt(raw, bias[:, None], dt_min, dt_max, DT_SOFTPLUS), 0.0)
@@ -67,9 +77,9 @@ def _dt_kernel(dt_ptr, A_ptr, dt_bias_ptr, dtp_ptr, cum_ptr,
     triton.Config({"BLOCK_M": 128, "BLOCK_K": 128, "BLOCK_N": 32}, num_warps=8, num_stages=3),
 ], key=["Q", "dstate"])
 @triton.jit
-def _cb_kernel(C_ptr, B_ptr, cb_ptr,
+def _cb_kernel(C_ptr, B_ptr, cb_ptr, chunk_start_ptr, chunk_len_ptr,
                seqlen, nchunks, ngroups, dstate,
-               Q: tl.constexpr, DOT_PREC: tl.constexpr,
+               Q: tl.constexpr, DOT_PREC: tl.constexpr, PACKED: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     num_k: tl.constexpr = (Q + BLOCK_K - 1) // BLOCK_K
     pid_m = tl.program_id(0) // num_k
@@ -81,11 +91,13 @@ def _cb_kernel(C_ptr, B_ptr, cb_ptr,
     b = pid_bc // nchunks
     c = pid_bc % nchunks
     g = tl.program_id(2)
-    chunk_len = min(Q, seqlen - c * Q)
+    row0, chunk_len = _chunk(b, c, seqlen, chunk_start_ptr, chunk_len_ptr, Q, PACKED)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_n = tl.arange(0, BLOCK_N)
-    row = (b.to(tl.int64) * seqlen + c * Q) * ngroups + g  # [b, l, g, n] at (b, c*Q, g, 0), in rows of dstate
+    if chunk_len <= 0:  # an unused packed slot
+        return
+    row = row0 * ngroups + g  # [b, l, g, n] at the chunk's first token, group g, in rows of dstate
     C_ptrs = C_ptr + (row + offs_m[:, None] * ngroups) * dstate + offs_n[None, :]
     B_ptrs = B_ptr + (row + offs_k[None, :] * ngroups) * dstate + offs_n[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
@@ -111,14 +123,23 @@ def _cb_kernel(C_ptr, B_ptr, cb_ptr,
 ], key=["Q", "hdim", "dstate", "programs"])
 @triton.jit
 def _states_kernel(x_ptr, B_ptr, dtp_ptr, cum_ptr, init_ptr, ent_ptr, final_ptr,
+                   chunk_start_ptr, chunk_len_ptr, seq_chunks_ptr,
                    seqlen, nchunks, nheads, hdim, ngroups, dstate, heads_per_group, programs,
-                   HAS_INIT: tl.constexpr, Q: tl.constexpr, DOT_PREC: tl.constexpr,
+                   HAS_INIT: tl.constexpr, Q: tl.constexpr, DOT_PREC: tl.constexpr, PACKED: tl.constexpr,
                    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     num_n = tl.cdiv(dstate, BLOCK_N)
     pid_p = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
-    b = tl.program_id(1).to(tl.int64)
+    seq = tl.program_id(1).to(tl.int64)  # batch row, or packed sequence (whose states are [n, ...])
     h = tl.program_id(2)
+    if PACKED:  # its chunks in the table; chunk-indexed buffers have one row (b = 0)
+        b = 0
+        c_first = tl.load(seq_chunks_ptr + seq)
+        c_end = tl.load(seq_chunks_ptr + seq + 1)
+    else:
+        b = seq
+        c_first = 0
+        c_end = nchunks
     g = h // heads_per_group
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -126,25 +147,25 @@ def _states_kernel(x_ptr, B_ptr, dtp_ptr, cum_ptr, init_ptr, ent_ptr, final_ptr,
     nmask = offs_n < dstate
     tile = offs_p[:, None] * dstate + offs_n[None, :]
     tile_mask = pmask[:, None] & nmask[None, :]
-    bh = b * nheads + h
+    bh = seq * nheads + h
     if HAS_INIT:
         s = tl.load(init_ptr + bh * hdim * dstate + tile, mask=tile_mask, other=0.0)
     else:
         s = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
-    x_base = x_ptr + b * seqlen * nheads * hdim + h * hdim
-    B_base = B_ptr + b * seqlen * ngroups * dstate + g * dstate
-    for c in range(0, nchunks):
+    x_base = x_ptr + h * hdim
+    B_base = B_ptr + g * dstate
+    for c in range(c_first, c_end):
         tl.store(ent_ptr + ((b * nchunks + c) * nheads + h) * hdim * dstate + tile, s, mask=tile_mask)
-        col = (bh * nchunks + c) * Q
+        col = ((b * nheads + h) * nchunks + c) * Q
         cum_last = tl.load(cum_ptr + col + Q - 1)
         s = s * tl.exp(cum_last)
-        chunk_len = min(Q, seqlen - c * Q)
+        row0, chunk_len = _chunk(b, c, seqlen, chunk_start_ptr, chunk_len_ptr, Q, PACKED)
         for k0 in range(0, chunk_len, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             kmask = offs_k < chunk_len
             cum_k = tl.load(cum_ptr + col + offs_k, mask=kmask, other=0.0)
             dtp_k = tl.load(dtp_ptr + col + offs_k, mask=kmask, other=0.0)
-            t = c * Q + offs_k
+            t = row0 + offs_k
             xT = tl.load(x_base + t[None, :] * (nheads * hdim) + offs_p[:, None], mask=pmask[:, None] & kmask[None, :],
                          other=0.0)
             Bk = tl.load(B_base + t[:, None] * (ngroups * dstate) + offs_n[None, :],
@@ -163,9 +184,10 @@ def _states_kernel(x_ptr, B_ptr, dtp_ptr, cum_ptr, init_ptr, ent_ptr, final_ptr,
     triton.Config({"BLOCK_M": 128, "BLOCK_P": 32, "BLOCK_K": 64}, num_warps=4, num_stages=2),
 ], key=["Q", "hdim", "dstate"])
 @triton.jit
-def _out_kernel(x_ptr, C_ptr, cb_ptr, dtp_ptr, cum_ptr, ent_ptr, D_ptr, y_ptr,
+def _out_kernel(x_ptr, C_ptr, cb_ptr, dtp_ptr, cum_ptr, ent_ptr, D_ptr, y_ptr, chunk_start_ptr, chunk_len_ptr,
                 seqlen, nchunks, nheads, hdim, ngroups, dstate, heads_per_group,
                 D_HAS_HDIM: tl.constexpr, Q: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+                PACKED: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     num_p = tl.cdiv(hdim, BLOCK_P)
     pid_m = tl.program_id(0) // num_p
@@ -175,8 +197,8 @@ def _out_kernel(x_ptr, C_ptr, cb_ptr, dtp_ptr, cum_ptr, ent_ptr, D_ptr, y_ptr,
     c = pid_bc % nchunks
     h = tl.program_id(2)
     g = h // heads_per_group
-    chunk_len = min(Q, seqlen - c * Q)
-    if pid_m * BLOCK_M >= chunk_len:  # rows past the end of the sequence
+    row0, chunk_len = _chunk(b, c, seqlen, chunk_start_ptr, chunk_len_ptr, Q, PACKED)
+    if pid_m * BLOCK_M >= chunk_len:  # rows past the end of the sequence (all of an unused packed slot)
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -188,14 +210,14 @@ def _out_kernel(x_ptr, C_ptr, cb_ptr, dtp_ptr, cum_ptr, ent_ptr, D_ptr, y_ptr,
     cum_m = tl.load(cum_ptr + col + offs_m, mask=offs_m < Q, other=0.0)
 
     # The state entering the chunk, decayed to each row.
-    Cm = tl.load(C_ptr + ((b * seqlen + c * Q + offs_m[:, None]) * ngroups + g) * dstate + offs_n[None, :],
+    Cm = tl.load(C_ptr + ((row0 + offs_m[:, None]) * ngroups + g) * dstate + offs_n[None, :],
                  mask=mmask[:, None] & nmask[None, :], other=0.0)
     ent = tl.load(ent_ptr + ((b * nchunks + c) * nheads + h) * hdim * dstate + offs_p[None, :] * dstate
                   + offs_n[:, None], mask=nmask[:, None] & pmask[None, :], other=0.0)
     acc = tl.dot(Cm, ent.to(Cm.dtype), input_precision=DOT_PREC) * tl.exp(cum_m)[:, None]
 
     # Inside the chunk: causal, so only columns up to this block's last row.
-    x_base = x_ptr + (b * seqlen + c * Q) * nheads * hdim + h * hdim
+    x_base = x_ptr + row0 * nheads * hdim + h * hdim
     cb_base = cb_ptr + ((b * nchunks + c) * ngroups + g) * Q * Q
     k_end = min((pid_m + 1) * BLOCK_M, chunk_len)
     for k0 in range(0, k_end, BLOCK_K):
@@ -214,7 +236,7 @@ def _out_kernel(x_ptr, C_ptr, cb_ptr, dtp_ptr, cum_ptr, ent_ptr, D_ptr, y_ptr,
                      mask=kmask[:, None] & pmask[None, :], other=0.0)
         acc = tl.dot(w.to(xk.dtype), xk, acc, input_precision=DOT_PREC)
 
-    io = (b * seqlen + c * Q + offs_m[:, None]) * (nheads * hdim) + h * hdim + offs_p[None, :]
+    io = (row0 + offs_m[:, None]) * (nheads * hdim) + h * hdim + offs_p[None, :]
     io_mask = mmask[:, None] & pmask[None, :]
     xm = tl.load(x_ptr + io, mask=io_mask, other=0.0).to(tl.float32)
     if D_HAS_HDIM:
@@ -252,35 +274,88 @@ def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state=None, chunk_size=256, dt_
     ``y`` and ``final_state`` may be given (tests poison them to prove every element is written)."""
     _check(x, dt, A, B, C, D, dt_bias, initial_state)
     b, l, h, p = x.shape
+    q = chunk_length(chunk_size, l)
+    final_state = (torch.empty(b, h, p, B.shape[3], device=x.device, dtype=torch.float32) if final_state is None
+                   else final_state)
+    return _launch(x, dt, A, B, C, D, dt_bias, initial_state, q, triton.cdiv(l, q), b, None, dt_softplus, dt_min,
+                   dt_max, y, final_state)
+
+
+def chunk_table(cu_seqlens: torch.Tensor, q: int, max_chunks: int):
+    """Every sequence chunked on its own, as device tensors (no host sync): the first token and the length of each
+    of ``max_chunks`` chunk slots (length 0 past the last real chunk), and the first slot of each sequence [n+1].
+
+    Sequence s has ceil(len_s / q) chunks; Σ ceil(len_s / q) ≤ ceil(T / q) + n − 1, the ``max_chunks`` bound
+    the grids are sized for."""
+    cu = cu_seqlens.to(torch.int64)
+    lens = cu[1:] - cu[:-1]
+    seq_chunks = torch.nn.functional.pad(torch.cumsum((lens + q - 1) // q, 0), (1, 0))
+    c = torch.arange(max_chunks, device=cu.device)
+    seq = torch.searchsorted(seq_chunks[1:].contiguous(), c, right=True).clamp(max=lens.shape[0] - 1)
+    start = cu[seq] + (c - seq_chunks[seq]) * q
+    length = torch.where(c < seq_chunks[-1], torch.clamp(cu[seq + 1] - start, 0, q), 0)
+    return start.contiguous(), length.contiguous(), seq_chunks.contiguous()
+
+
+def ssd_scan_packed(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, chunk_size=256, dt_softplus=True,
+                    dt_min=0.0, dt_max=math.inf, *, y=None, final_states=None):
+    """The ``ssd_scan_packed`` op on Triton (docs/op-contracts.md, "Packed sequences"): x [1,T,h,p] holds n
+    sequences cut by cu_seqlens [n+1]; returns (y, final_states fp32 [n,h,p,n]).
+
+    The same four kernels over a chunk table in which every sequence is chunked on its own (``chunk_table``): no
+    chunk holds two sequences, so nothing is masked inside a chunk, and the state kernel walks each sequence's
+    chunks from its own initial state, one program per (sequence, head, tile), writing its final state after its
+    last chunk. Grids are sized for the most chunks T and n allow; unused slots exit at once."""
+    _check(x, dt, A, B, C, D, dt_bias, None)
+    n = initial_states.shape[0]
+    _, _, h, p = x.shape
+    if x.shape[0] != 1 or tuple(cu_seqlens.shape) != (n + 1,) or tuple(initial_states.shape) != (n, h, p, B.shape[3]):
+        raise ValueError(f"ssd_scan_packed: need x [1, T, h, p], initial_states [n, h, p, d_state] and cu_seqlens "
+                         f"[n + 1], got {tuple(x.shape)}, {tuple(initial_states.shape)} and {tuple(cu_seqlens.shape)}")
+    total = x.shape[1]
+    q = chunk_length(chunk_size, total)
+    max_chunks = triton.cdiv(total, q) + n - 1
+    table = chunk_table(cu_seqlens.to(x.device), q, max_chunks)
+    final_states = (torch.empty_like(initial_states, dtype=torch.float32) if final_states is None
+                    else final_states)
+    return _launch(x, dt, A, B, C, D, dt_bias, initial_states, q, max_chunks, n, table, dt_softplus, dt_min,
+                   dt_max, y, final_states)
+
+
+def _launch(x, dt, A, B, C, D, dt_bias, initial_state, q, nc, nseq, table, dt_softplus, dt_min, dt_max, y,
+            final_state):
+    """The four kernels. Unpacked (``table`` None): batch rows of ``nc`` chunks each. Packed: one row of ``nc``
+    chunk slots described by ``table`` (chunk_table), ``nseq`` sequences."""
+    b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
     A, D, dt_bias = (t.float().contiguous() for t in (A, D, dt_bias))
     init = None if initial_state is None else initial_state.float().contiguous()
-    q = chunk_length(chunk_size, l)
-    nc = triton.cdiv(l, q)
+    packed = table is not None
+    start, length, seq_chunks = table if packed else (x, x, x)  # (unused pointers when unpacked)
     f32 = dict(device=x.device, dtype=torch.float32)
     y = torch.empty_like(x) if y is None else y
-    final_state = torch.empty(b, h, p, n, **f32) if final_state is None else final_state
     prec = dot_precision(x.dtype)
     with on_device(x):
         dtp = torch.empty(b, h, nc, q, **f32)
         cum = torch.empty(b, h, nc, q, **f32)
         block_h = min(triton.next_power_of_2(h), max(1, 4096 // q))
         _dt_kernel[(b * nc, triton.cdiv(h, block_h))](
-            dt, A, dt_bias, dtp, cum, l, h, nc, float(dt_min), float(dt_max),
-            DT_SOFTPLUS=bool(dt_softplus), Q=q, BLOCK_H=block_h)
+            dt, A, dt_bias, dtp, cum, start, length, l, h, nc, float(dt_min), float(dt_max),
+            DT_SOFTPLUS=bool(dt_softplus), Q=q, BLOCK_H=block_h, PACKED=packed)
 
         cb = torch.empty(b, nc, g, q, q, **f32)
         _cb_kernel[lambda m: (triton.cdiv(q, m["BLOCK_M"]) * triton.cdiv(q, m["BLOCK_K"]), b * nc, g)](
-            C, B, cb, l, nc, g, n, Q=q, DOT_PREC=prec)
+            C, B, cb, start, length, l, nc, g, n, Q=q, DOT_PREC=prec, PACKED=packed)
 
         entering = torch.empty(b, nc, h, p, n, **f32)
-        programs = b * h
-        _states_kernel[lambda m: (triton.cdiv(p, m["BLOCK_P"]) * triton.cdiv(n, m["BLOCK_N"]), b, h)](
-            x, B, dtp, cum, init if init is not None else final_state, entering, final_state,
-            l, nc, h, p, g, n, h // g, programs, HAS_INIT=init is not None, Q=q, DOT_PREC=prec)
+        programs = nseq * h
+        _states_kernel[lambda m: (triton.cdiv(p, m["BLOCK_P"]) * triton.cdiv(n, m["BLOCK_N"]), nseq, h)](
+            x, B, dtp, cum, init if init is not None else final_state, entering, final_state, start, length,
+            seq_chunks, l, nc, h, p, g, n, h // g, programs, HAS_INIT=init is not None, Q=q, DOT_PREC=prec,
+            PACKED=packed)
 
         _out_kernel[lambda m: (triton.cdiv(q, m["BLOCK_M"]) * triton.cdiv(p, m["BLOCK_P"]), b * nc, h)](
-            x, C, cb, dtp, cum, entering, D, y, l, nc, h, p, g, n, h // g,
-            D_HAS_HDIM=D.dim() == 2, Q=q, DOT_PREC=prec, BLOCK_N=max(16, triton.next_power_of_2(n)))
+            x, C, cb, dtp, cum, entering, D, y, start, length, l, nc, h, p, g, n, h // g,
+            D_HAS_HDIM=D.dim() == 2, Q=q, DOT_PREC=prec, BLOCK_N=max(16, triton.next_power_of_2(n)), PACKED=packed)
     return y, final_state
