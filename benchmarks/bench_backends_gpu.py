@@ -83,7 +83,7 @@ def ort_placement(export_dir: Path, backend, ids: np.ndarray) -> dict:
     and one decode step (the second of two such pairs: the first pays for cuDNN's algorithm search)."""
     import onnxruntime as ort
 
-    from ssd_deploy.onnx.metadata import model_path
+    from ssd_deploy.interface import model_path
     from ssd_deploy.runtime.ort_runner import PROVIDER_OPTIONS, PROVIDERS
 
     opts = ort.SessionOptions()

@@ -4,7 +4,6 @@ and exit status 2, a failed validation exit status 1."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import sys
 import tempfile
@@ -12,22 +11,8 @@ from pathlib import Path
 
 import click
 
-from .errors import UserError
+from .errors import UserError, user_errors
 from .tensorrt.cli import build, engine_options
-
-
-def user_errors(fn):
-    """Turns UserError into one line on stderr and exit status 2, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 @click.group()
@@ -105,7 +90,7 @@ def export(ckpt, out_dir, recipe, **flags):
 def validate(export_dir, ckpt, backend, provider, engine, plugins, steps, batch, prompt_len, seed, as_json):
     """Prove an export against the PyTorch reference (exit 1 on failure). A trt-flavor export runs on ONNX Runtime
     through its validation copy (each plugin node with its standard-op body): the very graph TensorRT receives."""
-    from .onnx.export import validation_model
+    from .runtime.validation_copy import validation_model
     from .runtime.ort_runner import ort_runner
     from .validate import format_report, validate as do_validate
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from .onnx.metadata import load_graph, read_metadata, summary
+from .interface import load_graph, read_metadata, summary
 
 
 def _shape(vi: onnx.ValueInfoProto) -> list:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
+from .interface import DTYPES
 
 ENV_LIB = "SSD_DEPLOY_KERNELS_LIB"
 PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
@@ -32,7 +33,7 @@ LIB_NAME = "libssd_kernels.so"
 MAX_STATE_SIZE = 512  # n beyond this is refused by the library (kRecurrentMaxN)
 MAX_CONV_WIDTH = 8  # kMaxK of causal_conv1d.cu (Mamba-2 uses 4)
 
-_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_DTYPE_CODES = {d.torch: d.kernel_code for d in DTYPES.values()}  # the C ABI's dtype argument
 SYMBOLS = ("ssd_scan_workspace_size", "ssd_scan", "ssd_step", "ssd_causal_conv1d", "ssd_gated_rmsnorm",
            "ssd_error_string")
 

@@ -16,7 +16,7 @@ from polygraphy.logger import G_LOGGER
 
 from .checkpoint import load_model
 from .errors import UserError
-from .onnx.metadata import LOGITS, ExportMetadata, read_metadata
+from .interface import LOGITS, ExportMetadata, read_metadata
 from .runtime.feeds import carried_states, feed, zero_states
 from .runtime.torch_runner import TorchRunner
 

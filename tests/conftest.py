@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ssd_deploy.checkpoint import random_model, write_checkpoint
-from ssd_deploy.onnx.metadata import state_names
+from ssd_deploy.interface import state_names
 from ssd_deploy.presets import preset
 
 
@@ -45,7 +45,7 @@ def assert_parity_every_length(ckpt, export_dir, model_file=None):
     model, fp32, from random states, at l = 1, 7, Q, Q+3 and 3Q: logits and every state within 1e-4. States are fed
     in the export's own layout (metadata) and swapped to the contract's for the reference."""
     from ssd_deploy.checkpoint import load_model
-    from ssd_deploy.onnx.metadata import LAYOUT_SSM, read_metadata
+    from ssd_deploy.interface import LAYOUT_SSM, read_metadata
     from ssd_deploy.runtime.feeds import feed
     from ssd_deploy.runtime.ort_runner import ort_session
 

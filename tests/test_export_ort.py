@@ -20,14 +20,13 @@ from conftest import assert_parity_every_length, TINY, VARIANTS, rel_err
 from ssd_deploy.errors import UserError
 from ssd_deploy.onnx import ort as ort_flavor
 from ssd_deploy.onnx.export import ExportOptions, export
-from ssd_deploy.onnx.metadata import LAYOUT_SSM, read_metadata
+from ssd_deploy.interface import DTYPES, LAYOUT_SSM, read_metadata
 from ssd_deploy.onnx.tracing import sample_inputs, trace_op
 from ssd_deploy.runtime.ort_runner import ort_runner, ort_session
 from ssd_deploy.ssd import reference as R
 from ssd_deploy.validate import validate
 
 MS = "com.microsoft"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OP_TOL = {"fp32": 1e-5, "fp16": 1e-2, "bf16": 1e-2}
 # the tiny variants have headdim == d_state; this one tells the [b,h,n,p] state layout from [b,h,p,n] by shape too
 MODEL_VARIANTS = {**VARIANTS, "n8": dataclasses.replace(TINY, d_state=8)}
@@ -146,12 +145,12 @@ def test_op_lowering_matches_contract(op_name, prefill, dtype, variant, tmp_path
     attrs, names, outs = OPS[op_name]
     if op_name != "causal_conv1d":
         attrs = {**attrs, "dt_min": cfg.dt_min, "dt_max": cfg.dt_max}
-    model = trace_op(op_name, attrs, cfg, DTYPES[dtype], ort_flavor, names, outs, {"prefill": prefill})
+    model = trace_op(op_name, attrs, cfg, DTYPES[dtype].torch, ort_flavor, names, outs, {"prefill": prefill})
     assert MS in {n.domain for n in onnx_ir.traversal.RecursiveGraphIterator(model.graph)}  # the contrib op is used
     assert model.graph.outputs[1].dtype == onnx_ir.DataType.FLOAT  # states stay float32 whatever the activations
     sess = op_session(model, tmp_path / "op.onnx")
     for length in (1, 7, 16, 19):
-        inputs, _ = sample_inputs(op_name, cfg, DTYPES[dtype], batch=2, seq=length)
+        inputs, _ = sample_inputs(op_name, cfg, DTYPES[dtype].torch, batch=2, seq=length)
         fed = list(inputs)
         if op_name in STATE:
             fed[STATE[op_name]] = fed[STATE[op_name]].transpose(-1, -2).contiguous()

@@ -15,7 +15,7 @@ from ssd_deploy.config import load_config
 from ssd_deploy.errors import UserError
 from ssd_deploy.onnx import export as export_mod
 from ssd_deploy.onnx.export import ExportOptions, export
-from ssd_deploy.onnx.metadata import read_metadata
+from ssd_deploy.interface import read_metadata
 from ssd_deploy.runtime.feeds import carried_states, feed
 from ssd_deploy.runtime.ort_runner import ort_session
 

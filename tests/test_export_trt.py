@@ -11,8 +11,8 @@ import pytest
 from conftest import assert_parity_every_length, TINY, VARIANTS
 from ssd_deploy.errors import UserError
 from ssd_deploy.onnx import trt
-from ssd_deploy.onnx.export import DTYPES, validation_model
-from ssd_deploy.onnx.metadata import read_metadata
+from ssd_deploy.interface import DTYPES, read_metadata
+from ssd_deploy.runtime.validation_copy import validation_model
 from ssd_deploy.runtime.ort_runner import ort_runner, ort_session
 from ssd_deploy.validate import validate
 
@@ -121,12 +121,26 @@ def test_validate_prefill_then_decode(exports, variant, dtype):
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]  # the copy is gone
 
 
-def test_validation_copy_shares_external_weights(exports):
+def test_validation_copy_shares_external_weights_and_never_writes_into_the_export(exports, tmp_path):
+    """The copy lives in a temporary directory of its own and reads the export's data file where it is: a read-only
+    export validates, and nothing is left in it or in the temporary directory."""
+    import shutil
+    import stat
+
     ckpt, out = exports("g1", external_data="always")
-    with validation_model(out) as path:
-        assert path.parent == out and path.stat().st_size < (out / "model.onnx.data").stat().st_size
-        assert validate(out, ckpt, ort_runner(out, model_file=path), steps=1).ok
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.data"]
+    ro = tmp_path / "read-only"
+    shutil.copytree(out, ro)
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with validation_model(ro) as path:
+            copy_dir = path.parent
+            assert copy_dir != ro and path.stat().st_size < (ro / "model.onnx.data").stat().st_size
+            assert sorted(p.name for p in copy_dir.iterdir()) == ["model.onnx"]  # the weights are not copied
+            assert validate(ro, ckpt, ort_runner(ro, model_file=path), steps=1).ok
+        assert not copy_dir.exists()
+        assert sorted(p.name for p in ro.iterdir()) == ["model.onnx", "model.onnx.data"]
+    finally:
+        ro.chmod(stat.S_IRWXU)
 
 
 def test_bodies_refuse_nodes_with_different_attributes(exports):
@@ -136,7 +150,7 @@ def test_bodies_refuse_nodes_with_different_attributes(exports):
     norms = [n for n in ir.graph if n.op_type == "GatedRmsNorm"]
     norms[1].attributes["eps"] = onnx_ir.AttrFloat32("eps", 1e-3)
     with pytest.raises(UserError, match="different attributes"):
-        trt.bodies(ir, meta.config, DTYPES[meta.dtype])
+        trt.bodies(ir, meta.config, DTYPES[meta.dtype].torch)
 
 
 def test_non_trt_exports_validate_as_they_are(tiny_export):

@@ -10,7 +10,7 @@ from ssd_deploy import recipes
 from ssd_deploy.errors import UserError
 from ssd_deploy.onnx import export as export_mod
 from ssd_deploy.onnx.export import ExportOptions, resolve_options
-from ssd_deploy.onnx.metadata import read_metadata
+from ssd_deploy.interface import read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ["cpu-fp32", "ort-cuda-fp16", "trt-datacenter-bf16", "trt-jetson-orin-fp16"]

@@ -18,7 +18,7 @@ from ssd_deploy.checkpoint import random_model, write_checkpoint
 from ssd_deploy import recipes
 from ssd_deploy.errors import UserError
 from ssd_deploy.onnx.export import ExportOptions, export
-from ssd_deploy.onnx.metadata import PREFIX, read_metadata
+from ssd_deploy.interface import PREFIX, read_metadata
 from ssd_deploy.presets import preset
 from ssd_deploy.tensorrt import api as trt_api
 from ssd_deploy.tensorrt import sidecar as sc

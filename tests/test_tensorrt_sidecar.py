@@ -11,7 +11,7 @@ import torch
 
 from ssd_deploy.config import Mamba2Config
 from ssd_deploy.errors import UserError
-from ssd_deploy.onnx.metadata import ExportMetadata
+from ssd_deploy.interface import ExportMetadata
 from ssd_deploy.tensorrt import api as trt_api
 from ssd_deploy.tensorrt import sidecar as sc
 from ssd_deploy.tensorrt.profiles import (DEFAULT_BATCH, DEFAULT_SEQ, Profile, Range, RecipeRanges, plan,

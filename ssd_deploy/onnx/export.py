@@ -3,18 +3,15 @@
 The model is traced once by ``torch.onnx`` (dynamo); the ``ssd_deploy::`` custom ops stay single nodes in that
 trace and the flavor's translation table decides what each becomes (docs/flavors.md): standard ops (portable.py), ONNX
 Runtime contrib ops (ort.py) or TensorRT plugin nodes (trt.py). Options may come from a recipe (recipes.py,
-``resolve_options``); ``validation_model`` gives the file ONNX Runtime validates (a trt export's validation copy).
+``resolve_options``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import onnx
 import onnx_ir
@@ -26,13 +23,11 @@ from ..atomic import atomic_dir
 from ..checkpoint import checkpoint_hash, load_model
 from .. import recipes
 from ..errors import UserError
+from ..interface import DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata, state_names
 from ..model import Mamba2LM
 from . import ort, portable, trt
-from .metadata import (DATA_FILE, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata, load_graph,
-                       model_path, read_metadata, state_names)
 from .tracing import batch_dim, seq_dim, to_onnx
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # flavor name → module with lowerings(dims, **ExportOptions.flavor_options()); optionally finalize(model, cfg) for
 # rewrites tracing cannot express, and SSM_LAYOUT where its graph keeps the ssm state in another layout than
 # docs/graph-interface.md's
@@ -138,7 +133,7 @@ def check_model(path: Path):
 
 def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(), recipe: dict | None = None) -> Path:
     opts.check()
-    model = load_model(ckpt_dir, DTYPES[opts.dtype])
+    model = load_model(ckpt_dir, DTYPES[opts.dtype].torch)
     cfg = model.cfg
     flavor = FLAVORS[opts.flavor]
     graph = trace(model, opts)
@@ -169,31 +164,3 @@ def resolve_options(recipe: str | Path | None = None, **flags) -> tuple[ExportOp
     opts.check()
     return opts, resolved
 
-
-@contextmanager
-def validation_model(export_dir: Path) -> Iterator[Path]:
-    """The model file that ONNX Runtime loads to validate an export: the export itself, or for `trt` a temporary
-    validation copy (the graph plus each plugin's standard-op body, see onnx/trt.py).
-
-    The copy is written next to the export's model and removed afterwards: ONNX Runtime reads external weights only
-    from the model's own directory (it refuses paths, symlinks included, that resolve elsewhere), and a copy there
-    shares them instead of duplicating gigabytes.
-    """
-    path = model_path(export_dir)
-    meta = read_metadata(export_dir)
-    if meta.flavor != "trt":
-        yield path
-        return
-    proto = load_graph(export_dir)  # external weights stay references
-    bodies = trt.bodies(onnx_ir.serde.deserialize_model(proto), meta.config, DTYPES[meta.dtype])
-    proto.functions.extend(onnx_ir.serde.serialize_function(f) for f in bodies)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".validation-", suffix=".onnx", dir=path.parent)
-    except OSError as e:
-        raise UserError(f"{path.parent}: cannot write the trt validation copy there ({e})") from None
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        yield Path(tmp)
-    finally:
-        os.unlink(tmp)

@@ -14,17 +14,12 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from ..errors import UserError
 from ..config import Mamba2Config
-from ..onnx.metadata import INPUT_IDS, LOGITS, read_metadata
+from ..interface import DTYPES, INPUT_IDS, LOGITS, dtype_of, read_metadata
 from .feeds import carried_states, zero_states
-
-# IO binding takes ONNX element types: numpy has no bfloat16
-ONNX_TYPES = {torch.float32: onnx.TensorProto.FLOAT, torch.float16: onnx.TensorProto.FLOAT16,
-              torch.bfloat16: onnx.TensorProto.BFLOAT16}
 
 BACKENDS = ("torch", "ort", "trt")
 
@@ -63,7 +58,6 @@ class TorchBackend(Backend):
         ``cuda_graphs`` replays each decode step from a CUDA graph captured per batch size (same kernels, one
         launch)."""
         from ..checkpoint import load_model
-        from ..onnx.export import DTYPES
 
         self.device = torch.device(device).type
         self.triton = triton and self.device == "cuda"
@@ -75,7 +69,7 @@ class TorchBackend(Backend):
             reg = register()  # the ops' CUDA implementations, where Triton is available
             if not reg:
                 raise UserError(reg.reason)
-        self.model = load_model(ckpt_dir, DTYPES[dtype]).to(self.device)
+        self.model = load_model(ckpt_dir, DTYPES[dtype].torch).to(self.device)
         self.config, self.recipe = self.model.cfg, {}
         self.graphs = None
         if cuda_graphs and self.device == "cuda":
@@ -107,8 +101,8 @@ class OrtBackend(Backend):
     def __init__(self, export_dir: Path, provider: str = "cpu", io_binding: bool | None = None):
         """``io_binding`` (default: on for CUDA): states and logits live in torch tensors on the provider's device,
         bound to the session's inputs and outputs, instead of numpy arrays fed and fetched by ``run``."""
-        from ..onnx.export import DTYPES, validation_model
         from .ort_runner import ort_session
+        from .validation_copy import validation_model
 
         self.meta = read_metadata(export_dir)
         self.config, self.recipe = self.meta.config, self.meta.recipe
@@ -121,7 +115,7 @@ class OrtBackend(Backend):
         self.name = f"ort-{self.meta.flavor}{chunked}-{provider}"
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.vocab = self.session.get_outputs()[self.outputs.index(LOGITS)].shape[-1]
-        self.logits_dtype = DTYPES[self.meta.dtype]
+        self.logits_dtype = DTYPES[self.meta.dtype].torch
 
     def zero_states(self, batch: int):
         host = zero_states(self.meta, batch)
@@ -140,8 +134,8 @@ class OrtBackend(Backend):
         binding = self.session.io_binding()
         binding.bind_cpu_input(INPUT_IDS, ids)
 
-        def bind(bind_fn, name, t):
-            bind_fn(name, self.device, 0, ONNX_TYPES[t.dtype], tuple(t.shape), t.data_ptr())
+        def bind(bind_fn, name, t):  # IO binding takes ONNX element types: numpy has no bfloat16
+            bind_fn(name, self.device, 0, dtype_of(t.dtype).onnx, tuple(t.shape), t.data_ptr())
 
         for name, t in states.items():
             bind(binding.bind_input, name, t)

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..onnx.metadata import INPUT_IDS, ExportMetadata
-
-NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}
-
+from ..interface import DTYPES, INPUT_IDS, ExportMetadata
 
 def zero_states(meta: ExportMetadata, batch: int) -> dict[str, np.ndarray]:
-    return {s.name: np.zeros((batch, *s.shape[1:]), NUMPY_DTYPES[s.dtype]) for s in meta.states}
+    return {s.name: np.zeros((batch, *s.shape[1:]), DTYPES[s.dtype].numpy) for s in meta.states}
 
 
 def feed(input_ids: np.ndarray, states: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

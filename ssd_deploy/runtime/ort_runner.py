@@ -7,7 +7,7 @@ from pathlib import Path
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from ..errors import UserError
-from ..onnx.metadata import model_path
+from ..interface import model_path
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 # an fp32 export means fp32 math: the CUDA provider would otherwise round MatMul inputs to TF32 (docs/verification.md's 1e-4)
@@ -23,6 +23,10 @@ def ort_session(export_dir: Path, provider: str = "cpu", model_file: Path | None
         raise UserError(f"ONNX Runtime here has no {PROVIDERS[provider][0]} (install onnxruntime-gpu for cuda)")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # external weights are read from the export's own directory, also for a model file elsewhere (a trt validation
+    # copy in a temporary directory, runtime/validation_copy.py)
+    opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                  str(model_path(export_dir).parent.resolve()))
     path = model_file or model_path(export_dir)
     try:
         return ort.InferenceSession(str(path), opts, providers=PROVIDERS[provider],

@@ -11,7 +11,7 @@ import torch
 from polygraphy.backend.base import BaseRunner
 
 from ..model import Mamba2LM
-from ..onnx.metadata import INPUT_IDS, LAYOUT_SSM, LOGITS, state_names
+from ..interface import INPUT_IDS, LAYOUT_SSM, LOGITS, state_names
 
 
 class TorchRunner(BaseRunner):

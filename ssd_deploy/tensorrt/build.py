@@ -17,7 +17,7 @@ from rich.console import Console
 
 from .. import recipes
 from ..errors import UserError
-from ..onnx.metadata import model_path, read_metadata
+from ..interface import model_path, read_metadata
 from . import api as trt_api
 from .profiles import Profile, plan, recipe_ranges
 from .progress import build_progress

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from ..errors import user_errors
+
 
 def engine_options(fn):
     """--engine and --plugins, for commands that run a TensorRT engine through ``runner.trt_runner``."""
@@ -39,17 +41,12 @@ def engine_options(fn):
               help="engine file  [default: OUTDIR/model.engine; the sidecar is ENGINE.json]")
 @click.option("-v", "--verbose", is_flag=True, help="show TensorRT's log while building")
 @click.option("--json", "as_json", is_flag=True, help="print the sidecar as JSON")
-def build(**kwargs):
+@user_errors
+def build(export_dir, recipe, plugins, profile, batch, seq, timing_cache, workspace_mb, engine, verbose, as_json):
     """Build a TensorRT engine (and its JSON sidecar) from the export in OUTDIR.
 
     Uses TensorRT, or TensorRT-RTX where TensorRT is not installed (it builds without a GPU); set
     SSD_DEPLOY_TENSORRT=tensorrt|tensorrt_rtx to choose."""
-    from ..cli import user_errors  # imported here: ssd_deploy.cli imports this module
-
-    user_errors(_build)(**kwargs)
-
-
-def _build(export_dir, recipe, plugins, profile, batch, seq, timing_cache, workspace_mb, engine, verbose, as_json):
     from .build import BuildOptions, build as do_build, read_recipe
 
     opts = BuildOptions(profile=profile, batch=batch, seq=seq, recipe=read_recipe(recipe) if recipe else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from ..onnx.metadata import INPUT_IDS
+from ..interface import INPUT_IDS
 
 CHOICES = {"decode": ("decode",), "prefill": ("prefill",), "both": ("decode", "prefill")}
 # Defaults a recipe or flags normally replace. logits [batch, seq, vocab] dominate memory: 4 x 2048 x 50288 fp32

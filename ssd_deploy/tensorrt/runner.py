@@ -22,14 +22,15 @@ import torch
 from polygraphy.backend.base import BaseRunner
 
 from ..errors import UserError
-from ..onnx.metadata import INPUT_IDS
+from ..interface import DTYPES, INPUT_IDS
 from . import api as trt_api
 from . import sidecar as sc
 from .profiles import Profile, select_profile
 
 NEEDS = "needs TensorRT and a CUDA GPU"  # also the skip reason of the GPU tests
-TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
-                "BOOL": "bool", "INT8": "int8", "UINT8": "uint8"}
+# engine tensor types (TensorRT DataType names) → torch dtype names: the float vocabulary, and the integer types
+TORCH_DTYPES = {**{d.trt: d.torch_name for d in DTYPES.values()}, "INT32": "int32", "INT64": "int64", "BOOL": "bool",
+                "INT8": "int8", "UINT8": "uint8"}
 
 
 @dataclass(frozen=True)

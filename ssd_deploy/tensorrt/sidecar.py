@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
-from ..onnx.metadata import DATA_FILE, MODEL_FILE, ExportMetadata
+from ..interface import DATA_FILE, MODEL_FILE, ExportMetadata
 from . import api as trt_api
 from .profiles import Profile
 

@@ -1,6 +1,9 @@
-"""What an exported model says about itself (docs/graph-interface.md): everything a runtime needs without the checkpoint.
+"""The graph interface (docs/graph-interface.md), owned here and nowhere else: the names of the graph's inputs and outputs, the
+state specs and layouts, the dtype vocabulary (``fp32 | fp16 | bf16`` and what each is in torch, numpy, ONNX,
+TensorRT and the CUDA kernels' C ABI), the export's file names, and what an exported model says about itself.
 
-Stored as ONNX ``metadata_props`` under the ``ssd_deploy.`` prefix; values are strings (JSON where structured).
+The metadata is everything a runtime needs without the checkpoint, stored as ONNX ``metadata_props`` under the
+``ssd_deploy.`` prefix; values are strings (JSON where structured).
 """
 
 from __future__ import annotations
@@ -10,14 +13,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
-from ..config import Mamba2Config
-from ..errors import UserError
+from .config import Mamba2Config
+from .errors import UserError
 
 PREFIX = "ssd_deploy."
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+
+
+@dataclass(frozen=True)
+class DType:
+    """One entry of the dtype vocabulary: a name of the metadata and the options, and what it is elsewhere."""
+    name: str  # fp32 | fp16 | bf16
+    torch_name: str
+    numpy: type | None  # numpy has no bfloat16
+    onnx: int  # ONNX TensorProto element type (IO binding takes these)
+    trt: str  # TensorRT DataType member name
+    kernel_code: int  # the dtype argument of the CUDA kernels' C ABI (plugins/kernels/ssd_kernels.h)
+
+    @property
+    def torch(self):
+        import torch  # imported when asked: reading metadata needs no torch
+
+        return getattr(torch, self.torch_name)
+
+
+DTYPES = {d.name: d for d in (
+    DType("fp32", "float32", np.float32, onnx.TensorProto.FLOAT, "FLOAT", 0),
+    DType("fp16", "float16", np.float16, onnx.TensorProto.FLOAT16, "HALF", 1),
+    DType("bf16", "bfloat16", None, onnx.TensorProto.BFLOAT16, "BF16", 2),
+)}
+
+
+def dtype_of(torch_dtype) -> DType:
+    """The vocabulary's entry of a torch dtype (KeyError for dtypes outside the vocabulary)."""
+    return {d.torch_name: d for d in DTYPES.values()}[str(torch_dtype).removeprefix("torch.")]
+
 
 INPUT_IDS = "input_ids"
 LOGITS = "logits"
