@@ -1,6 +1,6 @@
-"""The graph interface (docs/graph-interface.md), owned here and nowhere else: the names of the graph's inputs and outputs, the
-state specs and layouts, the dtype vocabulary (``fp32 | fp16 | bf16`` and what each is in torch, numpy, ONNX,
-TensorRT and the CUDA kernels' C ABI), the export's file names, and what an exported model says about itself.
+"""The graph interface (docs/graph-interface.md), owned here and nowhere else: the names of the graph's inputs and
+outputs, the state specs and layouts, the dtype vocabulary (``fp32 | fp16 | bf16`` and what each is in torch, numpy,
+ONNX, TensorRT and the CUDA kernels' C ABI), the export's file names, and what an exported model says about itself.
 
 The metadata is everything a runtime needs without the checkpoint, stored as ONNX ``metadata_props`` under the
 ``ssd_deploy.`` prefix; values are strings (JSON where structured).
