@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import ssd_deploy
 from conftest import TINY
 from ssd_deploy.cli import main
 
@@ -79,3 +80,54 @@ def test_onnxruntime_app_refuses_a_non_export(tmp_path):
                               args=[str(tmp_path), "--input-ids", "1"])
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def run_route(args, monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["tensorrt_route.py", *map(str, args)])
+    runpy.run_path(str(SAMPLES / "tensorrt" / "tensorrt_route.py"), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def steps_not_run(out: str) -> list[str]:
+    """Titles of the steps the script reported as not run here."""
+    titles, skipped = None, []
+    for line in out.splitlines():
+        if line.startswith("== "):
+            titles = line[3:]
+        elif "not run here" in line:
+            skipped.append(titles.split(":")[0])
+    return skipped
+
+
+@pytest.mark.slow
+def test_tensorrt_route_rtx_builds_ahead_of_time(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the route would also run the engine (tested by the GPU tests)")
+    monkeypatch.setenv("SSD_DEPLOY_TENSORRT", "tensorrt_rtx")
+    out = run_route([tiny_ckpt, tmp_path], monkeypatch, capsys)
+    assert "PASS" in out
+    assert (tmp_path / "rtx" / "model.engine").is_file() and (tmp_path / "rtx" / "model.engine.json").is_file()
+    assert steps_not_run(out) == ["validate the engine", "generate"]
+
+
+@pytest.mark.slow
+def test_tensorrt_route_plugins_jetson_recipe_up_to_what_a_cpu_runs(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("tensorrt") or torch.cuda.is_available():
+        pytest.skip("TensorRT or a GPU is present: the route would go further (tested by the GPU tests)")
+    monkeypatch.delenv("SSD_DEPLOY_TENSORRT", raising=False)
+    out = run_route([tiny_ckpt, tmp_path, "--route", "plugins", "--recipe", "trt-jetson-orin-fp16",
+                     "--plugins", tmp_path / "absent.so"], monkeypatch, capsys)
+    meta = ssd_deploy.inspect(tmp_path / "plugins")["metadata"]
+    assert (meta["flavor"], meta["dtype"]) == ("trt", "fp16") and "PASS" in out
+    assert steps_not_run(out) == ["build the plugin library", "build the TensorRT engine", "validate the engine",
+                                  "generate"]
+    assert not (tmp_path / "plugins" / "model.engine").exists()
