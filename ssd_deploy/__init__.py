@@ -68,7 +68,7 @@ def validate(export_dir: str | Path, ckpt: str | Path, *, backend: str = "ort", 
     """
     import contextlib
 
-    from .onnx.export import validation_model
+    from .runtime.validation_copy import validation_model
     from .validate import validate as validate_export
 
     if backend not in ("ort", "trt"):
@@ -158,7 +158,7 @@ def load_config(path: str | Path) -> Mamba2Config:
         from .config import load_config as load_checkpoint_config
 
         return load_checkpoint_config(path)[0]
-    from .onnx.metadata import read_metadata
+    from .interface import read_metadata
 
     return read_metadata(path).config
 
