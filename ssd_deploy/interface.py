@@ -55,6 +55,7 @@ def dtype_of(torch_dtype) -> DType:
 
 INPUT_IDS = "input_ids"
 LOGITS = "logits"
+CU_SEQLENS = "cu_seqlens"  # packed graphs (graph = "packed"): [n+1] int64 offsets of n sequences in input_ids [1, T]
 
 # docs/graph-interface.md layouts; a flavor whose ops want another layout says so here and every runner honours it
 LAYOUT_CONV = "b,d,k-1"
@@ -87,7 +88,7 @@ class ExportMetadata:
     exporter: str
     checkpoint_sha256: str
     logits: str = "all"  # "all" positions or "last" position only
-    graph: str = "unified"  # "unified" (prefill and decode) | "prefill" | "decode"
+    graph: str = "unified"  # "unified" (prefill and decode) | "prefill" | "decode" | "packed" (cu_seqlens input)
     state_dtype: str = "fp32"
     ssm_layout: str = LAYOUT_SSM
     prefill: str | None = None  # ort flavor: the scan of calls longer than one token, "contrib" | "chunked"

@@ -23,7 +23,8 @@ from ..atomic import atomic_dir
 from ..checkpoint import checkpoint_hash, load_model
 from .. import recipes
 from ..errors import UserError
-from ..interface import DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata, state_names
+from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata,
+                         state_names)
 from ..model import Mamba2LM
 from . import ort, portable, trt
 from .tracing import batch_dim, seq_dim, to_onnx
@@ -44,7 +45,7 @@ class ExportOptions:
     opset: int = portable.OPSET
     external_data: str = "auto"
     logits: str = "all"  # "all" | "last"
-    graph: str = "unified"  # "unified" | "decode" (a single-token graph using ssd_step)
+    graph: str = "unified"  # "unified" | "decode" (a single-token graph using ssd_step) | "packed" (cu_seqlens)
     prefill: str = "contrib"  # ort flavor: calls of more than one token run "contrib" (LinearAttention) | "chunked"
 
     def check(self):
@@ -58,8 +59,8 @@ class ExportOptions:
             raise UserError(f"--external-data must be one of {', '.join(EXTERNAL_DATA)}")
         if self.logits not in ("all", "last"):
             raise UserError("logits must be 'all' or 'last'")
-        if self.graph not in ("unified", "decode"):
-            raise UserError("graph must be 'unified' or 'decode'")
+        if self.graph not in GRAPHS:
+            raise UserError(f"graph must be one of {', '.join(GRAPHS)}")
         if self.prefill not in ort.PREFILLS:
             raise UserError(f"unknown prefill {self.prefill!r}; choose one of {', '.join(ort.PREFILLS)}")
         if self.prefill != "contrib" and self.flavor != "ort":
@@ -71,6 +72,9 @@ class ExportOptions:
         return {"prefill": self.prefill} if self.flavor == "ort" else {}
 
 
+GRAPHS = ("unified", "decode", "packed")
+
+
 class GraphInterface(nn.Module):
     """The model with the flat ONNX interface of docs/graph-interface.md: input_ids, then (conv_state.i, ssm_state.i) per layer."""
 
@@ -80,10 +84,18 @@ class GraphInterface(nn.Module):
         self.decode = opts.graph == "decode"
         self.last = opts.logits == "last"
 
-    def forward(self, input_ids, *states):
+    def forward(self, input_ids, *states, cu_seqlens=None):
         logits, conv, ssm = self.model(input_ids, list(states[0::2]), list(states[1::2]), decode=self.decode,
-                                       last_token_only=self.last)
+                                       last_token_only=self.last, cu_seqlens=cu_seqlens)
         return (logits, *[t for pair in zip(conv, ssm) for t in pair])
+
+
+class PackedGraphInterface(GraphInterface):
+    """The packed interface (docs/graph-interface.md): input_ids [1, T], cu_seqlens [n+1], then the states of the
+    n sequences."""
+
+    def forward(self, input_ids, cu_seqlens, *states):
+        return super().forward(input_ids, *states, cu_seqlens=cu_seqlens)
 
 
 def trace(model: Mamba2LM, opts: ExportOptions) -> onnx_ir.Model:
@@ -94,6 +106,13 @@ def trace(model: Mamba2LM, opts: ExportOptions) -> onnx_ir.Model:
     conv, ssm = model.init_states(2)
     states = [t for pair in zip(conv, ssm) for t in pair]
     names = state_names(cfg.n_layer)
+    if opts.graph == "packed":  # two sequences of 2 and 3 tokens; T and n dynamic
+        cu = torch.tensor([0, 2, 5])
+        return to_onnx(PackedGraphInterface(model, opts), (ids[:1], cu, *states),
+                       [INPUT_IDS, CU_SEQLENS] + [i for i, _ in names], [LOGITS] + [o for _, o in names],
+                       {"input_ids": {1: seq}, "cu_seqlens": {0: batch + 1},
+                        "states": tuple({0: batch} for _ in states)},
+                       FLAVORS[opts.flavor], cfg, opts.opset, opts.flavor_options())
     return to_onnx(GraphInterface(model, opts), (ids, *states), [INPUT_IDS] + [i for i, _ in names],
                    [LOGITS] + [o for _, o in names],
                    {"input_ids": {0: batch, 1: seq}, "states": tuple({0: batch} for _ in states)},
@@ -143,7 +162,7 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
         config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opts.opset,
         exporter=f"ssd-deploy {__version__}; torch {torch.__version__}; onnx {onnx.__version__}",
         checkpoint_sha256=checkpoint_hash(ckpt_dir), logits=opts.logits,
-        graph="decode" if opts.graph == "decode" else "unified", prefill=opts.flavor_options().get("prefill"),
+        graph=opts.graph, prefill=opts.flavor_options().get("prefill"),
         recipe=recipe or {}, ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM))
     graph.metadata_props.update(meta.to_props())
     return save_atomically(graph, out_dir, _use_external(graph, opts.external_data), check_model)

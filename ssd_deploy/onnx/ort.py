@@ -36,7 +36,8 @@ import onnx_ir
 from onnxscript import opset18 as op
 
 from .custom import custom_op
-from .portable import OPSET, Dims, d_skip, f32, gated_rmsnorm, if_one_token, ints, process_dt, ssd_chunked
+from .portable import (OPSET, Dims, d_skip, f32, gated_rmsnorm, if_one_token, ints, packed_lowerings, process_dt,
+                       ssd_chunked)
 
 __all__ = ["OPSET", "PREFILLS", "SSM_LAYOUT", "finalize", "lowerings"]
 
@@ -61,11 +62,15 @@ def _per_head(t, dims: Dims):
 
 
 def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus: bool, dt_min: float, dt_max: float,
-             dims: Dims):
-    """The states in and out are [b, h, n, p] (SSM_LAYOUT)."""
+             dims: Dims, valid=None):
+    """The states in and out are [b, h, n, p] (SSM_LAYOUT). ``valid`` [b, l] (packed sequences in their
+    per-sequence layout): slots where it is false get dt' = 0, hence decay exp(0) = 1 and value 0, so the state
+    passes them unchanged."""
     h, p = dims.h, dims.p
     xf = f32(x)
     dtp = process_dt(dt, dt_bias, dt_softplus, dt_min, dt_max)  # [b,l,h]
+    if valid is not None:
+        dtp = op.Where(op.Unsqueeze(valid, ints(-1)), dtp, op.Constant(value_float=0.0))
     value = op.Reshape(op.Mul(xf, op.Unsqueeze(dtp, ints(-1))), ints(0, 0, h * p))
     y, state = LinearAttention(_per_head(C, dims), _per_head(B, dims), value, initial_state,
                                op.Mul(dtp, A), None, update_rule="gated", q_num_heads=h, kv_num_heads=h,
@@ -75,7 +80,7 @@ def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus: bool, dt_mi
 
 
 def ssd_scan_chunked_prefill(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size: int, dt_softplus: bool,
-                             dt_min: float, dt_max: float, dims: Dims):
+                             dt_min: float, dt_max: float, dims: Dims, valid=None):
     """If(l == 1): ``ssd_scan`` (LinearAttention) on the one token, else the portable chunked scan.
 
     ONNX Runtime's CUDA LinearAttention is a token-by-token recurrence: on an H200 (130m fp16, benchmarks/RESULTS.md
@@ -89,12 +94,12 @@ def ssd_scan_chunked_prefill(x, dt, A, B, C, D, dt_bias, initial_state, chunk_si
     to_other_layout = [0, 1, 3, 2]  # [b, h, n, p] <-> [b, h, p, n]
 
     def one_token():
-        y, state = ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, dims)
+        y, state = ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, dims, valid)
         return op.Reshape(y, y_shape), state
 
     def chunks():
         y, state = ssd_chunked(x, dt, A, B, C, D, dt_bias, op.Transpose(initial_state, perm=to_other_layout),
-                               chunk_size, dt_softplus, dt_min, dt_max, dims)
+                               chunk_size, dt_softplus, dt_min, dt_max, dims, valid)
         return op.Reshape(y, y_shape), op.Transpose(state, perm=to_other_layout)
 
     return if_one_token(x, one_token, chunks)
@@ -143,13 +148,17 @@ def lowerings(dims: Dims, prefill: str = "contrib") -> dict:
     """The translation of each ssd_deploy op (names as in ssd/ops.py), static sizes bound; ``prefill`` (PREFILLS)
     chooses what the scan runs for calls of more than one token."""
 
-    def scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus, dt_min, dt_max):
+    def scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus, dt_min, dt_max, dims=dims,
+             valid=None):
         if prefill == "chunked":
             return ssd_scan_chunked_prefill(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus,
-                                            dt_min, dt_max, dims)
-        return ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, dims)
+                                            dt_min, dt_max, dims, valid)
+        return ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, dims, valid)
 
     def step(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_min, dt_max):
         return ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_min, dt_max, dims)
 
-    return {"ssd_scan": scan, "ssd_step": step, "causal_conv1d": causal_conv1d, "gated_rmsnorm": gated_rmsnorm}
+    # packed: the same scan on the per-sequence layout (LinearAttention has no packed form); the packed conv stays
+    # standard ops (VarlenCausalConvWithState has CUDA and WebGPU kernels only, none on the CPU provider)
+    return {"ssd_scan": scan, "ssd_step": step, "causal_conv1d": causal_conv1d, "gated_rmsnorm": gated_rmsnorm,
+            **packed_lowerings(dims, scan)}

@@ -115,7 +115,9 @@ def _seq_tail(t, start, axis: int):
 
 
 def ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size: int, dt_softplus: bool, dt_min: float,
-                dt_max: float, dims: Dims):
+                dt_max: float, dims: Dims, valid=None):
+    """``valid`` [b, l] bool (packed sequences in their per-sequence layout): slots where it is false get dt' = 0,
+    so they neither decay nor feed the state."""
     g, r, p, n = dims.g, dims.r, dims.p, dims.n
     xf = f32(x)
     seq = op.Shape(x, start=1, end=2)  # [l]
@@ -127,6 +129,8 @@ def ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size: int, dt_s
         return op.Pad(t, op.Concat(ints(*([0] * (rank + 1))), pad, ints(*([0] * (rank - 2))), axis=0))
 
     dtp = process_dt(dt, dt_bias, dt_softplus, dt_min, dt_max)  # [b,l,h]
+    if valid is not None:
+        dtp = op.Where(op.Unsqueeze(valid, ints(-1)), dtp, scalar(0.0))
     xdt = pad_seq(op.Mul(xf, op.Unsqueeze(dtp, ints(-1))), 4)
     dtp = pad_seq(dtp, 3)
     Bp, Cp = pad_seq(f32(B), 4), pad_seq(f32(C), 4)
@@ -199,7 +203,7 @@ def ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus: bool, dt_min: float
 
 
 def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size: int, dt_softplus: bool, dt_min: float,
-             dt_max: float, dims: Dims):
+             dt_max: float, dims: Dims, valid=None):
     """If(l == 1): ``ssd_step`` on the one token, else ``ssd_chunked``.
 
     At l = 1 the chunked algorithm costs no FLOPs but several copies of the whole state per layer (concatenated with
@@ -209,7 +213,8 @@ def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size: int, dt_soft
     TensorRT builds both branches for every shape of a profile, so the step branch must be valid at any l: it takes
     the last token (the only one when it runs) and expands y back to x's shape rather than reshaping. Both branches
     give y the shape of x, computed outside the If: with branch-local shapes TensorRT-RTX 1.7's builder fails on the
-    If's output (an internal Myelin error, "producer does not dominate the use").
+    If's output (an internal Myelin error, "producer does not dominate the use"). ``valid``: see ``ssd_chunked``
+    (one token per sequence has no padding).
     """
     h, p, g, n = dims.h, dims.p, dims.g, dims.n
     y_shape = op.Shape(x)
@@ -224,7 +229,7 @@ def ssd_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size: int, dt_soft
 
     def chunks():
         y, state = ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size, dt_softplus, dt_min, dt_max,
-                               dims)
+                               dims, valid)
         return op.Reshape(y, y_shape), state
 
     return if_one_token(x, one_token, chunks)
@@ -253,6 +258,95 @@ def if_one_token(x, one_token, chunks):
     return node.outputs
 
 
+# ---- packed sequences (docs/op-contracts.md, "Packed sequences") ----------------------------------------------
+
+INT64 = 7  # onnx.TensorProto.INT64
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """The per-sequence layout [n, Lmax] of a packed token axis, as in ``reference._padded_index``: ``gather``
+    [n, Lmax] (the packed position of each slot, 0 past a sequence's end), ``valid`` [n, Lmax], ``scatter`` [T] (the
+    flat slot of every token), ``starts``/``lens`` [n]."""
+    starts: object
+    lens: object
+    valid: object
+    gather: object
+    scatter: object
+
+    @classmethod
+    def of(cls, cu_seqlens, x) -> "PackedLayout":
+        starts = op.Slice(cu_seqlens, ints(0), ints(-1), ints(0))
+        ends = op.Slice(cu_seqlens, ints(1), ints(2**62), ints(0))
+        lens = op.Sub(ends, starts)
+        lmax = op.ReduceMax(lens, keepdims=1)  # [1]
+        zero, one = op.Constant(value_int=0), op.Constant(value_int=1)
+        j = op.Unsqueeze(op.Range(zero, op.Squeeze(lmax), one), ints(0))  # [1, Lmax]
+        valid = op.Less(j, op.Unsqueeze(lens, ints(1)))
+        gather = op.Where(valid, op.Add(op.Unsqueeze(starts, ints(1)), j), op.Constant(value_int=0))
+        t = op.Range(zero, op.Squeeze(op.Shape(x, start=1, end=2)), one)  # [T]
+        # the sequence of every token (seq_idx): how many sequences end at or before it
+        seq = op.ReduceSum(op.Cast(op.GreaterOrEqual(op.Unsqueeze(t, ints(1)), op.Unsqueeze(ends, ints(0))),
+                                   to=INT64), ints(1), keepdims=0)
+        scatter = op.Add(op.Mul(seq, lmax), op.Sub(t, op.Gather(starts, seq)))
+        return cls(starts, lens, valid, gather, scatter)
+
+    def per_seq(self, t):
+        """[1, T, ...] → [n, Lmax, ...]."""
+        return op.Gather(op.Squeeze(t, ints(0)), self.gather, axis=0)
+
+    def packed(self, t, *rest: int):
+        """[n, Lmax, *rest] → [1, T, *rest]."""
+        return op.Unsqueeze(op.Gather(op.Reshape(t, ints(-1, *rest)), self.scatter, axis=0), ints(0))
+
+
+def ssd_scan_packed(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, chunk_size: int, dt_softplus: bool,
+                    dt_min: float, dt_max: float, dims: Dims, scan=None):
+    """The packed scan as the listing computes it: tokens gathered into the per-sequence layout, the flavor's
+    unpacked ``scan`` (this module's ``ssd_scan`` by default: one token per sequence takes the step) with the slots
+    past each sequence's end masked to dt' = 0, y gathered back."""
+    pk = PackedLayout.of(cu_seqlens, x)
+    y, final = (scan or ssd_scan)(pk.per_seq(x), pk.per_seq(dt), A, pk.per_seq(B), pk.per_seq(C), D, dt_bias,
+                                  initial_states, chunk_size, dt_softplus, dt_min, dt_max, dims, valid=pk.valid)
+    return pk.packed(y, dims.h, dims.p), final
+
+
+def causal_conv1d_packed(x, weight, bias, conv_states, cu_seqlens, silu_act: bool, dims: Dims):
+    """One window [state, tokens] per sequence gathered from the rows of [x; the states], the unpacked Conv over
+    them, y gathered back; each new state is gathered from its window's columns len .. len+k-2."""
+    pk = PackedLayout.of(cu_seqlens, x)
+    k1, d = dims.k - 1, dims.conv_dim
+    taps = op.Constant(value_ints=list(range(k1)))
+    seqs = op.Range(op.Constant(value_int=0), op.Squeeze(op.Shape(conv_states, start=0, end=1)),
+                    op.Constant(value_int=1))
+    carry = op.Add(op.Add(op.Shape(x, start=1, end=2), op.Unsqueeze(op.Mul(seqs, ints(k1)), ints(1))), taps)
+    index = op.Concat(carry, pk.gather, axis=1)  # [n, k-1+Lmax]
+    rows = op.Concat(op.Squeeze(f32(x), ints(0)), op.Reshape(op.Transpose(conv_states, perm=[0, 2, 1]), ints(-1, d)),
+                     axis=0)
+    window = op.Transpose(op.Gather(rows, index, axis=0), perm=[0, 2, 1])  # [n, d, k-1+Lmax]
+    w = op.Unsqueeze(weight, ints(1))
+    y = op.Conv(window, w, bias, group=d) if bias is not None else op.Conv(window, w, group=d)
+    if silu_act:
+        y = silu(y)
+    y = pk.packed(op.Transpose(y, perm=[0, 2, 1]), d)
+    tail = op.GatherElements(index, op.Add(op.Unsqueeze(pk.lens, ints(1)), taps), axis=1)  # [n, k-1]
+    new_states = op.Transpose(op.Gather(rows, tail, axis=0), perm=[0, 2, 1])
+    return op.CastLike(y, x), new_states
+
+
+def packed_lowerings(dims: Dims, scan=None) -> dict:
+    """The packed ops' translations, ``scan`` being the flavor's unpacked scan (see ``ssd_scan_packed``)."""
+
+    def scan_packed(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, chunk_size, dt_softplus, dt_min, dt_max):
+        return ssd_scan_packed(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, chunk_size, dt_softplus,
+                               dt_min, dt_max, dims, scan)
+
+    def conv_packed(x, weight, bias, conv_states, cu_seqlens, silu):
+        return causal_conv1d_packed(x, weight, bias, conv_states, cu_seqlens, silu, dims)
+
+    return {"ssd_scan_packed": scan_packed, "causal_conv1d_packed": conv_packed}
+
+
 def lowerings(dims: Dims) -> dict:
     """The translation of each ssd_deploy op (names as in ssd/ops.py), static sizes bound."""
 
@@ -265,4 +359,5 @@ def lowerings(dims: Dims) -> dict:
     def conv(x, weight, bias, conv_state, silu):
         return causal_conv1d(x, weight, bias, conv_state, silu, dims)
 
-    return {"ssd_scan": scan, "ssd_step": step, "causal_conv1d": conv, "gated_rmsnorm": gated_rmsnorm}
+    return {"ssd_scan": scan, "ssd_step": step, "causal_conv1d": conv, "gated_rmsnorm": gated_rmsnorm,
+            **packed_lowerings(dims)}

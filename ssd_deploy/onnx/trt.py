@@ -83,7 +83,10 @@ def lowerings(dims: Dims) -> dict:
     def norm(y, z, weight, eps, group_size):
         return _OPS["GatedRmsNorm"](y, z, weight, eps=float(eps), group_size=group_size)
 
-    return {"ssd_scan": scan, "ssd_step": step, "causal_conv1d": conv, "gated_rmsnorm": norm}
+    # The plugins take no cu_seqlens (yet): packed graphs run the packed scan and conv as standard ops, which
+    # TensorRT builds natively (docs/flavors.md)
+    return {"ssd_scan": scan, "ssd_step": step, "causal_conv1d": conv, "gated_rmsnorm": norm,
+            **portable.packed_lowerings(dims)}
 
 
 # ---- validation copy -------------------------------------------------------------------------------------------
