@@ -44,11 +44,12 @@ SAMPLING = [[], ["--temperature", "0.9", "--top-k", "20", "--top-p", "0.9", "--s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flavor, options", [("portable", {}), ("ort", {}), ("portable", {"graph": "decode"})],
-                         ids=["portable", "ort", "decode-graph"])
+@pytest.mark.parametrize("flavor, options", [("portable", {}), ("ort", {}), ("portable", {"graph": "decode"}),
+                                             ("portable", {"graph": "packed"})],
+                         ids=["portable", "ort", "decode-graph", "packed-graph"])
 def test_onnxruntime_app_equals_run(make_export, flavor, options):
-    """A decode-only graph (the app feeds the prompt token by token) against `run` on the unified graph of the same
-    checkpoint."""
+    """Decode-only and packed graphs (the app feeds the prompt token by token, or with its offsets) against `run` on
+    the unified graph of the same checkpoint."""
     _, export_dir = make_export(UNTIED, flavor, **options)
     _, run_dir = make_export(UNTIED, flavor)
     prompt = "5,6,7,8,9,10,11,40,41,42"

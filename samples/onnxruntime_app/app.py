@@ -41,6 +41,8 @@ class Model:
         self.vocab_size = json.loads(meta["config"])["vocab_size"]  # logits columns past it are padding
         self.one_token_per_call = meta["graph"] == "decode"
         self.outputs = [o.name for o in self.session.get_outputs()]
+        # a packed graph (graph = "packed") takes sequences end to end with their offsets; one sequence here
+        self.packed = "cu_seqlens" in {i.name for i in self.session.get_inputs()}
 
     def zero_states(self, batch: int) -> dict[str, np.ndarray]:
         return {s["name"]: np.zeros([batch if d == "batch" else d for d in s["shape"]], NUMPY[s["dtype"]])
@@ -48,7 +50,10 @@ class Model:
 
     def forward(self, ids: np.ndarray, states: dict[str, np.ndarray]):
         """ids [batch, seq] → (logits of the last position [batch, vocab_size] float32, the states to feed next)."""
-        out = dict(zip(self.outputs, self.session.run(None, {"input_ids": ids.astype(np.int64), **states})))
+        feed = {"input_ids": ids.astype(np.int64), **states}
+        if self.packed:
+            feed["cu_seqlens"] = np.array([0, ids.shape[1]], np.int64)
+        out = dict(zip(self.outputs, self.session.run(None, feed)))
         logits = out["logits"][:, -1, :self.vocab_size]  # [b, 1, V] ("last") or [b, seq, V] ("all")
         return logits.astype(np.float32), {s["name"]: out[s["output"]] for s in self.states}
 
