@@ -81,9 +81,9 @@ def export(ckpt, out_dir, recipe, **flags):
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="ONNX Runtime's execution provider")
 @engine_options
-@click.option("--steps", type=int, default=4, show_default=True, help="decode steps after the prefill")
-@click.option("--batch", type=int, default=2, show_default=True)
-@click.option("--prompt-len", type=int, default=None, help="default: 1.5 chunks + 3 tokens")
+@click.option("--steps", type=click.IntRange(min=0), default=4, show_default=True, help="decode steps after the prefill")
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--prompt-len", type=click.IntRange(min=1), default=None, help="default: 1.5 chunks + 3 tokens")
 @click.option("--seed", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @user_errors
@@ -118,13 +118,13 @@ def inspect(export_dir, as_json):
     click.echo(json.dumps(info, indent=2) if as_json else format_description(info))
 
 
-def _ints(text: str, what: str) -> list[int]:
+def _ints(text: str, what: str, least: int = 1) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"{what}: expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{what}: expected positive integers, got {text!r}")
+    if not values or min(values) < least:
+        raise UserError(f"{what}: expected integers >= {least}, got {text!r}")
     return values
 
 
@@ -139,9 +139,9 @@ def _ints(text: str, what: str) -> list[int]:
 @click.option("--batch-file", type=click.Path(path_type=Path), default=None,
               help="one prompt per line (text, or comma-separated ids without a tokenizer)")
 @click.option("--tokenizer", type=click.Path(path_type=Path), default=None, help="tokenizer.json or its directory")
-@click.option("--max-new-tokens", type=int, default=32, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy")
-@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=None)
 @click.option("--eos-id", type=int, default=None, help="default: the tokenizer's end-of-text token, if any")
@@ -159,16 +159,25 @@ def run(model, backend, provider, engine, plugins, prompt, input_ids, batch_file
     if batch_file is not None:
         if not Path(batch_file).is_file():
             raise UserError(f"{batch_file}: no such file")
-        lines = [ln for ln in Path(batch_file).read_text().splitlines() if ln.strip()]
+        try:
+            lines = [ln for ln in Path(batch_file).read_text().splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{batch_file}: cannot be read ({e})") from None
+        if not lines:
+            raise UserError(f"{batch_file}: no prompts in it (every line is blank)")
     else:
         lines = [prompt if prompt is not None else input_ids]
     if prompt is not None and tok is None:
         raise UserError(f"--prompt needs a tokenizer: no tokenizer.json in {model}; pass --tokenizer or --input-ids")
     as_text = tok is not None and input_ids is None
-    prompts = [tok.encode(ln).ids if as_text else _ints(ln, "prompt ids") for ln in lines]
+    prompts = [tok.encode(ln).ids if as_text else _ints(ln, "prompt ids", least=0) for ln in lines]
     opts = SamplingOptions(max_new_tokens, temperature, top_k, top_p, seed,
                            eos_id if eos_id is not None else default_eos(tok))
+    opts.check()
     backend_obj = open_backend(model, backend, provider, plugins, engine)
+    if backend_obj.one_token_per_call and any(len(p) > 1 for p in prompts):
+        click.echo("note: this export is a decode-only graph (--graph decode): the prompt is prefilled one token "
+                   "per call", err=True)
     stream = len(prompts) == 1 and not as_json
 
     def on_tokens(tokens, alive):
@@ -198,8 +207,9 @@ def run(model, backend, provider, engine, plugins, prompt, input_ids, batch_file
               help="of the PyTorch model and of the exports made here")
 @click.option("--batch", "batches", default="1", show_default=True, help="comma-separated batch sizes")
 @click.option("--length", "lengths", default="128,512", show_default=True, help="comma-separated prompt lengths")
-@click.option("--steps", type=int, default=8, show_default=True, help="decode steps timed per point")
-@click.option("--repeats", type=int, default=3, show_default=True, help="prefills timed per point (median)")
+@click.option("--steps", type=click.IntRange(min=1), default=8, show_default=True, help="decode steps timed per point")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="prefills timed per point (median)")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of tokens/s against length")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors

@@ -237,7 +237,14 @@ class _Fields:
         return float(lo), float(hi)
 
 
+def _require(d: dict, keys: list[str], fmt: str):
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise UserError(f"config: {fmt} config.json lacks {', '.join(missing)}")
+
+
 def _from_mamba_ssm(d: dict) -> Mamba2Config:
+    _require(d, ["d_model", "n_layer", "vocab_size"], "mamba_ssm")
     top = _Fields(d)
     ssm_cfg = d.get("ssm_cfg", {})
     if ssm_cfg is None:
@@ -272,6 +279,7 @@ def _from_mamba_ssm(d: dict) -> Mamba2Config:
 
 
 def _from_hf(d: dict) -> Mamba2Config:
+    _require(d, ["hidden_size", "num_hidden_layers", "vocab_size"], "Hugging Face")
     f = _Fields(d)
     hidden, expand = f.int("hidden_size"), f.int("expand", 2)
     headdim = f.int("head_dim", 64)

@@ -3,6 +3,7 @@ carried states; greedy or sampled (temperature, top-k, top-p); stops on EOS or t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,8 +29,10 @@ class SamplingOptions:
     def check(self):
         if self.max_new_tokens < 1:
             raise UserError("--max-new-tokens must be at least 1")
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise UserError("need temperature >= 0, top-k >= 0 and 0 < top-p <= 1")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0) or self.top_k < 0 \
+                or not 0 < self.top_p <= 1:
+            raise UserError(f"need a finite temperature >= 0, top-k >= 0 and 0 < top-p <= 1 (got temperature "
+                            f"{self.temperature}, top-k {self.top_k}, top-p {self.top_p})")
 
 
 def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator) -> np.ndarray:
@@ -53,14 +56,35 @@ def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator) 
     return np.array([rng.choice(p.shape[-1], p=row) for row in p])
 
 
+def check_prompts(prompts: list[list[int]], vocab_size: int):
+    """Every prompt non-empty and every id a token of the vocabulary, before any backend sees them (a backend would
+    read past its embedding, or fail deep inside)."""
+    if not prompts:
+        raise UserError("no prompts")
+    for i, p in enumerate(prompts):
+        where = f"prompt {i + 1}" if len(prompts) > 1 else "prompt"
+        if len(p) == 0:
+            raise UserError(f"{where} is empty")
+        bad = next((t for t in p if not isinstance(t, (int, np.integer)) or not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise UserError(f"{where}: token id {bad} is outside the model's vocabulary (0..{vocab_size - 1})")
+
+
+def _forward_prompt(backend: Backend, ids: np.ndarray, states):
+    """One call, or one call per token where the graph takes one token per call (a --graph decode export)."""
+    if not backend.one_token_per_call:
+        return backend.forward(ids, states)
+    for i in range(ids.shape[1]):
+        logits, states = backend.forward(ids[:, i:i + 1], states)
+    return logits, states
+
+
 def prefill(backend: Backend, prompts: list[list[int]]):
     """One call for equal-length prompts; otherwise one call each and the states stacked (no padding: Mamba has no
-    attention mask, and a pad token would enter the state)."""
-    if any(len(p) == 0 for p in prompts):
-        raise UserError("empty prompt")
+    attention mask, and a pad token would enter the state). The prompts are checked (``check_prompts``)."""
     if len({len(p) for p in prompts}) == 1:
-        return backend.forward(np.array(prompts), backend.zero_states(len(prompts)))
-    parts = [backend.forward(np.array([p]), backend.zero_states(1)) for p in prompts]
+        return _forward_prompt(backend, np.array(prompts, np.int64), backend.zero_states(len(prompts)))
+    parts = [_forward_prompt(backend, np.array([p], np.int64), backend.zero_states(1)) for p in prompts]
     return np.concatenate([logits for logits, _ in parts]), backend.concat_states([s for _, s in parts])
 
 
@@ -80,6 +104,7 @@ def generate(backend: Backend, prompts: list[list[int]], opts: SamplingOptions,
              on_tokens: Callable[[np.ndarray, np.ndarray], None] | None = None) -> list[list[int]]:
     """Returns the new tokens of each prompt. ``on_tokens(tokens [b], alive [b])`` streams each step's tokens."""
     opts.check()
+    check_prompts(prompts, backend.config.vocab_size)
     check_limits(backend.recipe, prompts)
     vocab = backend.config.vocab_size  # rows past it are padding: never sampled
     rng = np.random.default_rng(opts.seed)
@@ -87,6 +112,10 @@ def generate(backend: Backend, prompts: list[list[int]], opts: SamplingOptions,
     out: list[list[int]] = [[] for _ in prompts]
     alive = np.ones(len(prompts), dtype=bool)
     for step in range(opts.max_new_tokens):
+        if np.isnan(logits[:, :vocab]).any():
+            raise UserError(f"the model produced NaN logits ({'after the prefill' if step == 0 else f'at step {step}'}"
+                            f"): its weights or the export are broken (`ssd-deploy validate` compares it with the "
+                            f"checkpoint)")
         tokens = sample(logits[:, :vocab], opts, rng)
         for i in np.flatnonzero(alive):
             out[i].append(int(tokens[i]))

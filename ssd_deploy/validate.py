@@ -112,8 +112,8 @@ def validate(export_dir: Path, ckpt_dir: Path, backend_runner, steps: int = 4, b
     reference = load_model(ckpt_dir)
     if reference.cfg.to_dict() != meta.config.to_dict():
         raise UserError(f"{ckpt_dir}: its config differs from the one {export_dir} was exported from")
-    if steps < 0 or batch < 1:
-        raise UserError("steps must be >= 0 and batch >= 1")
+    if steps < 0 or batch < 1 or (prompt_len is not None and prompt_len < 1):
+        raise UserError("steps must be >= 0, batch >= 1 and the prompt length >= 1")
     cfg = meta.config
     if meta.graph == "decode":
         prompt_len = 1

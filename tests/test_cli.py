@@ -51,6 +51,10 @@ def test_demo(cli):
     (["validate", "{tmp}", "--against", "{tmp}"], "no exported model"),
     (["inspect", "{tmp}"], "no exported model"),
     (["export", "/nonexistent/ckpt", "-o", "{tmp}/o", "--prefill", "chunked"], "option of the ort flavor"),
+    (["bench", "{tmp}", "--steps", "0"], "'--steps': 0 is not in the range x>=1"),
+    (["bench", "{tmp}", "--repeats", "0"], "'--repeats': 0 is not in the range x>=1"),
+    (["validate", "{tmp}", "--against", "{tmp}", "--prompt-len", "-5"], "'--prompt-len': -5 is not in the range"),
+    (["run", "{tmp}", "--input-ids", "1", "--max-new-tokens", "0"], "'--max-new-tokens': 0 is not in the range"),
 ])
 def test_bad_input_is_one_message(cli, tmp_path, args, message):
     r = cli(*[a.format(tmp=tmp_path) for a in args])

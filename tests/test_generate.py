@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from conftest import TINY, rel_err
 from ssd_deploy.cli import main
+from ssd_deploy.config import load_config
 from ssd_deploy.errors import UserError
 from ssd_deploy.generate import SamplingOptions, generate, sample
 from ssd_deploy.onnx.export import ExportOptions, export
@@ -157,6 +158,66 @@ def test_run_bad_input(untied, args, message):
     _, exports = untied
     r = CliRunner().invoke(main, ["run", str(exports["portable"]), *args])
     assert r.exit_code == 2 and message in r.output
+
+
+@pytest.mark.parametrize("backend", ["ort", "torch"])
+def test_token_ids_are_checked_against_the_vocabulary(untied, tmp_path, backend):
+    """0 is a token; ids past the vocabulary (or past int64) are refused before any backend runs, for --input-ids and
+    batch files alike."""
+    ckpt, exports = untied
+    model = str(ckpt if backend == "torch" else exports["ort"])
+    run = ["run", model, "--backend", backend, "--max-new-tokens", "2"]
+    r = CliRunner().invoke(main, [*run, "--input-ids", "0"])
+    assert r.exit_code == 0, r.output
+    vocab = load_config(ckpt)[0].vocab_size  # the HF format stores the padded size
+    for ids in (str(vocab), "3," + str(2 ** 70), "-1"):
+        r = CliRunner().invoke(main, [*run, "--input-ids", ids])
+        assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+        assert ("outside the model's vocabulary" in r.output or ">= 0" in r.output)
+    (tmp_path / "b.txt").write_text(f"1,2\n\n5,{vocab}\n")
+    r = CliRunner().invoke(main, [*run, "--batch-file", str(tmp_path / "b.txt")])
+    assert r.exit_code == 2 and f"prompt 2: token id {vocab} is outside the model's vocabulary" in r.output
+
+
+def test_blank_batch_file_and_non_finite_sampling_options(untied, tmp_path):
+    _, exports = untied
+    (tmp_path / "blank.txt").write_text("\n   \n\n")
+    run = ["run", str(exports["portable"])]
+    r = CliRunner().invoke(main, [*run, "--batch-file", str(tmp_path / "blank.txt")])
+    assert r.exit_code == 2 and "no prompts" in r.output
+    for t in ("nan", "inf", "-1"):
+        r = CliRunner().invoke(main, [*run, "--input-ids", "1", "--temperature", t])
+        assert r.exit_code == 2 and "finite temperature" in r.output, r.output
+
+
+class NaNBackend:
+    """A backend whose model produced NaN (broken weights): generation must name it, never sample from it."""
+    one_token_per_call, recipe = False, {}
+    config = UNTIED
+
+    def zero_states(self, batch):
+        return None
+
+    def forward(self, ids, states):
+        return np.full((ids.shape[0], UNTIED.padded_vocab_size), np.nan, np.float32), None
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_nan_logits_are_named(temperature):
+    with pytest.raises(UserError, match="NaN logits .after the prefill"):
+        generate(NaNBackend(), [[1, 2]], SamplingOptions(max_new_tokens=3, temperature=temperature))
+
+
+def test_decode_only_export_prefills_token_by_token(untied, tmp_path):
+    """A --graph decode export given a multi-token prompt: fed one token per call, with a note saying so; the tokens
+    are those of the unified graph."""
+    ckpt, exports = untied
+    out = export(ckpt, tmp_path / "decode", ExportOptions(graph="decode")).parent
+    args = ["--input-ids", "5,6,7,8", "--max-new-tokens", "6", "--json"]
+    expected = CliRunner().invoke(main, ["run", str(exports["portable"]), *args], catch_exceptions=False)
+    r = CliRunner().invoke(main, ["run", str(out), *args], catch_exceptions=False)
+    assert r.exit_code == 0 and json.loads(r.stdout) == json.loads(expected.output)
+    assert "decode-only graph" in r.stderr and "one token per call" in r.stderr
 
 
 def test_run_missing_runtime(untied):

@@ -29,6 +29,7 @@ class Backend(ABC):
     config: Mamba2Config
     recipe: dict  # the export recipe the model was made with ({} for none): its shape ranges bound the calls
     device: str = "cpu"  # where states live between calls
+    one_token_per_call: bool = False  # a decode-only export (--graph decode): prompts are fed token by token
 
     @abstractmethod
     def zero_states(self, batch: int): ...
@@ -106,6 +107,7 @@ class OrtBackend(Backend):
 
         self.meta = read_metadata(export_dir)
         self.config, self.recipe = self.meta.config, self.meta.recipe
+        self.one_token_per_call = self.meta.graph == "decode"
         with validation_model(export_dir) as path:  # trt exports run through their standard-op validation copy
             self.session = ort_session(export_dir, provider, path)
         self.provider = provider
@@ -163,6 +165,7 @@ class TrtBackend(Backend):
         self.runner.activate()
         self.meta = self.runner.metadata
         self.config, self.recipe = self.meta.config, self.meta.recipe
+        self.one_token_per_call = self.meta.graph == "decode"
         self.name = f"trt-{self.meta.flavor}"
 
     def zero_states(self, batch: int):
