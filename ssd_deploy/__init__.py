@@ -25,6 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 
+# bench names of the PyTorch model -> (Triton kernels, CUDA graphs)
+TORCH_VARIANTS = {"torch": (False, False), "torch-triton": (True, False), "torch-graphs": (False, True),
+                  "torch-triton-graphs": (True, True)}
+
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
@@ -32,13 +36,15 @@ if TYPE_CHECKING:
 
     from .config import Mamba2Config
     from .generate import SamplingOptions
+    from .bench import Point
     from .onnx.export import ExportOptions
     from .runtime.backends import Backend
     from .tensorrt.build import BuildResult
     from .validate import Report
 
-__all__ = ["export", "validate", "open_backend", "generate", "build", "inspect", "load_config", "ExportOptions",
-           "SamplingOptions", "Backend", "Report", "BuildResult", "Mamba2Config", "UserError", "__version__"]
+__all__ = ["export", "validate", "open_backend", "generate", "benchmark", "build", "inspect", "load_config",
+           "ExportOptions", "SamplingOptions", "Backend", "Report", "Point", "BuildResult", "Mamba2Config", "UserError",
+           "__version__"]
 
 
 def export(ckpt: str | Path, out_dir: str | Path, recipe: str | Path | None = None, **options: Any) -> Path:
@@ -122,6 +128,48 @@ def generate(backend: Backend, prompts: Sequence[Sequence[int]], options: Sampli
     return generate_tokens(backend, [[int(t) for t in p] for p in prompts], options, on_tokens)
 
 
+def benchmark(ckpt: str | Path, backends: Sequence[str] = ("torch", "portable", "ort"), *,
+              exports: Sequence[str | Path] = (), provider: str = "cpu", dtype: str = "fp32",
+              batches: Sequence[int] = (1,), lengths: Sequence[int] = (128, 512), steps: int = 8, repeats: int = 3,
+              progress: Callable[[Point], None] | None = None) -> list[Point]:
+    """Prefill tokens/s and decode ms/token of each backend, side by side on the same random prompts (one point per
+    backend, batch and length; median of ``repeats`` prefills and ``steps`` decode steps, after a warm-up), each
+    point with its parity: relative errors of the logits after the prefill and after one decode step against the
+    float32 PyTorch listings (docs/performance.md).
+
+    ``backends``: ``torch`` (the PyTorch model on the ops' listings), ``torch-triton``, ``torch-graphs``,
+    ``torch-triton-graphs`` (CUDA: Triton kernels, CUDA-graph decode), ``portable`` and ``ort`` (ONNX Runtime on
+    exports of ``ckpt`` made for the run, in ``dtype``, last-token logits); ``exports``: further export directories
+    run on ONNX Runtime. ``progress(point)`` is called as each point is measured.
+    """
+    import tempfile
+
+    from . import bench as measure
+    from .onnx.export import ExportOptions, export as export_model
+    from .runtime.backends import OrtBackend, TorchBackend
+
+    names = list(backends)
+    unknown = set(names) - {*TORCH_VARIANTS, "portable", "ort"}
+    if unknown or not (names or exports):
+        raise UserError(f"benchmark: choose backends among {', '.join(TORCH_VARIANTS)}, portable, ort "
+                        f"(got {', '.join(names) or 'none'})")
+    if provider != "cuda" and any(any(TORCH_VARIANTS.get(n, ())) for n in names):
+        raise UserError("Triton kernels and CUDA graphs need provider cuda")
+    if not Path(ckpt, "config.json").is_file():
+        raise UserError(f"{ckpt}: not a checkpoint directory (no config.json)")
+    if not batches or not lengths or min(*batches, *lengths) < 1:
+        raise UserError("benchmark: batches and lengths must be positive integers")
+    with tempfile.TemporaryDirectory(prefix="ssd-deploy-bench-") as tmp:
+        # last-position logits only, as generation needs: all-position logits would time a [b, l, vocab] copy
+        made = [export_model(Path(ckpt), Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype, logits="last")).parent
+                for f in names if f in ("portable", "ort")]
+        runners = [TorchBackend(Path(ckpt), provider, dtype, *TORCH_VARIANTS[n]) for n in names if n in TORCH_VARIANTS]
+        runners += [OrtBackend(Path(e), provider) for e in [*made, *exports]]
+        reference = next((r for r in runners if r.name == f"torch-{provider}" and dtype == "fp32"), None) \
+            or TorchBackend(Path(ckpt), provider, "fp32", triton=False)
+        return measure.run(runners, reference, list(batches), list(lengths), steps, repeats, progress=progress)
+
+
 def build(export_dir: str | Path, engine: str | Path | None = None, *, recipe: str | Path | None = None,
           plugins: str | Path | None = None, profile: str | None = None, batch: str | None = None,
           seq: str | None = None, timing_cache: str | Path | None = None, workspace_mib: int | None = None,
@@ -169,7 +217,7 @@ def _path(p: str | Path | None) -> Path | None:
 
 # Types, imported when first used (they live in modules that import PyTorch or ONNX).
 _LAZY = {"ExportOptions": "onnx.export", "SamplingOptions": "generate", "Backend": "runtime.backends",
-         "Report": "validate", "BuildResult": "tensorrt.build", "Mamba2Config": "config"}
+         "Report": "validate", "Point": "bench", "BuildResult": "tensorrt.build", "Mamba2Config": "config"}
 
 
 def __getattr__(name: str):

@@ -132,3 +132,19 @@ def test_tensorrt_route_plugins_jetson_recipe_up_to_what_a_cpu_runs(tiny_ckpt, t
     assert steps_not_run(out) == ["build the plugin library", "build the TensorRT engine", "validate the engine",
                                   "generate"]
     assert not (tmp_path / "plugins" / "model.engine").exists()
+
+
+@pytest.mark.slow
+def test_python_api_sample(make_checkpoint, tmp_path):
+    ckpt = make_checkpoint(UNTIED, "hf", seed=11)
+    r = subprocess.run([sys.executable, str(SAMPLES / "python_api.py"), str(ckpt), str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("validate: PASS")
+    greedy = json.loads(lines[1].split(":", 1)[1])
+    assert len(greedy) == 12 and len(set(greedy)) > 2
+    assert len(json.loads(lines[2].split(":", 1)[1])) == 12
+    rows = {ln.split()[0]: float(ln.rsplit(None, 1)[1]) for ln in lines[3:]}
+    assert set(rows) == {"torch-cpu", "ort-ort-cpu"} and max(rows.values()) < 1e-4
+    assert ssd_deploy.inspect(tmp_path / "cpu")["metadata"]["flavor"] == "ort"

@@ -1,7 +1,7 @@
 """The one place that knows how TensorRT 10, TensorRT 11 and TensorRT-RTX differ; everything else calls ``TrtApi``.
 
 Which package: ``tensorrt`` when importable, else ``tensorrt_rtx``; ``SSD_DEPLOY_TENSORRT=tensorrt|tensorrt_rtx``
-forces one. Differences handled here (REFERENCES.md, TensorRT section):
+forces one. Differences handled here:
 - strong typing: TensorRT 10 needs ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (the graph's dtypes decide the
   precision, as our exports intend); TensorRT 11 and TensorRT-RTX networks are always strongly typed.
 - plugins: TensorRT-RTX has no plugin support, and parsing a plugin node may abort the process, so a graph that needs
