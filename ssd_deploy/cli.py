@@ -48,8 +48,9 @@ def export_options(fn):
                      help="weights in a side file (auto: when the model is large)"),
         click.option("--logits", type=click.Choice(["all", "last"]), default=None,
                      help="logits for every position, or the last one only  [default: all]"),
-        click.option("--graph", type=click.Choice(["unified", "decode"]), default=None,
-                     help="one graph for prefill and decode, or a single-token decode graph  [default: unified]"),
+        click.option("--graph", type=click.Choice(["unified", "decode", "packed"]), default=None,
+                     help="one graph for prefill and decode, a single-token decode graph, or a packed graph "
+                          "(cu_seqlens input: prompts of different lengths in one call)  [default: unified]"),
         click.option("--prefill", type=click.Choice(["contrib", "chunked"]), default=None,
                      help="ort flavor: calls of more than one token on LinearAttention, or on the portable chunked "
                           "scan (faster on ONNX Runtime's CUDA provider)  [default: contrib]"),

@@ -1,5 +1,6 @@
-"""Generation over any stateful backend: prefill each prompt in one call, then decode token by token with the
-carried states; greedy or sampled (temperature, top-k, top-p); stops on EOS or the token limit."""
+"""Generation over any stateful backend: prefill the prompts (one packed call where the backend packs), then decode
+token by token with the carried states; greedy or sampled (temperature, top-k, top-p); stops on EOS or the token
+limit."""
 
 from __future__ import annotations
 
@@ -80,10 +81,13 @@ def _forward_prompt(backend: Backend, ids: np.ndarray, states):
 
 
 def prefill(backend: Backend, prompts: list[list[int]]):
-    """One call for equal-length prompts; otherwise one call each and the states stacked (no padding: Mamba has no
+    """One call for equal-length prompts; prompts of different lengths in one packed call where the backend packs
+    (docs/op-contracts.md, "Packed sequences"), else one call each and the states stacked (no padding: Mamba has no
     attention mask, and a pad token would enter the state). The prompts are checked (``check_prompts``)."""
     if len({len(p) for p in prompts}) == 1:
         return _forward_prompt(backend, np.array(prompts, np.int64), backend.zero_states(len(prompts)))
+    if backend.packed:
+        return backend.forward_packed(prompts, backend.zero_states(len(prompts)))
     parts = [_forward_prompt(backend, np.array([p], np.int64), backend.zero_states(1)) for p in prompts]
     return np.concatenate([logits for logits, _ in parts]), backend.concat_states([s for _, s in parts])
 

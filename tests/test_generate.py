@@ -323,3 +323,48 @@ def test_run_command_on_cuda(untied):
         r = CliRunner().invoke(main, ["run", str(model), "--backend", backend, "--provider", "cuda", *args],
                                catch_exceptions=False)
         assert r.exit_code == 0 and json.loads(r.output) == json.loads(expected.output), backend
+
+
+class CountingBackend:
+    """Wraps a backend and counts its calls by the number of tokens each took (prefill vs decode)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def forward(self, ids, states):
+        self.calls.append(("forward", np.asarray(ids).shape))
+        return self.inner.forward(ids, states)
+
+    def forward_packed(self, prompts, states):
+        self.calls.append(("packed", len(prompts)))
+        return self.inner.forward_packed(prompts, states)
+
+
+@pytest.fixture(scope="module")
+def packed_exports(untied, tmp_path_factory):
+    ckpt, _ = untied
+    root = tmp_path_factory.mktemp("packed")
+    return {f"{f}-{lg}": export(ckpt, root / f"{f}-{lg}", ExportOptions(flavor=f, graph="packed", logits=lg)).parent
+            for f, lg in (("portable", "all"), ("ort", "last"))}
+
+
+@pytest.mark.slow
+def test_unequal_prompts_one_packed_prefill_equal_alone(untied, packed_exports):
+    """Unequal prompts: one packed prefill call, then decode steps of the whole batch; greedy tokens equal to each
+    prompt run alone (torch, and ONNX Runtime on packed graphs, plain and IO-bound)."""
+    ckpt, exports = untied
+    prompts = [[1, 2, 3], list(range(10, 60)), [7], [9, 8]]
+    opts = SamplingOptions(max_new_tokens=12)
+    alone = [generate(open_backend(exports["portable"], "ort"), [p], opts)[0] for p in prompts]
+    backends = [open_backend(ckpt, "torch")] + [OrtBackend(path, io_binding=b) for path in packed_exports.values()
+                                                for b in (False, True)]
+    for backend in backends:
+        assert backend.packed
+        counted = CountingBackend(backend)
+        assert generate(counted, prompts, opts) == alone, backend.name
+        assert counted.calls[0] == ("packed", 4), backend.name
+        assert all(kind == "forward" and shape == (4, 1) for kind, shape in counted.calls[1:]), backend.name
+        assert generate(backend, [prompts[1]] * 2, opts) == [alone[1]] * 2  # equal lengths through a packed graph

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import UserError
 from ..config import Mamba2Config
-from ..interface import DTYPES, INPUT_IDS, LOGITS, dtype_of, read_metadata
+from ..interface import CU_SEQLENS, DTYPES, INPUT_IDS, LOGITS, dtype_of, read_metadata
 from .feeds import carried_states, zero_states
 
 BACKENDS = ("torch", "ort", "trt")
@@ -30,12 +30,18 @@ class Backend(ABC):
     recipe: dict  # the export recipe the model was made with ({} for none): its shape ranges bound the calls
     device: str = "cpu"  # where states live between calls
     one_token_per_call: bool = False  # a decode-only export (--graph decode): prompts are fed token by token
+    packed: bool = False  # prefills prompts of different lengths in one call (forward_packed)
 
     @abstractmethod
     def zero_states(self, batch: int): ...
 
     @abstractmethod
     def forward(self, ids: np.ndarray, states) -> tuple[np.ndarray, object]: ...
+
+    def forward_packed(self, prompts: list[list[int]], states) -> tuple[np.ndarray, object]:
+        """The n prompts end to end in one call from their states [n, ...] (docs/op-contracts.md, "Packed
+        sequences"): each prompt's last-token logits [n, V] and the new states [n, ...]. Only where ``packed``."""
+        raise NotImplementedError(f"{self.name} has no packed prefill")
 
     @abstractmethod
     def concat_states(self, parts: list) -> object:
@@ -46,6 +52,13 @@ class Backend(ABC):
         """Waits for queued device work (for timing, and before another stream reads torch's writes)."""
         if self.device == "cuda":
             torch.cuda.synchronize()
+
+
+def pack(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The packed form of n prompts: input_ids [1, T] and cu_seqlens [n+1], both int64."""
+    cu = np.zeros(len(prompts) + 1, np.int64)
+    cu[1:] = np.cumsum([len(p) for p in prompts])
+    return np.concatenate([np.asarray(p, np.int64) for p in prompts])[None], cu
 
 
 def _cat_dicts(parts: list[dict], cat) -> dict:
@@ -94,6 +107,17 @@ class TorchBackend(Backend):
             logits, conv, ssm = step(t, *states)
         return logits[:, -1].float().cpu().numpy(), (conv, ssm)
 
+    packed = True  # the model takes cu_seqlens
+
+    @torch.no_grad()
+    def forward_packed(self, prompts, states):
+        from ..ssd import triton
+
+        ids, cu = (torch.as_tensor(a, device=self.device) for a in pack(prompts))
+        with nullcontext() if self.triton else triton.disabled(self.device):
+            logits, conv, ssm = self.model(ids, *states, last_token_only=True, cu_seqlens=cu)
+        return logits[:, -1].float().cpu().numpy(), (conv, ssm)
+
     def concat_states(self, parts):
         return tuple([torch.cat(layer) for layer in zip(*[p[i] for p in parts])] for i in range(2))
 
@@ -114,7 +138,9 @@ class OrtBackend(Backend):
         self.device = "cuda" if provider == "cuda" else "cpu"
         self.io_binding = provider == "cuda" if io_binding is None else io_binding
         chunked = "-chunked" if self.meta.prefill == "chunked" else ""  # the ort flavor's prefill choice
-        self.name = f"ort-{self.meta.flavor}{chunked}-{provider}"
+        # a packed graph (cu_seqlens input) serves every call: packed prefills, equal-length batches, decode steps
+        self.packed = self.meta.graph == "packed"
+        self.name = f"ort-{self.meta.flavor}{chunked}{'-packed' if self.packed else ''}-{provider}"
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.vocab = self.session.get_outputs()[self.outputs.index(LOGITS)].shape[-1]
         self.logits_dtype = DTYPES[self.meta.dtype].torch
@@ -125,16 +151,38 @@ class OrtBackend(Backend):
 
     def forward(self, ids, states):
         ids = np.ascontiguousarray(ids, np.int64)
-        if not self.io_binding:
-            out = dict(zip(self.outputs, self.session.run(None, {INPUT_IDS: ids, **states})))
-            return np.asarray(out[LOGITS][:, -1], np.float32), carried_states(self.meta, out)
-        return self._forward_bound(ids, states)
+        if self.packed:  # b sequences of l tokens each
+            b, l = ids.shape
+            return self._run(ids.reshape(1, b * l), states, np.arange(0, b * l + 1, l, dtype=np.int64))
+        return self._run(ids, states)
 
-    def _forward_bound(self, ids, states):
+    def forward_packed(self, prompts, states):
+        if not self.packed:
+            raise NotImplementedError(f"{self.name}: not a packed graph (export with --graph packed)")
+        ids, cu = pack(prompts)
+        return self._run(ids, states, cu)
+
+    def _run(self, ids, states, cu=None):
+        inputs = {INPUT_IDS: ids} if cu is None else {INPUT_IDS: ids, CU_SEQLENS: cu}
+        if not self.io_binding:
+            out = dict(zip(self.outputs, self.session.run(None, {**inputs, **states})))
+            return np.asarray(self._last(out[LOGITS], cu), np.float32), carried_states(self.meta, out)
+        return self._run_bound(inputs, states, cu)
+
+    def _last(self, logits, cu):
+        """Each sequence's last-position logits [n, V] from the graph's logits output: [n, 1, V] for last-position
+        exports, [b, l, V] or packed [1, T, V] for all-position ones."""
+        if cu is None or self.meta.logits == "last":
+            return logits[:, -1]
+        return logits[0, cu[1:] - 1]
+
+    def _run_bound(self, inputs, states, cu):
         """States and logits bound to torch buffers on the device: on CUDA the states never leave it, and bf16
         logits (which numpy cannot hold) come back through torch."""
         binding = self.session.io_binding()
-        binding.bind_cpu_input(INPUT_IDS, ids)
+        for name, value in inputs.items():
+            binding.bind_cpu_input(name, value)
+        ids = inputs[INPUT_IDS]
 
         def bind(bind_fn, name, t):  # IO binding takes ONNX element types: numpy has no bfloat16
             bind_fn(name, self.device, 0, dtype_of(t.dtype).onnx, tuple(t.shape), t.data_ptr())
@@ -144,12 +192,15 @@ class OrtBackend(Backend):
         new = {s.name: torch.empty_like(states[s.name]) for s in self.meta.states}
         for s in self.meta.states:
             bind(binding.bind_output, s.output, new[s.name])
-        positions = 1 if self.meta.logits == "last" else ids.shape[1]
-        logits = torch.empty((ids.shape[0], positions, self.vocab), dtype=self.logits_dtype, device=self.device)
+        if self.meta.logits == "last":
+            shape = (ids.shape[0] if cu is None else len(cu) - 1, 1)
+        else:
+            shape = ids.shape
+        logits = torch.empty((*shape, self.vocab), dtype=self.logits_dtype, device=self.device)
         bind(binding.bind_output, LOGITS, logits)
         self.synchronize()  # torch's writes to the inputs must land before ORT's stream reads them
         self.session.run_with_iobinding(binding)  # returns once ORT's stream is done (ORT's default)
-        return logits[:, -1].float().cpu().numpy(), new
+        return self._last(logits, cu).float().cpu().numpy(), new
 
     def concat_states(self, parts):
         return _cat_dicts(parts, torch.cat if self.io_binding else np.concatenate)
