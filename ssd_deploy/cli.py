@@ -130,11 +130,15 @@ def _ints(text: str, what: str, least: int = 1) -> list[int]:
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["torch", "ort", "trt"]), default="ort", show_default=True,
-              help="torch: MODEL is a checkpoint directory; ort/trt: an export directory")
+@click.argument("model", type=click.Path(path_type=Path), required=False)
+@click.option("--backend", type=click.Choice(["torch", "ort", "trt", "triton"]), default="ort", show_default=True,
+              help="torch: MODEL is a checkpoint directory; ort/trt: an export directory; triton: a Triton server "
+                   "at --url serving --model (MODEL, if given, only for its tokenizer.json)")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @engine_options
+@click.option("--url", default="127.0.0.1:8001", show_default=True, help="triton: the server's gRPC address")
+@click.option("--model", "served_model", default="mamba2", show_default=True,
+              help="triton: the model's name in the server's repository")
 @click.option("--prompt", default=None, help="text (needs a tokenizer.json beside MODEL or --tokenizer)")
 @click.option("--input-ids", default=None, help="comma-separated token ids")
 @click.option("--batch-file", type=click.Path(path_type=Path), default=None,
@@ -148,15 +152,17 @@ def _ints(text: str, what: str, least: int = 1) -> list[int]:
 @click.option("--eos-id", type=int, default=None, help="default: the tokenizer's end-of-text token, if any")
 @click.option("--json", "as_json", is_flag=True, help="print the generated ids as JSON instead of streaming")
 @user_errors
-def run(model, backend, provider, engine, plugins, prompt, input_ids, batch_file, tokenizer, max_new_tokens,
-        temperature, top_k, top_p, seed, eos_id, as_json):
+def run(model, backend, provider, engine, plugins, url, served_model, prompt, input_ids, batch_file, tokenizer,
+        max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json):
     """Generate from MODEL: the prompt prefilled in one call, then token by token with carried states."""
     from .generate import SamplingOptions, default_eos, find_tokenizer, generate
     from .runtime.backends import open_backend
 
     if sum(x is not None for x in (prompt, input_ids, batch_file)) != 1:
         raise UserError("give exactly one of --prompt, --input-ids, --batch-file")
-    tok = find_tokenizer(model, tokenizer)
+    if model is None and backend != "triton":
+        raise UserError(f"the {backend} backend needs MODEL (a checkpoint or export directory)")
+    tok = find_tokenizer(model, tokenizer) if model is not None or tokenizer is not None else None
     if batch_file is not None:
         if not Path(batch_file).is_file():
             raise UserError(f"{batch_file}: no such file")
@@ -175,17 +181,26 @@ def run(model, backend, provider, engine, plugins, prompt, input_ids, batch_file
     opts = SamplingOptions(max_new_tokens, temperature, top_k, top_p, seed,
                            eos_id if eos_id is not None else default_eos(tok))
     opts.check()
-    backend_obj = open_backend(model, backend, provider, plugins, engine)
-    if backend_obj.one_token_per_call and any(len(p) > 1 for p in prompts):
-        click.echo("note: this export is a decode-only graph (--graph decode): the prompt is prefilled one token "
-                   "per call", err=True)
+    if backend == "triton":  # one server-side sequence per prompt, run concurrently
+        backend_obj = None
+    else:
+        backend_obj = open_backend(model, backend, provider, plugins, engine)
+        if backend_obj.one_token_per_call and any(len(p) > 1 for p in prompts):
+            click.echo("note: this export is a decode-only graph (--graph decode): the prompt is prefilled one "
+                       "token per call", err=True)
     stream = len(prompts) == 1 and not as_json
 
     def on_tokens(tokens, alive):
         if alive[0]:
             click.echo(tok.decode([int(tokens[0])]) if as_text else f"{int(tokens[0])} ", nl=False)
 
-    outs = generate(backend_obj, prompts, opts, on_tokens if stream else None)
+    if backend_obj is None:
+        from .serving.client import generate_remote
+
+        outs = generate_remote(url, served_model, prompts, opts,
+                               (lambda t: on_tokens([t], [True])) if stream else None)
+    else:
+        outs = generate(backend_obj, prompts, opts, on_tokens if stream else None)
     if as_json:
         click.echo(json.dumps({"prompts": prompts, "generated": outs}))
     elif stream:
@@ -193,6 +208,51 @@ def run(model, backend, provider, engine, plugins, prompt, input_ids, batch_file
     else:
         for ln, out in zip(lines, outs):
             click.echo(f"{ln} -> {tok.decode(out) if as_text else ','.join(map(str, out))}")
+
+
+@main.command("serve-repo")
+@click.argument("model", metavar="EXPORT", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, metavar="REPO",
+              help="the model repository to write (a new or empty directory)")
+@click.option("--backend", type=click.Choice(["python", "onnxruntime", "tensorrt"]), default="python",
+              show_default=True, help="python: a python-backend model keeping per-sequence states (runs anywhere, "
+                                      "also on the server bundled in nvidia-pytriton); onnxruntime/tensorrt: the "
+                                      "graph or engine with Triton's implicit state")
+@engine_options
+@click.option("--name", default="mamba2", show_default=True, help="the model's name in the repository")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="model instances (per GPU for GPU instances)")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="sequences per model call  [default: the recipe's largest batch, else 8]")
+@click.option("--max-sequences", type=click.IntRange(min=1), default=None,
+              help="strategy oldest: live sequences per instance  [default: 4 x max batch]")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              metavar="SECONDS", help="a sequence idle this long is released")
+@click.option("--strategy", type=click.Choice(["oldest", "direct"]), default="oldest", show_default=True,
+              help="Triton's sequence batching strategy")
+@click.option("--queue-delay-us", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="how long the batcher waits to fill a batch")
+@click.option("--runtime", type=click.Choice(["ort", "torch"]), default="ort", show_default=True,
+              help="python backend: ONNX Runtime on the export, or the PyTorch model (EXPORT is then a checkpoint "
+                   "directory)")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="python backend: where its runtime computes (cuda: one instance group per GPU)")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="torch runtime: the model's dtype")
+@user_errors
+def serve_repo(model, out_dir, backend, engine, plugins, name, instances, max_batch, max_sequences, idle_timeout,
+               strategy, queue_delay_us, runtime, provider, dtype):
+    """Write a Triton Inference Server model repository for EXPORT (docs/serving.md), with a README of how to
+    start it."""
+    from .serving.pbtxt import ServeOptions
+    from .serving.repository import write_repository
+
+    opts = ServeOptions(name=name, backend=backend, instances=instances, max_batch=max_batch,
+                        max_sequences=max_sequences, idle_timeout_s=idle_timeout, strategy=strategy,
+                        queue_delay_us=queue_delay_us, runtime=runtime, provider=provider)
+    out = write_repository(model, out_dir, opts, engine, plugins, dtype)
+    click.echo(f"wrote Triton model repository {out} (model {name}, {backend} backend); how to start it: "
+               f"{out / 'README.md'}")
 
 
 @main.command()

@@ -3,6 +3,7 @@ serve-repo: concurrent sequences against each sequence run alone in-process, evi
 requests (ssd_deploy/serving/server.py, python_model/model.py, client.py)."""
 
 import dataclasses
+import json
 import shutil
 import threading
 import time
@@ -39,7 +40,7 @@ def served(make_export, tmp_path_factory):
     repo = write_repository(export_dir, root / "repo", ServeOptions(max_batch=8, max_sequences=32))
     short = write_repository(export_dir, root / "short", ServeOptions(name="short", idle_timeout_s=IDLE_S))
     shutil.move(str(short / "short"), str(repo / "short"))
-    srv = triton.start(repo, timeout_s=240)
+    srv = triton.start(repo, timeout_s=240, exit_timeout_s=1)
     try:
         yield srv, export_dir
     finally:
@@ -65,11 +66,11 @@ def alone(export_dir, prompt, steps):
 def drive(client, seq, prompt, steps):
     """The same through the server, one request per token; the last request ends the sequence."""
     out = client.step(seq, prompt, start=True, outputs=("logits", "next_token"))
-    tokens, all_logits = [], [out["logits"][-1]]
+    tokens, all_logits = [], [np.array(out["logits"][-1])]
     for i in range(steps):
         tokens.append(int(out["next_token"].reshape(-1)[0]))
         out = client.step(seq, [tokens[-1]], end=i == steps - 1, outputs=("logits", "next_token"))
-        all_logits.append(out["logits"][-1])
+        all_logits.append(np.array(out["logits"][-1]))
     return tokens, all_logits
 
 
@@ -176,7 +177,7 @@ def test_bad_requests_get_a_clear_error_and_leave_other_sequences_alone(served):
     ]
     with SequenceClient(srv.url, "mamba2") as c:
         out = c.step(900, prompt, start=True, outputs=("logits", "next_token"))
-        tokens, logits = [int(out["next_token"].reshape(-1)[0])], [out["logits"][-1]]
+        tokens, logits = [int(out["next_token"].reshape(-1)[0])], [np.array(out["logits"][-1])]
         for k, (ids, dtype, match) in enumerate(bad):
             with pytest.raises(InferenceServerException, match=match):  # a new sequence, and a live one
                 raw(srv.url, ids, dtype, sequence_id=901 + k, sequence_start=True)
@@ -186,7 +187,7 @@ def test_bad_requests_get_a_clear_error_and_leave_other_sequences_alone(served):
         for i in range(3):
             out = c.step(900, [tokens[-1]], end=i == 2, outputs=("logits", "next_token"))
             tokens.append(int(out["next_token"].reshape(-1)[0]))
-            logits.append(out["logits"][-1])
+            logits.append(np.array(out["logits"][-1]))
         assert_same((tokens[:3], logits), ref)
 
 
@@ -205,3 +206,27 @@ def test_client_generate_matches_in_process_generation(served):
 def test_unreachable_server_is_a_user_error():
     with pytest.raises(UserError, match="triton at 127.0.0.1:1"):
         SequenceClient("127.0.0.1:1", "mamba2")
+
+
+def test_run_command_through_the_server(served):
+    from click.testing import CliRunner
+
+    from ssd_deploy.cli import main
+    from ssd_deploy.generate import generate
+    from ssd_deploy.runtime.backends import OrtBackend
+
+    srv, export_dir = served
+    args = ["run", "--backend", "triton", "--url", srv.url, "--model", "mamba2", "--max-new-tokens", "5"]
+    r = CliRunner().invoke(main, args + ["--input-ids", "4,5,6", "--json"])
+    assert r.exit_code == 0, r.output
+    prompts = [[4, 5, 6], [9] * 40]
+    assert json.loads(r.output)["generated"] == generate(OrtBackend(export_dir), prompts[:1],
+                                                          SamplingOptions(max_new_tokens=5))
+    batch = export_dir.parent / "prompts.txt"
+    batch.write_text("4,5,6\n" + ",".join(["9"] * 40) + "\n")
+    r = CliRunner().invoke(main, args + ["--batch-file", str(batch), "--json"])
+    assert r.exit_code == 0, r.output
+    alone_each = [generate(OrtBackend(export_dir), [p], SamplingOptions(max_new_tokens=5))[0] for p in prompts]
+    assert json.loads(r.output)["generated"] == alone_each
+    r = CliRunner().invoke(main, args[:-4] + ["--model", "nope", "--input-ids", "1"])
+    assert r.exit_code == 2 and "error: triton at" in r.output

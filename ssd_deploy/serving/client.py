@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..generate import SamplingOptions, sample
-from ..onnx.metadata import INPUT_IDS, LOGITS
+from ..interface import INPUT_IDS, LOGITS
 from .pbtxt import NEXT_TOKEN
 
 
@@ -101,3 +101,16 @@ class SequenceClient:
                 break
             out = self.step(sequence, [token], end=i == opts.max_new_tokens - 2, outputs=wanted)
         return tokens
+
+
+def generate_remote(url: str, model: str, prompts: list[list[int]], opts: SamplingOptions,
+                    on_token: Callable[[int], None] | None = None) -> list[list[int]]:
+    """``generate`` through a Triton server: one sequence per prompt, all of them concurrently (the server batches
+    their steps). ``on_token`` streams the tokens of a single prompt."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with SequenceClient(url, model) as client:
+        if len(prompts) == 1:
+            return [client.generate(prompts[0], opts, on_token=on_token)]
+        with ThreadPoolExecutor(min(len(prompts), 64)) as pool:
+            return list(pool.map(lambda p: client.generate(p, opts), prompts))

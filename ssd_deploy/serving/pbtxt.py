@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..onnx.metadata import INPUT_IDS, LOGITS, ExportMetadata
+from ..interface import INPUT_IDS, LOGITS, ExportMetadata
 
 NEXT_TOKEN = "next_token"  # python backend: the greedy next token (argmax over the real vocabulary)
 START, END, CORRID = "START", "END", "CORRID"

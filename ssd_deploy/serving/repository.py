@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..atomic import atomic_dir
 from ..errors import UserError
-from ..onnx.metadata import DATA_FILE, MODEL_FILE, ExportMetadata, read_metadata
+from ..interface import DATA_FILE, MODEL_FILE, ExportMetadata, read_metadata
 from . import pbtxt
 from .pbtxt import ServeOptions
 
