@@ -75,8 +75,11 @@ class _Live:
 
 def prefill(backend: Backend, items: list[tuple[np.ndarray, object]]) -> list[tuple[np.ndarray, object]]:
     """Runs steps of more than one token: (ids [tokens], states of one sequence) → (logits [1, V], states).
-    One call per sequence: Mamba has no attention mask to pad unequal prompts with."""
-    return [backend.forward(ids[None, :], states) for ids, states in items]
+    One call per sequence (Mamba has no attention mask to pad unequal prompts with); token by token on a
+    decode-only graph."""
+    from ..generate import _forward_prompt
+
+    return [_forward_prompt(backend, ids[None, :], states) for ids, states in items]
 
 
 class Sequences:

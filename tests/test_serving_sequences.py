@@ -1,0 +1,112 @@
+"""Per-sequence states without a server (ssd_deploy/serving/sequences.py): batched steps against each sequence run
+alone, the zero-copy steady state, rejected steps, END and idle release, on ONNX Runtime and the torch backend."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from conftest import TINY, rel_err
+from ssd_deploy.runtime.backends import OrtBackend, TorchBackend
+from ssd_deploy.serving.sequences import Sequences, Step
+
+UNTIED = dataclasses.replace(TINY, tie_embeddings=False)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def alone(backend, prompt, tokens):
+    """Logits of every call of one sequence run alone: the prompt, then each given token."""
+    logits, states = backend.forward(np.array([prompt]), backend.zero_states(1))
+    out = [logits[0]]
+    for t in tokens:
+        logits, states = backend.forward(np.array([[t]]), states)
+        out.append(logits[0])
+    return out
+
+
+@pytest.fixture(scope="module", params=["ort", "torch"])
+def backend(request, make_export):
+    ckpt, export_dir = make_export(UNTIED, "ort", logits="last")
+    return OrtBackend(export_dir) if request.param == "ort" else TorchBackend(ckpt)
+
+
+def test_batched_steps_equal_each_sequence_alone(backend):
+    rng = np.random.default_rng()
+    n, steps = 5, 6
+    prompts = [rng.integers(0, UNTIED.vocab_size, int(rng.integers(1, 45))).tolist() for _ in range(n)]
+    prompts[1] = prompts[1][:1]  # a one-token prompt joins the batched decode at its START
+    tokens = rng.integers(0, UNTIED.vocab_size, (n, steps))
+    seqs = Sequences(backend, idle_timeout_s=60)
+    got = {i: [] for i in range(n)}
+    for i, r in enumerate(seqs.run([Step(10 + i, np.array(p), start=True) for i, p in enumerate(prompts)])):
+        got[i].append(r.logits)
+    for s in range(steps):
+        # requests arrive in any order; at step 2 sequence 3 misses the batch and comes alone after it
+        batch = [int(i) for i in rng.permutation(n) if not (s == 2 and i == 3)]
+        for i, r in zip(batch, seqs.run([Step(10 + i, np.array([tokens[i, s]])) for i in batch])):
+            assert r.error is None, r.error
+            got[i].append(r.logits)
+        if s == 2:
+            (r,) = seqs.run([Step(13, np.array([tokens[3, s]]))])
+            got[3].append(r.logits)
+    for i in range(n):
+        ref = alone(backend, prompts[i], tokens[i])
+        assert len(got[i]) == len(ref)
+        for g, r in zip(got[i], ref):
+            assert rel_err(g, r) < 1e-4
+
+
+def test_steady_state_passes_the_batch_on_without_copies(make_export):
+    _, export_dir = make_export(UNTIED, "ort", logits="last")
+    backend = OrtBackend(export_dir)
+    seqs = Sequences(backend, idle_timeout_s=60)
+    seqs.run([Step(i, np.array([1 + i]), start=True) for i in range(3)])
+    gathered = []
+    backend.concat_states = lambda parts, f=backend.concat_states: gathered.append(len(parts)) or f(parts)
+    seqs.run([Step(i, np.array([5])) for i in (2, 0, 1)])  # the batch of the three STARTs, in any order
+    seqs.run([Step(i, np.array([6])) for i in (1, 2, 0)])
+    assert gathered == []
+    seqs.run([Step(i, np.array([7])) for i in (0, 1)])  # one sequence missing: gathered once
+    assert gathered == [2]
+
+
+def test_rejected_steps_leave_their_sequence_and_the_batch_alone(make_export):
+    _, export_dir = make_export(UNTIED, "ort", logits="last")
+    backend = OrtBackend(export_dir)
+    seqs = Sequences(backend, idle_timeout_s=60, max_prefill=16)
+    seqs.run([Step(1, np.array([3, 4, 5]), start=True), Step(2, np.array([6]), start=True)])
+    results = seqs.run([Step(1, np.array([1 << 20])), Step(2, np.array([7])), Step(3, np.array([1])),
+                        Step(4, np.array([], np.int64), start=True), Step(5, np.ones(17, np.int64), start=True),
+                        Step(2, np.array([8]))])
+    errors = [r.error for r in results]
+    assert "outside the vocabulary" in errors[0] and errors[1] is None
+    assert "has no state here" in errors[2] and "tokens >= 1" in errors[3]
+    assert "exceed the export recipe's prefill range (at most 16)" in errors[4]
+    assert "two requests in one batch" in errors[5]
+    (r1,) = seqs.run([Step(1, np.array([9]))])  # sequence 1 as if the bad step had not come
+    assert rel_err(r1.logits, alone(backend, [3, 4, 5], [9])[-1]) < 1e-4
+    assert rel_err(results[1].logits, alone(backend, [6], [7])[-1]) < 1e-4
+    assert sorted(seqs.live) == [1, 2]
+
+
+def test_end_and_idle_timeout_release_sequences(make_export):
+    _, export_dir = make_export(UNTIED, "ort", logits="last")
+    clock, log = Clock(), []
+    seqs = Sequences(OrtBackend(export_dir), idle_timeout_s=2.0, clock=clock, log=log.append)
+    seqs.run([Step(1, np.array([1, 2]), start=True), Step(2, np.array([3]), start=True)])
+    clock.t = 1.5
+    seqs.run([Step(2, np.array([4]))])
+    clock.t = 2.5
+    seqs.sweep()  # 1 idle 2.5 s: released; 2 idle 1 s: kept
+    assert sorted(seqs.live) == [2] and "sequence 1 released after 2.5 s idle" in log[-1]
+    (r,) = seqs.run([Step(1, np.array([5]))])
+    assert "has no state here" in r.error
+    (r,) = seqs.run([Step(2, np.array([1 << 20]), end=True)])  # END releases even a rejected last step
+    assert r.error and len(seqs) == 0
