@@ -230,3 +230,20 @@ def test_run_command_through_the_server(served):
     assert json.loads(r.output)["generated"] == alone_each
     r = CliRunner().invoke(main, args[:-4] + ["--model", "nope", "--input-ids", "1"])
     assert r.exit_code == 2 and "error: triton at" in r.output
+
+
+def test_sample_client_gives_the_tokens_of_in_process_generation(served):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ssd_deploy.generate import generate
+    from ssd_deploy.runtime.backends import OrtBackend
+
+    srv, export_dir = served
+    sample = Path(__file__).resolve().parents[1] / "samples" / "serving" / "client.py"
+    out = subprocess.run([sys.executable, str(sample), "--url", srv.url, "--model", "mamba2", "--input-ids",
+                          "8,9,10,11", "--max-new-tokens", "6"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    expected = generate(OrtBackend(export_dir), [[8, 9, 10, 11]], SamplingOptions(max_new_tokens=6))[0]
+    assert [int(t) for t in out.stdout.split()] == expected

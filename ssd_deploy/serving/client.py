@@ -17,6 +17,8 @@ from ..generate import SamplingOptions, sample
 from ..interface import INPUT_IDS, LOGITS
 from .pbtxt import NEXT_TOKEN
 
+STICKY_HEADER = "x-sequence-id"  # the sequence id where a load balancer can hash on it (docs/serving.md)
+
 
 def _client_errors():
     from tritonclient.utils import InferenceServerException
@@ -65,7 +67,9 @@ class SequenceClient:
         try:
             res = self.client.infer(self.model, [inp], outputs=[self.grpc.InferRequestedOutput(o) for o in outputs],
                                     sequence_id=sequence, sequence_start=start, sequence_end=end,
-                                    client_timeout=self.timeout_s)
+                                    client_timeout=self.timeout_s,
+                                    # for a balancer in front of several servers: sticky on this header
+                                    headers={STICKY_HEADER: str(sequence)})
         except _client_errors() as e:
             raise UserError(f"triton at {self.url}, sequence {sequence}: {e.message()}") from None
         return {o: res.as_numpy(o)[0] for o in outputs}
