@@ -37,7 +37,7 @@ def _run(args: list[str]) -> tuple[float, int]:
 def main(preset, flavor, repeats, as_json):
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
-        subprocess.run(["ssd-deploy", "new", str(ckpt), "--preset", preset], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["ssd-deploy", "new", "-o", str(ckpt), "--preset", preset], check=True, stdout=subprocess.DEVNULL)
         model_bytes = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
         runs = []
         for i in range(repeats):

@@ -17,14 +17,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_dir
-from .config import CONFIG_FILE, Mamba2Config, load_config
+from .config import CONFIG_FILE, FORMATS, Mamba2Config, load_config
 from .errors import UserError
 from .model import Mamba2LM
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_FILE = "pytorch_model.bin"
-FORMATS = ("hf", "mamba_ssm")
 
 
 def weight_files(ckpt_dir: Path) -> list[Path]:

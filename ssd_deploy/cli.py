@@ -11,8 +11,16 @@ from pathlib import Path
 
 import click
 
+from . import recipes
+from .cli_vocabulary import (Choice, checkpoint_argument, engine_options, export_argument, json_option,
+                             output_option, provider_option)
+from .config import FORMATS
 from .errors import UserError, user_errors
-from .tensorrt.cli import build, engine_options
+from .onnx.options import CHOICES, DTYPES, FLAVORS, MIN_OPSET
+from .presets import PRESETS
+from .runtime.kinds import BACKENDS, PROVIDERS, RUN_BACKENDS, TORCH_VARIANTS
+from .serving.pbtxt import BACKENDS as SERVE_BACKENDS, RUNTIMES, STRATEGIES
+from .tensorrt.cli import build
 
 
 @click.group()
@@ -22,17 +30,20 @@ def main():
 
 
 @main.command()
-@click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--preset", "preset_name", default="tiny", show_default=True, help="tiny | 130m | 2.7b | codestral")
-@click.option("--format", "fmt", type=click.Choice(["hf", "mamba_ssm"]), default="hf", show_default=True)
+@output_option("DIR", "checkpoint directory to write")
+@click.option("--preset", "preset_name", type=Choice(PRESETS, "preset"), default="tiny", show_default=True,
+              help="model shape")
+@click.option("--format", "fmt", type=Choice(FORMATS, "checkpoint format"), default=FORMATS[0],
+              show_default=True,
+              help="on-disk convention: Hugging Face's or mamba_ssm's")
 @click.option("--seed", type=int, default=0, show_default=True)
 @user_errors
-def new(out_dir, preset_name, fmt, seed):
-    """Write a random checkpoint (either on-disk format) to OUT_DIR."""
+def new(output, preset_name, fmt, seed):
+    """Write a random checkpoint (either on-disk format) to DIR."""
     from .checkpoint import random_model, write_checkpoint
     from .presets import preset
 
-    path = write_checkpoint(random_model(preset(preset_name), seed), out_dir, fmt)
+    path = write_checkpoint(random_model(preset(preset_name), seed), output, fmt)
     click.echo(f"wrote {fmt} checkpoint ({preset_name}, seed {seed}) to {path}")
 
 
@@ -40,18 +51,21 @@ def export_options(fn):
     """Flags that override a recipe's values; None means 'not given' (the recipe's value, else the default)."""
     for opt in reversed([
         click.option("--recipe", default=None, metavar="NAME|PATH",
-                     help="export recipe (a name from export/, or a TOML file); flags override its values"),
-        click.option("--flavor", default=None, help="portable | ort | trt  [default: portable]"),
-        click.option("--dtype", default=None, help="fp32 | fp16 | bf16  [default: fp32]"),
-        click.option("--opset", type=int, default=None, help="[default: 18]"),
-        click.option("--external-data", type=click.Choice(["auto", "always", "never"]), default=None,
-                     help="weights in a side file (auto: when the model is large)"),
-        click.option("--logits", type=click.Choice(["all", "last"]), default=None,
+                     help=f"export recipe ({', '.join(recipes.available())}, or a TOML file); flags override its "
+                          f"values"),
+        click.option("--flavor", type=Choice(CHOICES["flavor"], "flavor"), default=None,
+                     help=f"what the four ops become  [default: {FLAVORS[0]}]"),
+        click.option("--dtype", type=Choice(CHOICES["dtype"], "dtype"), default=None,
+                     help=f"of weights and activations (states stay fp32)  [default: {DTYPES[0]}]"),
+        click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=None, help=f"[default: {MIN_OPSET}]"),
+        click.option("--external-data", type=Choice(CHOICES["external_data"], "external data"), default=None,
+                     help="weights in a side file (auto: when the model is large)  [default: auto]"),
+        click.option("--logits", type=Choice(CHOICES["logits"], "logits"), default=None,
                      help="logits for every position, or the last one only  [default: all]"),
-        click.option("--graph", type=click.Choice(["unified", "decode", "packed"]), default=None,
-                     help="one graph for prefill and decode, a single-token decode graph, or a packed graph "
-                          "(cu_seqlens input: prompts of different lengths in one call)  [default: unified]"),
-        click.option("--prefill", type=click.Choice(["contrib", "chunked"]), default=None,
+        click.option("--graph", type=Choice(CHOICES["graph"], "graph"), default=None,
+                     help="unified: prefill and decode in one graph; decode: a single-token graph; packed: several "
+                          "sequences end to end in one call (cu_seqlens)  [default: unified]"),
+        click.option("--prefill", type=Choice(CHOICES["prefill"], "prefill"), default=None,
                      help="ort flavor: calls of more than one token on LinearAttention, or on the portable chunked "
                           "scan (faster on ONNX Runtime's CUDA provider)  [default: contrib]"),
     ]):
@@ -60,33 +74,35 @@ def export_options(fn):
 
 
 @main.command()
-@click.argument("ckpt", type=click.Path(path_type=Path))
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="output directory")
+@checkpoint_argument
+@output_option("DIR", "export directory to write (model.onnx and its weights)")
 @export_options
 @user_errors
-def export(ckpt, out_dir, recipe, **flags):
-    """Export checkpoint directory CKPT to ONNX in OUT_DIR."""
+def export(ckpt, output, recipe, **flags):
+    """Export checkpoint directory CKPT to ONNX in DIR."""
     from .onnx.export import export as do_export, resolve_options
 
-    opts, resolved = resolve_options(recipe, **flags)  # checked before any work starts
-    path = do_export(ckpt, out_dir, opts, resolved)
+    # checked before any work starts; what the flags changed in the recipe is said, not silently applied
+    opts, resolved = resolve_options(recipe, lambda line: click.echo(line, err=True), **flags)
+    path = do_export(ckpt, output, opts, resolved)
     click.echo(f"exported {ckpt} ({opts.flavor}, {opts.dtype}) to {path}")
 
 
 @main.command()
-@click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("--against", "ckpt", type=click.Path(path_type=Path), required=True,
+@export_argument
+@click.option("--against", "ckpt", metavar="CKPT", type=click.Path(path_type=Path), required=True,
               help="the checkpoint directory the model was exported from")
-@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+@click.option("--backend", type=Choice((b for b in BACKENDS if b != "torch"), "backend"), default="ort",
+              show_default=True,
               help="ONNX Runtime, or a TensorRT engine built by `ssd-deploy build`")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="ONNX Runtime's execution provider")
+@provider_option
 @engine_options
-@click.option("--steps", type=click.IntRange(min=0), default=4, show_default=True, help="decode steps after the prefill")
-@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--steps", type=click.IntRange(min=0), default=4, show_default=True,
+              help="decode steps after the prefill")
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="sequences per call")
 @click.option("--prompt-len", type=click.IntRange(min=1), default=None, help="default: 1.5 chunks + 3 tokens")
 @click.option("--seed", type=int, default=None)
-@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@json_option("the report")
 @user_errors
 def validate(export_dir, ckpt, backend, provider, engine, plugins, steps, batch, prompt_len, seed, as_json):
     """Prove an export against the PyTorch reference (exit 1 on failure). A trt-flavor export runs on ONNX Runtime
@@ -108,8 +124,8 @@ def validate(export_dir, ckpt, backend, provider, engine, plugins, steps, batch,
 
 
 @main.command()
-@click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
+@export_argument
+@json_option("the description")
 @user_errors
 def inspect(export_dir, as_json):
     """Print an export's metadata, inputs/outputs and op histogram."""
@@ -130,11 +146,11 @@ def _ints(text: str, what: str, least: int = 1) -> list[int]:
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path), required=False)
-@click.option("--backend", type=click.Choice(["torch", "ort", "trt", "triton"]), default="ort", show_default=True,
-              help="torch: MODEL is a checkpoint directory; ort/trt: an export directory; triton: a Triton server "
-                   "at --url serving --model (MODEL, if given, only for its tokenizer.json)")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.argument("model", metavar="MODEL", type=click.Path(path_type=Path), required=False)
+@click.option("--backend", type=Choice(RUN_BACKENDS, "backend"), default="ort", show_default=True,
+              help="torch: MODEL is a checkpoint directory (CKPT); ort/trt: an export directory (EXPORT); triton: a "
+                   "Triton server at --url serving --model (MODEL, if given, only for its tokenizer.json)")
+@provider_option
 @engine_options
 @click.option("--url", default="127.0.0.1:8001", show_default=True, help="triton: the server's gRPC address")
 @click.option("--model", "served_model", default="mamba2", show_default=True,
@@ -150,7 +166,7 @@ def _ints(text: str, what: str, least: int = 1) -> list[int]:
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=None)
 @click.option("--eos-id", type=int, default=None, help="default: the tokenizer's end-of-text token, if any")
-@click.option("--json", "as_json", is_flag=True, help="print the generated ids as JSON instead of streaming")
+@json_option("the generated ids (instead of streaming them)")
 @user_errors
 def run(model, backend, provider, engine, plugins, url, served_model, prompt, input_ids, batch_file, tokenizer,
         max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json):
@@ -212,9 +228,8 @@ def run(model, backend, provider, engine, plugins, url, served_model, prompt, in
 
 @main.command("serve-repo")
 @click.argument("model", metavar="EXPORT", type=click.Path(path_type=Path))
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, metavar="REPO",
-              help="the model repository to write (a new or empty directory)")
-@click.option("--backend", type=click.Choice(["python", "onnxruntime", "tensorrt"]), default="python",
+@output_option("REPO", "the model repository to write (a new or empty directory)")
+@click.option("--backend", type=Choice(SERVE_BACKENDS, "serving backend"), default="python",
               show_default=True, help="python: a python-backend model keeping per-sequence states (runs anywhere, "
                                       "also on the server bundled in nvidia-pytriton); onnxruntime/tensorrt: the "
                                       "graph or engine with Triton's implicit state")
@@ -228,19 +243,19 @@ def run(model, backend, provider, engine, plugins, url, served_model, prompt, in
               help="strategy oldest: live sequences per instance  [default: 4 x max batch]")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               metavar="SECONDS", help="a sequence idle this long is released")
-@click.option("--strategy", type=click.Choice(["oldest", "direct"]), default="oldest", show_default=True,
+@click.option("--strategy", type=Choice(STRATEGIES, "strategy"), default=STRATEGIES[0], show_default=True,
               help="Triton's sequence batching strategy")
 @click.option("--queue-delay-us", type=click.IntRange(min=0), default=1000, show_default=True,
               help="how long the batcher waits to fill a batch")
-@click.option("--runtime", type=click.Choice(["ort", "torch"]), default="ort", show_default=True,
+@click.option("--runtime", type=Choice(RUNTIMES, "runtime"), default=RUNTIMES[0], show_default=True,
               help="python backend: ONNX Runtime on the export, or the PyTorch model (EXPORT is then a checkpoint "
                    "directory)")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+@click.option("--provider", type=Choice(PROVIDERS, "provider"), default=PROVIDERS[0], show_default=True,
               help="python backend: where its runtime computes (cuda: one instance group per GPU)")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--dtype", type=Choice(DTYPES, "dtype"), default=DTYPES[0], show_default=True,
               help="torch runtime: the model's dtype")
 @user_errors
-def serve_repo(model, out_dir, backend, engine, plugins, name, instances, max_batch, max_sequences, idle_timeout,
+def serve_repo(model, output, backend, engine, plugins, name, instances, max_batch, max_sequences, idle_timeout,
                strategy, queue_delay_us, runtime, provider, dtype):
     """Write a Triton Inference Server model repository for EXPORT (docs/serving.md), with a README of how to
     start it."""
@@ -250,29 +265,29 @@ def serve_repo(model, out_dir, backend, engine, plugins, name, instances, max_ba
     opts = ServeOptions(name=name, backend=backend, instances=instances, max_batch=max_batch,
                         max_sequences=max_sequences, idle_timeout_s=idle_timeout, strategy=strategy,
                         queue_delay_us=queue_delay_us, runtime=runtime, provider=provider)
-    out = write_repository(model, out_dir, opts, engine, plugins, dtype)
+    out = write_repository(model, output, opts, engine, plugins, dtype)
     click.echo(f"wrote Triton model repository {out} (model {name}, {backend} backend); how to start it: "
                f"{out / 'README.md'}")
 
 
 @main.command()
-@click.argument("ckpt", type=click.Path(path_type=Path))
+@checkpoint_argument
 @click.option("--backends", default="torch,portable,ort", show_default=True,
               help="comma-separated: torch (the PyTorch model on the ops' PyTorch listings), torch-triton (on our "
                    "Triton kernels; CUDA), either with -graphs (CUDA: decode steps replayed from CUDA graphs), "
                    "portable and ort (ONNX Runtime on exports made here)")
-@click.option("--export", "exports", type=click.Path(path_type=Path), multiple=True,
-              help="further export directories to run on ONNX Runtime")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--export", "exports", metavar="EXPORT", type=click.Path(path_type=Path), multiple=True,
+              help="a further export directory to run on ONNX Runtime (repeatable)")
+@provider_option
+@click.option("--dtype", type=Choice(DTYPES, "dtype"), default=DTYPES[0], show_default=True,
               help="of the PyTorch model and of the exports made here")
-@click.option("--batch", "batches", default="1", show_default=True, help="comma-separated batch sizes")
-@click.option("--length", "lengths", default="128,512", show_default=True, help="comma-separated prompt lengths")
+@click.option("--batches", default="1", show_default=True, help="comma-separated batch sizes")
+@click.option("--lengths", default="128,512", show_default=True, help="comma-separated prompt lengths")
 @click.option("--steps", type=click.IntRange(min=1), default=8, show_default=True, help="decode steps timed per point")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="prefills timed per point (median)")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of tokens/s against length")
-@click.option("--json", "as_json", is_flag=True)
+@json_option("the points")
 @user_errors
 def bench(ckpt, backends, exports, provider, dtype, batches, lengths, steps, repeats, plot, as_json):
     """Prefill tokens/s and decode ms/token of each backend, side by side on the same prompts, each checked against
@@ -281,15 +296,12 @@ def bench(ckpt, backends, exports, provider, dtype, batches, lengths, steps, rep
     from .onnx.export import ExportOptions, export as do_export
     from .runtime.backends import OrtBackend, TorchBackend
 
-    batch_list, length_list = _ints(batches, "--batch"), _ints(lengths, "--length")
+    batch_list, length_list = _ints(batches, "--batches"), _ints(lengths, "--lengths")
     names = [n.strip() for n in backends.split(",") if n.strip()]
-    # name → (Triton kernels, CUDA graphs)
-    torch_kinds = {"torch": (False, False), "torch-triton": (True, False), "torch-graphs": (False, True),
-                   "torch-triton-graphs": (True, True)}
-    unknown = set(names) - {*torch_kinds, "portable", "ort"}
+    unknown = set(names) - {*TORCH_VARIANTS, "portable", "ort"}
     if unknown or not (names or exports):
-        raise UserError(f"--backends: choose among {', '.join(torch_kinds)}, portable, ort (got {backends!r})")
-    if provider != "cuda" and any(any(torch_kinds.get(n, ())) for n in names):
+        raise UserError(f"--backends: choose among {', '.join(TORCH_VARIANTS)}, portable, ort (got {backends!r})")
+    if provider != "cuda" and any(any(TORCH_VARIANTS.get(n, ())) for n in names):
         raise UserError("Triton kernels and CUDA graphs need --provider cuda")
     if not Path(ckpt, "config.json").is_file():
         raise UserError(f"{ckpt}: not a checkpoint directory (no config.json)")
@@ -297,7 +309,7 @@ def bench(ckpt, backends, exports, provider, dtype, batches, lengths, steps, rep
         # last-position logits only, as generation needs: all-position logits would time a [b, l, vocab] copy
         made = [do_export(ckpt, Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype, logits="last")).parent
                 for f in names if f in ("portable", "ort")]
-        runners = [TorchBackend(ckpt, provider, dtype, *torch_kinds[n]) for n in names if n in torch_kinds]
+        runners = [TorchBackend(ckpt, provider, dtype, *TORCH_VARIANTS[n]) for n in names if n in TORCH_VARIANTS]
         runners += [OrtBackend(e, provider) for e in [*made, *exports]]
         reference = next((r for r in runners if r.name == f"torch-{provider}" and dtype == "fp32"), None) \
             or TorchBackend(ckpt, provider, "fp32", triton=False)

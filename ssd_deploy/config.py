@@ -17,6 +17,7 @@ from typing import Any
 from .errors import UserError
 
 CONFIG_FILE = "config.json"
+FORMATS = ("hf", "mamba_ssm")  # the two on-disk conventions (config keys and weight names) a checkpoint follows
 
 # Bounds of every dimension: what the kernels and graphs can hold, with room above every released Mamba-2 (the
 # largest, Codestral 7B: d_model 4096, 64 layers, 128 heads, d_state 128, chunk 256). A config past them is a

@@ -11,11 +11,14 @@ The schema is documented in ``export/README.md``.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .onnx.options import ExportOptions
+from .tensorrt.profiles import Profile, Range
 
 try:
     import tomllib
@@ -30,17 +33,8 @@ TARGETS = {
     "cuda": {"flavors": ("portable", "ort"), "dtypes": ("fp32", "fp16", "bf16")},
     "tensorrt": {"flavors": ("portable", "trt"), "dtypes": ("fp32", "fp16", "bf16")},
 }
-EXPORT_KEYS = {"flavor": str, "dtype": str, "opset": int, "graph": str, "logits": str, "external_data": str,
-               "prefill": str}
-PROFILES = ("decode", "prefill")
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A TensorRT optimization profile: (min, opt, max) of the batch and sequence axes of input_ids."""
-    batch: tuple[int, int, int]
-    seq: tuple[int, int, int]
-
+EXPORT_KEYS = typing.get_type_hints(ExportOptions)  # [export] key → type: the fields of ExportOptions
+PROFILES = ("decode", "prefill")  # [tensorrt.profiles] tables, in engine order
 
 @dataclass(frozen=True)
 class Recipe:
@@ -50,7 +44,7 @@ class Recipe:
     batch: tuple[int, int]  # (min, max) the deployment serves
     prefill: tuple[int, int]  # (min, max) prompt tokens per call
     description: str = ""
-    profiles: dict[str, Profile] = field(default_factory=dict)
+    profiles: dict[str, Profile] = field(default_factory=dict)  # TensorRT optimization profiles by name
     workspace_mib: int | None = None  # TensorRT builder memory pool cap
     overrides: tuple[str, ...] = ()  # export options the command line changed
 
@@ -73,6 +67,13 @@ class Recipe:
         recipe = dataclasses.replace(self, export={**self.export, **given}, overrides=changed)
         check(recipe)
         return recipe
+
+
+def override_notes(base: Recipe, resolved: Recipe) -> list[str]:
+    """One line per export option the command line changed: "recipe cpu-fp32: dtype fp32 -> fp16 (--dtype)"."""
+    defaults = ExportOptions()
+    return [f"recipe {base.name}: {k} {base.export.get(k, getattr(defaults, k))} -> {resolved.export[k]} "
+            f"(--{k.replace('_', '-')})" for k in resolved.overrides]
 
 
 def available() -> list[str]:
@@ -117,7 +118,9 @@ def parse(data: dict, name: str) -> Recipe:
         if not isinstance(p, dict):
             raise UserError(f"{pwhere} must be a table")
         _keys(p, {"batch", "seq"}, pwhere, required={"batch", "seq"})
-        profiles[pname] = Profile(_ints(p["batch"], 3, f"{pwhere} batch"), _ints(p["seq"], 3, f"{pwhere} seq"))
+        # ranges unchecked here: check() says which rule a triple breaks
+        profiles[pname] = Profile(pname, Range(*_ints(p["batch"], 3, f"{pwhere} batch")),
+                                  Range(*_ints(p["seq"], 3, f"{pwhere} seq")))
     workspace = trt.get("workspace_mib")
     if workspace is not None and (not isinstance(workspace, int) or isinstance(workspace, bool) or workspace < 1):
         raise UserError(f"{where}: tensorrt.workspace_mib must be a positive integer, got {workspace!r}")

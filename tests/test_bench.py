@@ -9,8 +9,8 @@ from ssd_deploy.cli import main
 
 
 def test_bench_command_tiny(tiny_ckpt, tiny_export, tmp_path):
-    args = ["bench", str(tiny_ckpt), "--backends", "torch", "--export", str(tiny_export), "--batch", "1,2",
-            "--length", "8,40", "--steps", "2", "--repeats", "1", "--json"]
+    args = ["bench", str(tiny_ckpt), "--backends", "torch", "--export", str(tiny_export), "--batches", "1,2",
+            "--lengths", "8,40", "--steps", "2", "--repeats", "1", "--json"]
     r = CliRunner().invoke(main, args, catch_exceptions=False)
     assert r.exit_code == 0
     points = json.loads(r.output)
@@ -41,13 +41,13 @@ def test_bench_parity_catches_a_wrong_backend(tiny_ckpt):
 def test_bench_plot(tiny_ckpt, tiny_export, tmp_path):
     pytest.importorskip("matplotlib", reason="--plot needs matplotlib (bench extra)")
     png = tmp_path / "bench.png"
-    r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--backends", "torch,portable", "--length", "8,16",
+    r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--backends", "torch,portable", "--lengths", "8,16",
                                   "--steps", "1", "--repeats", "1", "--plot", str(png)], catch_exceptions=False)
     assert r.exit_code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_bad_input(tiny_ckpt):
-    r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--length", "0"])
+    r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--lengths", "0"])
     assert r.exit_code == 2 and "positive integers" in r.output
     r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--backends", "tensorflow"])
     assert r.exit_code == 2 and "choose among" in r.output
@@ -59,7 +59,7 @@ def test_bench_bad_input(tiny_ckpt):
 
 def test_bench_dtype_parity_against_fp32(tiny_ckpt):
     """A bf16 torch backend is measured against the fp32 listings, not against itself."""
-    r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--backends", "torch", "--dtype", "bf16", "--length",
+    r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--backends", "torch", "--dtype", "bf16", "--lengths",
                                   "16", "--steps", "1", "--repeats", "1", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     [p] = json.loads(r.output)

@@ -17,7 +17,7 @@ def cli():
 
 
 def test_new_export_validate_inspect(cli, tmp_path):
-    r = cli("new", tmp_path / "ck", "--preset", "tiny", "--format", "mamba_ssm", "--seed", "3")
+    r = cli("new", "-o", tmp_path / "ck", "--preset", "tiny", "--format", "mamba_ssm", "--seed", "3")
     assert r.exit_code == 0 and (tmp_path / "ck" / "pytorch_model.bin").is_file()
     r = cli("export", tmp_path / "ck", "-o", tmp_path / "ex")
     assert r.exit_code == 0 and (tmp_path / "ex" / "model.onnx").is_file()
@@ -32,7 +32,7 @@ def test_new_export_validate_inspect(cli, tmp_path):
 
 
 def test_export_ort_with_chunked_prefill(cli, tmp_path):
-    assert cli("new", tmp_path / "ck", "--preset", "tiny").exit_code == 0
+    assert cli("new", "-o", tmp_path / "ck", "--preset", "tiny").exit_code == 0
     r = cli("export", tmp_path / "ck", "-o", tmp_path / "ex", "--flavor", "ort", "--prefill", "chunked")
     assert r.exit_code == 0, r.output
     info = json.loads(cli("inspect", tmp_path / "ex", "--json").output)
@@ -47,7 +47,7 @@ def test_demo(cli):
 
 @pytest.mark.parametrize("args,message", [
     (["export", "/nonexistent/ckpt", "-o", "{tmp}/o"], "not a directory"),
-    (["new", "{tmp}/n", "--preset", "huge"], "unknown preset"),
+    (["new", "-o", "{tmp}/n", "--preset", "huge"], "unknown preset"),
     (["validate", "{tmp}", "--against", "{tmp}"], "no exported model"),
     (["inspect", "{tmp}"], "no exported model"),
     (["export", "/nonexistent/ckpt", "-o", "{tmp}/o", "--prefill", "chunked"], "option of the ort flavor"),

@@ -23,7 +23,8 @@ from ssd_deploy.presets import preset
 from ssd_deploy.tensorrt import api as trt_api
 from ssd_deploy.tensorrt import sidecar as sc
 from ssd_deploy.tensorrt.build import BuildOptions, add_profiles, build
-from ssd_deploy.tensorrt.cli import build as build_command, engine_options
+from ssd_deploy.cli_vocabulary import engine_options
+from ssd_deploy.tensorrt.cli import build as build_command
 from ssd_deploy.tensorrt.profiles import Profile, Range
 from ssd_deploy.tensorrt.runner import NEEDS, TrtRunner, trt_runner
 
@@ -83,7 +84,7 @@ def leftovers(directory):
 def test_builds_engine_with_decode_and_prefill_profiles(exported, tmp_path, dtype):
     export_dir = exported(dtype)
     engine = tmp_path / f"tiny-{dtype}.engine"
-    result = build(export_dir, BuildOptions(batch="1,2,4", seq="1,48,160", engine=engine))
+    result = build(export_dir, BuildOptions(batch_range="1,2,4", seq_range="1,48,160", output=engine))
     assert result.engine == engine and engine.stat().st_size > 0 and not leftovers(tmp_path)
     car = sc.load(engine)
     assert [p.to_dict() for p in car.profiles] == [
@@ -124,8 +125,8 @@ def test_tensorrt_profiles_hold_the_asked_ranges(exported):
 
 def test_build_command(exported, tmp_path):
     engine = tmp_path / "cli.engine"
-    res = CliRunner().invoke(build_command, [str(exported()), "--profile", "prefill", "--batch", "2",
-                                             "--seq", "1,16,64", "--workspace", "256", "-o", str(engine)])
+    res = CliRunner().invoke(build_command, [str(exported()), "--profile", "prefill", "--batch-range", "2",
+                                             "--seq-range", "1,16,64", "--workspace-mib", "256", "-o", str(engine)])
     assert res.exit_code == 0, res.output
     assert "profile prefill  batch 2,2,2  seq 1,16,64" in res.output
     assert [p.name for p in sc.load(engine).profiles] == ["prefill"]
@@ -133,8 +134,8 @@ def test_build_command(exported, tmp_path):
 
 def test_build_command_refusals_are_one_line_and_leave_no_engine(exported, tmp_path):
     cases = [
-        (["--batch", "4,2,1"], "MIN,OPT,MAX"),
-        (["--profile", "decode", "--seq", "1,2,3"], "decode-only engine"),
+        (["--batch-range", "4,2,1"], "MIN,OPT,MAX"),
+        (["--profile", "decode", "--seq-range", "1,2,3"], "decode-only engine"),
     ]
     for args, match in cases:
         res = CliRunner().invoke(build_command, [str(exported()), *args, "-o", str(tmp_path / "x.engine")])
@@ -152,7 +153,7 @@ def test_recipe_sets_the_ranges_and_flags_override_it(exported, tmp_path):
                       '[tensorrt.profiles.prefill]\nbatch = [1, 1, 2]\nseq = [1, 32, 96]\n')
     assert recipes.load(recipe).to_dict()["profiles"]["prefill"]["seq"] == [1, 32, 96]
     engine = tmp_path / "r.engine"
-    res = CliRunner().invoke(build_command, [str(exported()), "--recipe", str(recipe), "--seq", "1,8,40",
+    res = CliRunner().invoke(build_command, [str(exported()), "--recipe", str(recipe), "--seq-range", "1,8,40",
                                              "-o", str(engine)])
     assert res.exit_code == 0, res.output
     assert [p.to_dict() for p in sc.load(engine).profiles] == [
@@ -211,7 +212,7 @@ def test_unneeded_plugins_and_rtx_timing_cache_are_noted_not_recorded(exported, 
     lib.write_bytes(b"\x7fELF")
     cache = tmp_path / "timing.cache"
     result = build(exported(), BuildOptions(profile="decode", plugins=lib, timing_cache=cache,
-                                            engine=tmp_path / "n.engine"))
+                                            output=tmp_path / "n.engine"))
     assert any("--plugins ignored" in n for n in result.notes) and result.record.plugins is None
     if not API.supports_timing_cache:
         assert any("--timing-cache ignored" in n for n in result.notes) and not cache.exists()
@@ -223,7 +224,7 @@ def test_rebuilt_onnx_or_replaced_engine_is_refused_by_the_sidecar(exported, tmp
     """The checks the runner makes before deserializing, against a real build (no GPU needed up to here)."""
     export_dir = exported()
     engine = tmp_path / "s.engine"
-    build(export_dir, BuildOptions(profile="decode", engine=engine))
+    build(export_dir, BuildOptions(profile="decode", output=engine))
     car = sc.load(engine)
     here = sc.Environment(tensorrt=API.package, tensorrt_version=API.version,
                           compute_capability=(car.compute_targets or [car.compute_capability])[0],
@@ -253,7 +254,7 @@ def test_validate_plumbing_finds_the_engine_of_an_export(exported, tmp_path):
     with pytest.raises(UserError, match=f"ssd-deploy build {tmp_path}"):
         trt_runner(tmp_path)
     engine = tmp_path / "v.engine"
-    build(export_dir, BuildOptions(profile="decode", engine=engine))
+    build(export_dir, BuildOptions(profile="decode", output=engine))
     res = CliRunner().invoke(probe, [str(export_dir), "--engine", str(engine), "--plugins", "lib.so"])
     assert res.exit_code == 0 and res.output.strip() == f"{engine}|{export_dir}|lib.so", res.output
 
@@ -268,7 +269,7 @@ def test_engine_matches_pytorch_prefill_then_decode(exported, checkpoint, tmp_pa
 
     export_dir = exported(dtype)
     engine = tmp_path / "gpu.engine"
-    car = build(export_dir, BuildOptions(batch="1,2,4", seq="1,64,128", engine=engine)).record
+    car = build(export_dir, BuildOptions(batch_range="1,2,4", seq_range="1,64,128", output=engine)).record
     if car.compute_capability == sc.AHEAD_OF_TIME and sc.gpu_compute_capability() not in car.compute_targets:
         pytest.skip(f"{NEEDS}: {car.label} cannot target this GPU ({sc.gpu_compute_capability()})")
     report = validate(export_dir, checkpoint, TrtRunner(engine, export_dir=export_dir), steps=4, batch=2, seed=5)

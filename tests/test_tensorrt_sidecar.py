@@ -121,7 +121,7 @@ def test_range_parsing():
     assert Range.of([2, 3, 5], "b") == Range(2, 3, 5)
     for bad in ["0,1,2", "3,2,4", "1,2", "a,b,c", "1,2,3,4", ""]:
         with pytest.raises(UserError, match="MIN,OPT,MAX"):
-            Range.of(bad, "--batch")
+            Range.of(bad, "--batch-range")
 
 
 # a resolved recipe as the recipes module stores it in the export (Recipe.to_dict)
@@ -141,7 +141,7 @@ def test_plan_defaults():
 
 def test_plan_follows_the_recipe_and_flags_override_it():
     rec = recipe_ranges(RECIPE)
-    assert rec.workspace_mb == 512
+    assert rec.workspace_mib == 512
     assert [p.to_dict() for p in plan(None, None, None, rec, "unified")] == [
         {"name": "decode", "batch": [1, 8, 16], "seq": [1, 1, 1]},
         {"name": "prefill", "batch": [1, 2, 4], "seq": [8, 128, 1024]}]

@@ -9,7 +9,6 @@ Runtime contrib ops (ort.py) or TensorRT plugin nodes (trt.py). Options may come
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,52 +26,15 @@ from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, L
                          state_names)
 from ..model import Mamba2LM
 from . import ort, portable, trt
+from .options import ExportOptions
 from .tracing import batch_dim, seq_dim, to_onnx
 
 # flavor name → module with lowerings(dims, **ExportOptions.flavor_options()); optionally finalize(model, cfg) for
 # rewrites tracing cannot express, and SSM_LAYOUT where its graph keeps the ssm state in another layout than
 # docs/graph-interface.md's
 FLAVORS = {"portable": portable, "ort": ort, "trt": trt}
-EXTERNAL_DATA = ("auto", "always", "never")
 IR_VERSION = 10  # ONNX 1.23 writes 14 by default; current ONNX Runtime releases load 10
 EXTERNAL_AUTO_BYTES = 128 << 20  # past this, weights stream to a side file: an inline save holds ~3 copies in memory
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    flavor: str = "portable"
-    dtype: str = "fp32"
-    opset: int = portable.OPSET
-    external_data: str = "auto"
-    logits: str = "all"  # "all" | "last"
-    graph: str = "unified"  # "unified" | "decode" (a single-token graph using ssd_step) | "packed" (cu_seqlens)
-    prefill: str = "contrib"  # ort flavor: calls of more than one token run "contrib" (LinearAttention) | "chunked"
-
-    def check(self):
-        if self.flavor not in FLAVORS:
-            raise UserError(f"unknown flavor {self.flavor!r}; choose one of {', '.join(FLAVORS)}")
-        if self.dtype not in DTYPES:
-            raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        if self.opset < portable.OPSET:
-            raise UserError(f"opset {self.opset} is too old; ssd-deploy needs opset >= {portable.OPSET}")
-        if self.external_data not in EXTERNAL_DATA:
-            raise UserError(f"--external-data must be one of {', '.join(EXTERNAL_DATA)}")
-        if self.logits not in ("all", "last"):
-            raise UserError("logits must be 'all' or 'last'")
-        if self.graph not in GRAPHS:
-            raise UserError(f"graph must be one of {', '.join(GRAPHS)}")
-        if self.prefill not in ort.PREFILLS:
-            raise UserError(f"unknown prefill {self.prefill!r}; choose one of {', '.join(ort.PREFILLS)}")
-        if self.prefill != "contrib" and self.flavor != "ort":
-            raise UserError(f"prefill {self.prefill!r} is an option of the ort flavor (the {self.flavor} flavor's "
-                            f"scan is chunked already)")
-
-    def flavor_options(self) -> dict:
-        """The options the flavor's lowerings take besides the model's sizes."""
-        return {"prefill": self.prefill} if self.flavor == "ort" else {}
-
-
-GRAPHS = ("unified", "decode", "packed")
 
 
 class GraphInterface(nn.Module):
@@ -168,16 +130,21 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
     return save_atomically(graph, out_dir, _use_external(graph, opts.external_data), check_model)
 
 
-def resolve_options(recipe: str | Path | None = None, **flags) -> tuple[ExportOptions, dict]:
+def resolve_options(recipe: str | Path | None = None, notify: Callable[[str], None] | None = None,
+                    **flags) -> tuple[ExportOptions, dict]:
     """Export options from a recipe (name or TOML path) with command-line ``flags`` on top (None = not given),
-    checked before any work starts; returns them with the resolved recipe to store in the metadata ({} without)."""
+    checked before any work starts; returns them with the resolved recipe to store in the metadata ({} without).
+    ``notify`` gets one line per recipe value a flag changed ("recipe cpu-fp32: dtype fp32 -> fp16 (--dtype)")."""
     given = {k: v for k, v in flags.items() if v is not None}
     unknown = set(given) - {f.name for f in dataclasses.fields(ExportOptions)}
     if unknown:
         raise UserError(f"unknown export options {sorted(unknown)}")
     resolved = {}
     if recipe is not None:
-        r = recipes.load(recipe).with_overrides(**given)
+        base = recipes.load(recipe)
+        r = base.with_overrides(**given)
+        for line in recipes.override_notes(base, r) if notify else ():
+            notify(line)
         given, resolved = r.export, r.to_dict()
     opts = ExportOptions(**given)
     opts.check()

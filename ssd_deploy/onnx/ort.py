@@ -36,6 +36,7 @@ import onnx_ir
 from onnxscript import opset18 as op
 
 from .custom import custom_op
+from .options import PREFILLS  # what calls of more than one token run: LinearAttention, or the portable scan
 from .portable import (OPSET, Dims, d_skip, f32, gated_rmsnorm, if_one_token, ints, packed_lowerings, process_dt,
                        ssd_chunked)
 
@@ -43,7 +44,6 @@ __all__ = ["OPSET", "PREFILLS", "SSM_LAYOUT", "finalize", "lowerings"]
 
 DOMAIN = "com.microsoft"
 SSM_LAYOUT = "b,h,n,p"  # the ssm state layout of this flavor's graph interface (ExportMetadata.ssm_layout)
-PREFILLS = ("contrib", "chunked")  # what calls of more than one token run: LinearAttention, or the portable scan
 
 LinearAttention = custom_op(
     DOMAIN, "LinearAttention", ["query", "key", "value", "past_state", "decay", "beta"], ["output", "present_state"],

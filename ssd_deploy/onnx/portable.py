@@ -25,9 +25,10 @@ from onnxscript import opset18 as op
 
 from ..config import Mamba2Config
 from ..ssd.reference import SOFTPLUS_THRESHOLD
+from .options import MIN_OPSET
 
 FLOAT = 1  # onnx.TensorProto.FLOAT
-OPSET = 18
+OPSET = MIN_OPSET
 
 
 @dataclass(frozen=True)

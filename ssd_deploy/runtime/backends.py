@@ -20,8 +20,8 @@ from ..errors import UserError
 from ..config import Mamba2Config
 from ..interface import CU_SEQLENS, DTYPES, INPUT_IDS, LOGITS, dtype_of, read_metadata
 from .feeds import carried_states, zero_states
+from .kinds import BACKENDS
 
-BACKENDS = ("torch", "ort", "trt")
 
 
 class Backend(ABC):

@@ -31,13 +31,13 @@ SHOWN_ERRORS = 20  # TensorRT log lines quoted when a build fails
 @dataclass(frozen=True)
 class BuildOptions:
     profile: str | None = None  # decode | prefill | both (default: the recipe's, else both)
-    batch: str | None = None  # "MIN,OPT,MAX"
-    seq: str | None = None  # "MIN,OPT,MAX" of the prefill profile
+    batch_range: str | None = None  # "MIN,OPT,MAX" of every profile
+    seq_range: str | None = None  # "MIN,OPT,MAX" of the prefill profile
     recipe: dict | None = None  # a resolved recipe replacing the one stored in the export
     plugins: Path | None = None
     timing_cache: Path | None = None
-    workspace_mb: int | None = None
-    engine: Path | None = None  # default: EXPORT_DIR/model.engine
+    workspace_mib: int | None = None  # the builder's workspace pool (the recipe's tensorrt.workspace_mib)
+    output: Path | None = None  # the engine file; default: EXPORT/model.engine
     verbose: bool = False  # echo TensorRT's log (warnings and up; info with it) while building
 
 
@@ -161,11 +161,11 @@ def build(export_dir: Path, opts: BuildOptions = BuildOptions(), api: trt_api.Tr
         if (made_for.get("flavor"), made_for.get("dtype")) != (meta.flavor, meta.dtype):
             notes.append(f"recipe {recipe.get('name')} is for a {made_for.get('flavor')} {made_for.get('dtype')} "
                          f"export, this one is {meta.flavor} {meta.dtype}: only its TensorRT ranges are used")
-    profiles = plan(opts.profile, opts.batch, opts.seq, ranges, meta.graph)
-    workspace_mb = opts.workspace_mb or ranges.workspace_mb
-    if workspace_mb is not None and workspace_mb < 1:
-        raise UserError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
-    engine_path = Path(opts.engine) if opts.engine else export_dir / ENGINE_FILE
+    profiles = plan(opts.profile, opts.batch_range, opts.seq_range, ranges, meta.graph)
+    workspace_mib = opts.workspace_mib or ranges.workspace_mib
+    if workspace_mib is not None and workspace_mib < 1:
+        raise UserError(f"--workspace-mib must be a positive number, got {workspace_mib}")
+    engine_path = Path(opts.output) if opts.output else export_dir / ENGINE_FILE
     if engine_path.is_dir():
         raise UserError(f"-o {engine_path}: is a directory; give the engine's file name")
     gpu = gpu_compute_capability()
@@ -188,8 +188,8 @@ def build(export_dir: Path, opts: BuildOptions = BuildOptions(), api: trt_api.Tr
     builder, network, parser = _parse(api, logger, onnx_path, plugins)
     config = builder.create_builder_config()
     add_profiles(builder, config, network, profiles)
-    if workspace_mb is not None:
-        api.set_workspace(config, workspace_mb << 20)
+    if workspace_mib is not None:
+        api.set_workspace(config, workspace_mib << 20)
     cache = _timing_cache(api, config, Path(opts.timing_cache) if opts.timing_cache else None, notes)
 
     console.print(f"building {engine_path.name} with {api.display_name} from {onnx_path} ({meta.flavor}, "

@@ -9,6 +9,7 @@ single-token calls instead of stretching the prefill ones down to seq = 1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..errors import UserError
 from ..interface import INPUT_IDS
@@ -20,8 +21,8 @@ DEFAULT_BATCH = (1, 1, 4)
 DEFAULT_SEQ = (1, 256, 2048)
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(NamedTuple):
+    """(min, opt, max) of one axis; a tuple, so a recipe's [min, opt, max] list compares equal to it."""
     min: int
     opt: int
     max: int
@@ -46,7 +47,7 @@ class Range:
         return self.min <= v <= self.max
 
     def to_list(self) -> list[int]:
-        return [self.min, self.opt, self.max]
+        return list(self)
 
     def __str__(self):
         return f"{self.min},{self.opt},{self.max}"
@@ -54,6 +55,8 @@ class Range:
 
 @dataclass(frozen=True)
 class Profile:
+    """A TensorRT optimization profile: ranges of the batch and sequence axes of input_ids. The one class for a
+    recipe's profiles (recipes.py), a build's plan, an engine's sidecar and the runner's choice."""
     name: str
     batch: Range
     seq: Range
@@ -92,7 +95,7 @@ class Profile:
 class RecipeRanges:
     """What an export recipe says about TensorRT: its profiles by name, and the workspace cap."""
     profiles: dict[str, Profile] = field(default_factory=dict)
-    workspace_mb: int | None = None
+    workspace_mib: int | None = None
 
 
 def recipe_ranges(recipe: dict) -> RecipeRanges:
@@ -131,15 +134,15 @@ def plan(which: str | None, batch: str | None, seq: str | None, recipe: RecipeRa
         raise UserError(f"the export is a single-token decode graph: it takes only the decode profile, not "
                         f"{'+'.join(names)}")
     if seq and "prefill" not in names:
-        raise UserError("--seq sets the prefill profile's range; a decode-only engine always has seq = 1")
+        raise UserError("--seq-range sets the prefill profile's range; a decode-only engine always has seq = 1")
     out = []
     for name in names:
         p = recipe.profiles.get(name) or Profile(name, Range(*DEFAULT_BATCH),
                                                  Range(1, 1, 1) if name == "decode" else Range(*DEFAULT_SEQ))
         if batch:
-            p = Profile(name, Range.of(batch, "--batch"), p.seq)
+            p = Profile(name, Range.of(batch, "--batch-range"), p.seq)
         if seq and name == "prefill":
-            p = Profile(name, p.batch, Range.of(seq, "--seq"))
+            p = Profile(name, p.batch, Range.of(seq, "--seq-range"))
         out.append(p)
     return out
 
@@ -155,4 +158,4 @@ def select_profile(profiles: list[Profile], batch: int, seq: int) -> int:
             return i
     ranges = "; ".join(f"{p.name}: batch {p.batch}, seq {p.seq}" for p in profiles)
     raise UserError(f"batch {batch}, seq {seq} is outside every optimization profile of the engine ({ranges}); "
-                    f"rebuild it with wider --batch/--seq")
+                    f"rebuild it with wider --batch-range/--seq-range")

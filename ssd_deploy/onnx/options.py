@@ -1,0 +1,53 @@
+"""What an export can be asked for: ``ExportOptions`` and the value table of each option.
+
+One vocabulary (tests/test_cli_vocabulary.py holds it): each field here is a recipe ``[export]`` key of the same name
+(recipes.py), a flag of ``ssd-deploy export`` of the same name (``--external-data`` for ``external_data``), whose
+choices are the table below, and, except ``external_data`` (a file layout), a field of the export's metadata.
+Light on purpose (no torch): the CLI builds its choices from these tables at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UserError
+from ..interface import DTYPES as DTYPE_VOCABULARY
+
+FLAVORS = ("portable", "ort", "trt")  # onnx/export.py maps each to its lowering module
+DTYPES = tuple(DTYPE_VOCABULARY)  # the graph interface's dtype vocabulary
+MIN_OPSET = 18  # the standard ops the lowerings emit
+EXTERNAL_DATA = ("auto", "always", "never")  # weights in a side file: past a size, always, never
+LOGITS = ("all", "last")  # logits of every position, or of the last one only
+GRAPHS = ("unified", "decode", "packed")  # prefill and decode in one graph; a single-token graph on ssd_step;
+# sequences of several lengths end to end in one call (cu_seqlens)
+PREFILLS = ("contrib", "chunked")  # ort flavor: calls of more than one token on LinearAttention, or the chunked scan
+
+# option → its choices (options not listed take any value of their type)
+CHOICES = {"flavor": FLAVORS, "dtype": DTYPES, "external_data": EXTERNAL_DATA, "logits": LOGITS, "graph": GRAPHS,
+           "prefill": PREFILLS}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    flavor: str = "portable"
+    dtype: str = "fp32"
+    opset: int = MIN_OPSET
+    external_data: str = "auto"
+    logits: str = "all"
+    graph: str = "unified"
+    prefill: str = "contrib"
+
+    def check(self):
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if self.opset < MIN_OPSET:
+            raise UserError(f"opset {self.opset} is too old; ssd-deploy needs opset >= {MIN_OPSET}")
+        if self.prefill != "contrib" and self.flavor != "ort":
+            raise UserError(f"prefill {self.prefill!r} is an option of the ort flavor (the {self.flavor} flavor's "
+                            f"scan is chunked already)")
+
+    def flavor_options(self) -> dict:
+        """The options the flavor's lowerings take besides the model's sizes."""
+        return {"prefill": self.prefill} if self.flavor == "ort" else {}
