@@ -1,6 +1,6 @@
 """The public Python API end to end: export with a recipe, validate, generate, benchmark.
 
-    ssd-deploy new ckpt/ && python samples/python_api.py ckpt/ work/
+    ssd-deploy new -o ckpt/ && python samples/python_api.py ckpt/ work/
 """
 
 import sys

@@ -171,8 +171,8 @@ def benchmark(ckpt: str | Path, backends: Sequence[str] = ("torch", "portable", 
 
 
 def build(export_dir: str | Path, engine: str | Path | None = None, *, recipe: str | Path | None = None,
-          plugins: str | Path | None = None, profile: str | None = None, batch: str | None = None,
-          seq: str | None = None, timing_cache: str | Path | None = None, workspace_mib: int | None = None,
+          plugins: str | Path | None = None, profile: str | None = None, batch_range: str | None = None,
+          seq_range: str | None = None, timing_cache: str | Path | None = None, workspace_mib: int | None = None,
           verbose: bool = False) -> BuildResult:
     """Builds a TensorRT engine (default ``export_dir/model.engine``) and its JSON sidecar from an export; returns
     the paths, the sidecar record and notes. Needs TensorRT (``pip install tensorrt``, with a GPU) or TensorRT-RTX
@@ -180,14 +180,15 @@ def build(export_dir: str | Path, engine: str | Path | None = None, *, recipe: s
     where neither is installed.
 
     Shape ranges come from the export's recipe unless given: ``profile`` ``"decode"``, ``"prefill"`` or ``"both"``,
-    ``batch`` and ``seq`` as ``"MIN,OPT,MAX"``; ``recipe`` replaces the stored one. ``plugins``: the plugin library
+    ``batch_range`` and ``seq_range`` as ``"MIN,OPT,MAX"`` (the CLI's ``--batch-range``/``--seq-range``); ``recipe`` replaces the stored one. ``plugins``: the plugin library
     a ``trt``-flavor graph needs.
     """
     from .tensorrt.build import BuildOptions, build as build_engine, read_recipe
 
-    opts = BuildOptions(profile=profile, batch=batch, seq=seq, recipe=read_recipe(str(recipe)) if recipe else None,
-                        plugins=_path(plugins), timing_cache=_path(timing_cache), workspace_mb=workspace_mib,
-                        engine=_path(engine), verbose=verbose)
+    opts = BuildOptions(profile=profile, batch_range=batch_range, seq_range=seq_range,
+                        recipe=read_recipe(str(recipe)) if recipe else None, plugins=_path(plugins),
+                        timing_cache=_path(timing_cache), workspace_mib=workspace_mib, output=_path(engine),
+                        verbose=verbose)
     return build_engine(Path(export_dir), opts)
 
 

@@ -141,7 +141,8 @@ def _ints(text: str, what: str, least: int = 1) -> list[int]:
     except ValueError:
         raise UserError(f"{what}: expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < least:
-        raise UserError(f"{what}: expected integers >= {least}, got {text!r}")
+        raise UserError(f"{what}: expected {'positive integers' if least == 1 else f'integers >= {least}'}, "
+                        f"got {text!r}")
     return values
 
 

@@ -185,6 +185,6 @@ def check(engine: Path, car: Sidecar, env: Environment):
     """Refuses, with every reason in one message, to run ``engine`` where its sidecar says it cannot run."""
     found = problems(car, env)
     if found:
-        rebuild = f"ssd-deploy build {car.onnx_dir}" if car.onnx_dir else "ssd-deploy build EXPORT_DIR"
+        rebuild = f"ssd-deploy build {car.onnx_dir}" if car.onnx_dir else "ssd-deploy build EXPORT"
         raise UserError(f"{engine}: refusing to run this engine: " + "; ".join(found) +
                         f". Rebuild it where it will run ({rebuild}).")
