@@ -135,10 +135,25 @@ class Server:
 
 
 def start(repository: Path, timeout_s: float = 120.0, log: Path | None = None, verbose: int = 0,
-          exit_timeout_s: int = 5) -> Server:
+          exit_timeout_s: int = 5, attempts: int = 3) -> Server:
     """Starts the bundled server on ``repository`` bound to 127.0.0.1 (HTTP, gRPC; metrics off) and waits until
     every model is ready. On failure the server is stopped and the error quotes the end of its log.
-    ``exit_timeout_s``: how long a stopping server waits for requests in flight."""
+    ``exit_timeout_s``: how long a stopping server waits for requests in flight. A port taken between choosing it
+    and the server binding it is retried with other ports (``attempts``)."""
+    for attempt in range(attempts):
+        try:
+            return _start(repository, timeout_s, log, verbose, exit_timeout_s)
+        except _PortTaken:
+            if attempt == attempts - 1:
+                raise UserError("tritonserver: the free ports it was given were taken before it bound them, "
+                                f"{attempts} times") from None
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _start(repository: Path, timeout_s: float, log: Path | None, verbose: int, exit_timeout_s: int) -> Server:
     repository = Path(repository).resolve()
     if not repository.is_dir():
         raise UserError(f"{repository}: no model repository there")
@@ -159,10 +174,13 @@ def start(repository: Path, timeout_s: float = 120.0, log: Path | None = None, v
     deadline = time.monotonic() + timeout_s
     while not server.ready():
         if process.poll() is not None or time.monotonic() > deadline:
-            tail = "\n".join(server.log_text().splitlines()[-15:])
+            text = server.log_text()
+            tail = "\n".join(text.splitlines()[-15:])
             what = f"exited with status {process.returncode}" if process.poll() is not None \
                 else f"not ready after {timeout_s:g} s"
             server.stop()
+            if "already in use" in text:
+                raise _PortTaken()
             raise UserError(f"tritonserver on {repository} {what}; the end of its log:\n{tail}")
         time.sleep(0.2)
     return server
