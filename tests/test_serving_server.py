@@ -33,26 +33,29 @@ N_SEQ, STEPS = 16, 8
 
 @pytest.fixture(scope="module")
 def served(make_export, tmp_path_factory):
-    """One server, two models: `mamba2` (max batch 8, idle 60 s) and `short` (idle 1 s), both the ort flavor of
-    a tiny untied model. Stopped by PID at the end."""
+    """One server, three models: `mamba2` (max batch 8, idle 60 s) and `short` (idle 1 s), both the ort flavor of
+    a tiny untied model on ONNX Runtime, and `torch` (the checkpoint on the PyTorch model). Stopped by PID at the
+    end."""
     ckpt, export_dir = make_export(UNTIED, "ort", logits="last")
     root = tmp_path_factory.mktemp("serving")
     repo = write_repository(export_dir, root / "repo", ServeOptions(max_batch=8, max_sequences=32))
-    short = write_repository(export_dir, root / "short", ServeOptions(name="short", idle_timeout_s=IDLE_S))
-    shutil.move(str(short / "short"), str(repo / "short"))
+    for name, model, opts in (("short", export_dir, ServeOptions(name="short", idle_timeout_s=IDLE_S)),
+                              ("torch", ckpt, ServeOptions(name="torch", runtime="torch"))):
+        shutil.move(str(write_repository(model, root / name, opts) / name), str(repo / name))
     srv = triton.start(repo, timeout_s=240, exit_timeout_s=1)
     try:
-        yield srv, export_dir
+        yield srv, export_dir, ckpt
     finally:
         srv.stop()
         assert srv.process.returncode is not None
 
 
-def alone(export_dir, prompt, steps):
-    """The sequence run alone in-process on ONNX Runtime: its greedy tokens and the logits of every call."""
+def alone(export_dir, prompt, steps, backend=None):
+    """The sequence run alone in-process (on ONNX Runtime unless ``backend``): its greedy tokens and the logits of
+    every call."""
     from ssd_deploy.runtime.backends import OrtBackend
 
-    backend = OrtBackend(export_dir)
+    backend = backend or OrtBackend(export_dir)
     vocab = backend.config.vocab_size
     logits, states = backend.forward(np.array([prompt]), backend.zero_states(1))
     tokens, all_logits = [], [logits[0]]
@@ -81,7 +84,7 @@ def assert_same(got, ref):
 
 
 def test_concurrent_sequences_match_each_sequence_run_alone(served):
-    srv, export_dir = served
+    srv, export_dir, _ = served
     rng = np.random.default_rng()
     prompts = [rng.integers(0, UNTIED.vocab_size, int(rng.integers(1, 50))).tolist() for _ in range(N_SEQ)]
     got, errors = {}, []
@@ -111,14 +114,14 @@ def test_concurrent_sequences_match_each_sequence_run_alone(served):
 
 
 def test_request_without_start_is_refused(served):
-    srv, _ = served
+    srv, _, _ = served
     with SequenceClient(srv.url, "mamba2") as c:
         with pytest.raises(UserError, match="START"):
             c.step(424242, [1])
 
 
 def test_idle_sequence_is_released_and_its_id_starts_fresh(served):
-    srv, export_dir = served
+    srv, export_dir, _ = served
     prompt = [3, 1, 4, 1, 5]
     with SequenceClient(srv.url, "short") as c:
         c.step(77, prompt, start=True)
@@ -131,7 +134,7 @@ def test_idle_sequence_is_released_and_its_id_starts_fresh(served):
 
 
 def test_server_keeps_serving_after_a_client_disconnects_mid_sequence(served):
-    srv, export_dir = served
+    srv, export_dir, _ = served
     prompt = [7, 7, 2, 9, 11, 40]
     ref = alone(export_dir, prompt, 4)
     first = SequenceClient(srv.url, "mamba2")
@@ -165,7 +168,7 @@ def raw(url, ids, dtype="INT64", **seq):
 
 
 def test_bad_requests_get_a_clear_error_and_leave_other_sequences_alone(served):
-    srv, export_dir = served
+    srv, export_dir, _ = served
     prompt = [5, 6, 7, 8]
     ref = alone(export_dir, prompt, 3)
     bad = [
@@ -195,7 +198,7 @@ def test_client_generate_matches_in_process_generation(served):
     from ssd_deploy.generate import generate
     from ssd_deploy.runtime.backends import OrtBackend
 
-    srv, export_dir = served
+    srv, export_dir, _ = served
     prompt = [11, 12, 13, 14, 15, 16, 17]
     for opts in (SamplingOptions(max_new_tokens=6), SamplingOptions(max_new_tokens=1),
                  SamplingOptions(max_new_tokens=6, temperature=0.8, top_k=20, seed=3)):
@@ -215,7 +218,7 @@ def test_run_command_through_the_server(served):
     from ssd_deploy.generate import generate
     from ssd_deploy.runtime.backends import OrtBackend
 
-    srv, export_dir = served
+    srv, export_dir, _ = served
     args = ["run", "--backend", "triton", "--url", srv.url, "--model", "mamba2", "--max-new-tokens", "5"]
     r = CliRunner().invoke(main, args + ["--input-ids", "4,5,6", "--json"])
     assert r.exit_code == 0, r.output
@@ -240,10 +243,63 @@ def test_sample_client_gives_the_tokens_of_in_process_generation(served):
     from ssd_deploy.generate import generate
     from ssd_deploy.runtime.backends import OrtBackend
 
-    srv, export_dir = served
+    srv, export_dir, _ = served
     sample = Path(__file__).resolve().parents[1] / "samples" / "serving" / "client.py"
     out = subprocess.run([sys.executable, str(sample), "--url", srv.url, "--model", "mamba2", "--input-ids",
                           "8,9,10,11", "--max-new-tokens", "6"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     expected = generate(OrtBackend(export_dir), [[8, 9, 10, 11]], SamplingOptions(max_new_tokens=6))[0]
     assert [int(t) for t in out.stdout.split()] == expected
+
+
+def test_torch_runtime_serves_the_checkpoint(served):
+    """The python model on the PyTorch model (the runtime the GPU route uses, here on the CPU): concurrent
+    sequences equal each run alone in-process on the same backend."""
+    from ssd_deploy.runtime.backends import TorchBackend
+
+    srv, _, ckpt = served
+    prompts = [[5, 9, 2], list(range(1, 41)), [7]]
+    got = {}
+
+    def one(i):
+        with SequenceClient(srv.url, "torch") as c:
+            got[i] = drive(c, 700 + i, prompts[i], 5)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    backend = TorchBackend(ckpt)
+    for i, p in enumerate(prompts):
+        assert_same(got[i], alone(None, p, 5, backend))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_runtime_on_cuda_matches_in_process(make_checkpoint, tmp_path):
+    """The python model running the PyTorch model on the GPU (Triton kernels, CUDA-graph decode), 8 concurrent
+    sequences against each run alone in-process on the same backend."""
+    from ssd_deploy.runtime.backends import TorchBackend
+
+    ckpt = make_checkpoint(UNTIED, "hf", seed=5)
+    repo = write_repository(ckpt, tmp_path / "repo", ServeOptions(runtime="torch", provider="cuda", max_batch=8))
+    srv = triton.start(repo, timeout_s=300, exit_timeout_s=1)
+    try:
+        backend = TorchBackend(ckpt, "cuda", "fp32", cuda_graphs=True)
+        prompts = [[1 + i, 2 + i, 3 + i] * (i + 1) for i in range(8)]
+        got = {}
+
+        def one(i):
+            with SequenceClient(srv.url, "mamba2") as c:
+                got[i] = drive(c, 300 + i, prompts[i], 6)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, p in enumerate(prompts):
+            assert_same(got[i], alone(None, p, 6, backend))
+    finally:
+        srv.stop()
