@@ -40,6 +40,7 @@ from ssd_deploy.serving.pbtxt import NEXT_TOKEN, ServeOptions
 from ssd_deploy.serving.repository import write_repository
 
 PROMPT = 16
+IDLE_TIMEOUT_S = 3600.0  # sequences wait at the barrier until all C prompts are in: never release them meanwhile
 
 
 def _commit() -> str:
@@ -132,11 +133,12 @@ def main(preset_name, concurrency, steps, runtime, provider, dtype, queue_delay_
             export(ckpt, model, opts, resolved)
     else:
         model = ckpt
-    repo = work / f"repo-{runtime}-{provider}-{dtype}-{queue_delay_us}"
+    repo = work / f"repo-{runtime}-{provider}-{dtype}-{queue_delay_us}-{max(levels)}"
     if not repo.exists():
         write_repository(model, repo, ServeOptions(backend="python", runtime=runtime, provider=provider,
                                                    max_batch=max(levels), max_sequences=max(levels),
-                                                   queue_delay_us=queue_delay_us), dtype=dtype)
+                                                   queue_delay_us=queue_delay_us, idle_timeout_s=IDLE_TIMEOUT_S),
+                         dtype=dtype)
     backend = OrtBackend(model, provider) if runtime == "ort" else TorchBackend(model, provider, dtype,
                                                                                   cuda_graphs=provider == "cuda")
     vocab = backend.config.vocab_size

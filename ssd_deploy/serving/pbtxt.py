@@ -1,6 +1,6 @@
 """Triton model configurations (``config.pbtxt``) for an export, from its metadata alone (docs/serving.md).
 
-Two shapes of the same interface (``input_ids`` in, ``logits`` out, DESIGN §3 names):
+Two shapes of the same interface (``input_ids`` in, ``logits`` out; names of docs/graph-interface.md):
 
 * ``onnxruntime`` / ``tensorrt``: the graph itself, with Triton's *implicit state*: one ``state`` entry per
   ``conv_state.i``/``ssm_state.i`` input, fed from its ``*_out.i`` output, zero ``initial_state``, dims and data
