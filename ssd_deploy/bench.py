@@ -86,6 +86,53 @@ def run(backends: list[Backend], reference: Backend, batches: list[int], lengths
     return points
 
 
+@dataclass
+class PackedPoint:
+    """Prefill of prompts of different lengths: one call per prompt vs one packed call (docs/op-contracts.md,
+    "Packed sequences")."""
+    backend: str  # the packed one ("name one by one / name packed" when they differ)
+    lengths: list
+    one_by_one_ms: float
+    packed_ms: float
+    speedup: float
+    err: float  # the packed call's last logits against the one-by-one ones (relative)
+
+
+def _one_by_one(backend: Backend, prompts: list[list[int]]) -> np.ndarray:
+    return np.concatenate([backend.forward(np.array([p]), backend.zero_states(1))[0] for p in prompts])
+
+
+def run_packed(pairs: list[tuple[Backend, Backend]], lengths: list[int], repeats: int = 3, seed: int = 0,
+               progress=None) -> list[PackedPoint]:
+    """For each (backend, packing backend) pair (the same backend, or an ONNX Runtime one on a unified export and
+    one on a packed export), one prompt of each length: median time of one call per prompt vs one packed call."""
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, pairs[0][0].config.vocab_size, n).tolist() for n in lengths]
+    points = []
+    for single, packed in pairs:
+        expected = _one_by_one(single, prompts)  # also the warm-up
+        packed.forward_packed(prompts, packed.zero_states(len(prompts)))
+        t_one = statistics.median(_timed(single, lambda: _one_by_one(single, prompts))[0] for _ in range(repeats))
+        runs = [_timed(packed, lambda: packed.forward_packed(prompts, packed.zero_states(len(prompts))))
+                for _ in range(repeats)]
+        t_packed = statistics.median(t for t, _ in runs)
+        name = packed.name if single is packed else f"{single.name} / {packed.name}"
+        points.append(PackedPoint(name, list(lengths), t_one * 1e3, t_packed * 1e3, t_one / t_packed,
+                                  _rel(runs[-1][1][0], expected)))
+        if progress:
+            progress(points[-1])
+    return points
+
+
+def packed_table(points: list[PackedPoint]) -> str:
+    lines = [f"{'backend (one by one / packed)':<48} {'one by one ms':>13} {'packed ms':>10} {'speed-up':>8} "
+             f"{'err':>8}"]
+    for p in points:
+        lines.append(f"{p.backend:<48} {p.one_by_one_ms:>13.2f} {p.packed_ms:>10.2f} {p.speedup:>7.2f}x "
+                     f"{p.err:>8.1e}")
+    return "\n".join(lines)
+
+
 def table(points: list[Point]) -> str:
     lines = [f"{'backend':<22} {'batch':>5} {'length':>6} {'prefill ms':>11} {'tokens/s':>10} {'decode ms':>10} "
              f"{'err pre':>8} {'err step':>8}"]

@@ -288,9 +288,11 @@ def serve_repo(model, output, backend, engine, plugins, name, instances, max_bat
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="prefills timed per point (median)")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of tokens/s against length")
+@click.option("--packed", is_flag=True, help="also prefill one prompt of each of --lengths in one packed call against "
+              "one call per prompt (torch backends; portable/ort through a --graph packed export)")
 @json_option("the points")
 @user_errors
-def bench(ckpt, backends, exports, provider, dtype, batches, lengths, steps, repeats, plot, as_json):
+def bench(ckpt, backends, exports, provider, dtype, batches, lengths, steps, repeats, plot, packed, as_json):
     """Prefill tokens/s and decode ms/token of each backend, side by side on the same prompts, each checked against
     the float32 PyTorch listings (err pre: logits after the prefill; err step: after one decode step)."""
     from . import bench as b
@@ -317,9 +319,21 @@ def bench(ckpt, backends, exports, provider, dtype, batches, lengths, steps, rep
         points = b.run(runners, reference, batch_list, length_list, steps, repeats,
                        progress=None if as_json else lambda p: click.echo(f"  measured {p.backend} batch {p.batch} "
                                                                          f"length {p.length}", err=True))
+        packed_points = []
+        if packed:  # each flavor's unified export one prompt at a time, its packed export in one call
+            pairs = [(r, r) for r in runners if r.packed]
+            for flavor, unified in zip([f for f in names if f in ("portable", "ort")], made):
+                opts = ExportOptions(flavor=flavor, dtype=dtype, logits="last", graph="packed")
+                pairs.append((OrtBackend(unified, provider),
+                              OrtBackend(do_export(ckpt, Path(tmp) / f"{flavor}-packed", opts).parent, provider)))
+            packed_points = b.run_packed(pairs, length_list, repeats)
     if plot:
         b.plot(points, plot)
-    click.echo(json.dumps(b.to_json(points), indent=2) if as_json else b.table(points))
+    if as_json:
+        click.echo(json.dumps(b.to_json(points) if not packed else
+                              {"points": b.to_json(points), "packed": b.to_json(packed_points)}, indent=2))
+    else:
+        click.echo(b.table(points) + (("\n\n" + b.packed_table(packed_points)) if packed else ""))
 
 
 @main.group()

@@ -64,3 +64,17 @@ def test_bench_dtype_parity_against_fp32(tiny_ckpt):
     assert r.exit_code == 0, r.output
     [p] = json.loads(r.output)
     assert 0 < p["prefill_err"] < 5e-2 and 0 < p["decode_err"] < 5e-2
+
+
+@pytest.mark.slow
+def test_bench_packed(tiny_ckpt):
+    """--packed: one prompt of each length, one call each vs one packed call (torch; portable unified vs packed
+    export), the packed logits checked against the one-by-one ones."""
+    r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--backends", "torch,portable", "--lengths", "5,40,17",
+                                  "--steps", "1", "--repeats", "1", "--packed", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    packed = json.loads(r.output)["packed"]
+    assert [p["backend"] for p in packed] == ["torch-cpu", "ort-portable-cpu / ort-portable-packed-cpu"]
+    for p in packed:
+        assert p["lengths"] == [5, 40, 17] and p["one_by_one_ms"] > 0 and p["packed_ms"] > 0
+        assert p["err"] < 1e-4  # NaN fails
