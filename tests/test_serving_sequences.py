@@ -31,10 +31,13 @@ def alone(backend, prompt, tokens):
     return out
 
 
-@pytest.fixture(scope="module", params=["ort", "torch"])
+@pytest.fixture(scope="module", params=["ort", "ort-packed", "torch"])
 def backend(request, make_export):
-    ckpt, export_dir = make_export(UNTIED, "ort", logits="last")
-    return OrtBackend(export_dir) if request.param == "ort" else TorchBackend(ckpt)
+    """ONNX Runtime (prompts of different lengths one call each), ONNX Runtime on a packed graph (in one packed
+    call), and the PyTorch model (packs too)."""
+    packed = {"graph": "packed"} if request.param == "ort-packed" else {}
+    ckpt, export_dir = make_export(UNTIED, "ort", logits="last", **packed)
+    return OrtBackend(export_dir) if request.param.startswith("ort") else TorchBackend(ckpt)
 
 
 def test_batched_steps_equal_each_sequence_alone(backend):
@@ -42,6 +45,8 @@ def test_batched_steps_equal_each_sequence_alone(backend):
     n, steps = 5, 6
     prompts = [rng.integers(0, UNTIED.vocab_size, int(rng.integers(1, 45))).tolist() for _ in range(n)]
     prompts[1] = prompts[1][:1]  # a one-token prompt joins the batched decode at its START
+    prompts[2] = prompts[2][:1] * 7  # two prompts of equal lengths: one batched prefill call besides the others
+    prompts[4] = prompts[4][:1] * 7
     tokens = rng.integers(0, UNTIED.vocab_size, (n, steps))
     seqs = Sequences(backend, idle_timeout_s=60)
     got = {i: [] for i in range(n)}

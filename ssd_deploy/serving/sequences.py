@@ -8,8 +8,8 @@ One ``Sequences.run(steps)`` per batch the server hands over:
   and each sequence keeps its row of the result. When the batch is exactly the sequences of one earlier call in
   the same order (the steady state of a decode loop), that call's batched states are passed on as they are:
   nothing is copied;
-* longer steps (a prompt, or several tokens appended) go through ``prefill`` (one call each for now; a packed
-  prefill of several prompts in one call replaces that one function);
+* longer steps (a prompt, or several tokens appended) go through ``prefill``: one batched call for equal lengths,
+  one packed call on a backend that packs, else one call each;
 * a rejected step (empty, out-of-vocabulary ids, longer than the recipe's prefill range, no state) leaves its
   sequence as it was and the other steps of the batch unaffected;
 * a sequence is released at its END step, or when it has been idle longer than the idle timeout.
@@ -73,13 +73,19 @@ class _Live:
     last_used: float
 
 
-def prefill(backend: Backend, items: list[tuple[np.ndarray, object]]) -> list[tuple[np.ndarray, object]]:
-    """Runs steps of more than one token: (ids [tokens], states of one sequence) → (logits [1, V], states).
-    One call per sequence (Mamba has no attention mask to pad unequal prompts with); token by token on a
-    decode-only graph."""
+def prefill(backend: Backend, prompts: list[np.ndarray], states) -> tuple[np.ndarray, object]:
+    """Runs the steps of more than one token of n sequences from their stacked states [n, ...]: (last-token
+    logits [n, V], states [n, ...]). Equal lengths in one batched call; different lengths in one packed call where
+    the backend packs (a ``--graph packed`` export, docs/op-contracts.md "Packed sequences"), else one call each
+    (Mamba has no attention mask to pad unequal prompts with); token by token on a decode-only graph."""
     from ..generate import _forward_prompt
 
-    return [_forward_prompt(backend, ids[None, :], states) for ids, states in items]
+    if len({p.size for p in prompts}) == 1:
+        return _forward_prompt(backend, np.stack(prompts), states)
+    if backend.packed:
+        return backend.forward_packed([p.tolist() for p in prompts], states)
+    parts = [_forward_prompt(backend, p[None, :], _rows(states, i, i + 1)) for i, p in enumerate(prompts)]
+    return np.concatenate([logits for logits, _ in parts]), backend.concat_states([s for _, s in parts])
 
 
 class Sequences:
@@ -140,10 +146,12 @@ class Sequences:
             if decode:
                 self._decode([(k, steps[k]) for k in decode], results, now)
             if longer:
-                outs = self.prefill(self.backend, [(steps[k].ids, self._states_of(steps[k])) for k in longer])
-                for k, (logits, states) in zip(longer, outs):
-                    self._keep(steps[k].sequence, _Batch(states, 1), 0, now)
-                    results[k] = Result(logits=np.asarray(logits)[0])
+                logits, states = self.prefill(self.backend, [steps[k].ids for k in longer],
+                                              self._gather([steps[k] for k in longer]))
+                batch = _Batch(states, len(longer))
+                for row, k in enumerate(longer):
+                    self._keep(steps[k].sequence, batch, row, now)
+                    results[k] = Result(logits=logits[row])
             for step in steps:  # END releases the sequence even when its last step was rejected
                 if step.end and self.live.pop(step.sequence, None) is not None:
                     self.log(f"sequence {step.sequence} ended; {len(self.live)} live")
@@ -153,6 +161,10 @@ class Sequences:
         live = self._zero_state() if step.start else self.live[step.sequence].batch
         row = 0 if step.start else self.live[step.sequence].row
         return live.states if live.size == 1 else _rows(live.states, row, row + 1)
+
+    def _gather(self, steps: list[Step]):
+        parts = [self._states_of(s) for s in steps]
+        return parts[0] if len(parts) == 1 else self.backend.concat_states(parts)
 
     def _decode(self, items: list[tuple[int, Step]], results: list, now: float):
         """One backend call for every one-token step: gathered states in, each sequence's row out."""
@@ -168,10 +180,8 @@ class Sequences:
         whole = first is not None and first.size == len(steps) and all(
             not s.start and self.live[s.sequence].batch is first and self.live[s.sequence].row == r
             for r, s in enumerate(steps))
-        if whole:  # the same sequences as one earlier call, in its order: its states as they are
-            states = first.states
-        else:
-            states = self.backend.concat_states([self._states_of(s) for s in steps])
+        # the same sequences as one earlier call, in its order: its states as they are
+        states = first.states if whole else self._gather(steps)
         ids = np.array([[int(s.ids[0])] for s in steps], dtype=np.int64)
         logits, new = self.backend.forward(ids, states)
         batch = _Batch(new, len(steps))
