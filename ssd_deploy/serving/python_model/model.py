@@ -76,23 +76,16 @@ class TritonPythonModel:
             self.sequences.sweep()
 
     def execute(self, requests):
-        steps, bad = [], {}
-        for k, request in enumerate(requests):
-            ids = pb_utils.get_input_tensor_by_name(request, INPUT_IDS).as_numpy()
+        steps = []
+        for request in requests:
+            # [1, tokens]: the sequence batcher refuses any other batch size, the config any other rank
+            ids = pb_utils.get_input_tensor_by_name(request, INPUT_IDS).as_numpy()[0]
             control = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
                        for name in (START, END, CORRID)}
-            if ids.ndim != 2 or ids.shape[0] != 1:
-                bad[k] = f"expected input_ids of shape [1, tokens], got {list(ids.shape)}"
-            steps.append(Step(int(control[CORRID]), np.ascontiguousarray(ids[0] if ids.ndim == 2 else ids, np.int64),
-                              bool(control[START]), bool(control[END])))
-        results = self.sequences.run([s for k, s in enumerate(steps) if k not in bad])
-        results = iter(results)
+            steps.append(Step(int(control[CORRID]), np.ascontiguousarray(ids, np.int64), bool(control[START]),
+                              bool(control[END])))
         responses = []
-        for k, request in enumerate(requests):
-            if k in bad:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(bad[k])))
-                continue
-            result = next(results)
+        for request, result in zip(requests, self.sequences.run(steps)):
             if result.error is not None:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(result.error)))
                 continue
