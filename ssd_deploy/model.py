@@ -26,10 +26,20 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
 
-    def forward(self, x: Tensor) -> Tensor:
-        v = x.float()
+    def forward(self, residual: Tensor, delta: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(rmsnorm(residual + delta) in the weight's dtype, residual + delta in the residual's dtype): the block's
+        residual add and its norm together, so that on CUDA one Triton kernel does both (a decode step's launches
+        and a prefill's elementwise passes, docs/performance.md)."""
+        from .ssd import triton
+
+        fused = triton.add_rmsnorm(residual, delta, self.weight, self.eps)
+        if fused is not None:
+            return fused
+        if delta is not None:
+            residual = residual + delta.to(residual.dtype)
+        v = residual.float()
         v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (v * self.weight.float()).to(self.weight.dtype)
+        return (v * self.weight.float()).to(self.weight.dtype), residual
 
 
 class GatedNormWeight(nn.Module):
@@ -64,10 +74,10 @@ class Mamba2Mixer(nn.Module):
         conv_bias = None if self.conv1d.bias is None else self.conv1d.bias.float()
         if cu_seqlens is not None:
             xBC, conv_state = torch.ops.ssd_deploy.causal_conv1d_packed(
-                xBC.contiguous(), self.conv1d.weight.float().squeeze(1), conv_bias, conv_state, cu_seqlens, True)
+                xBC, self.conv1d.weight.float().squeeze(1), conv_bias, conv_state, cu_seqlens, True)
         else:
             xBC, conv_state = torch.ops.ssd_deploy.causal_conv1d(
-                xBC.contiguous(), self.conv1d.weight.float().squeeze(1), conv_bias, conv_state, True)
+                xBC, self.conv1d.weight.float().squeeze(1), conv_bias, conv_state, True)
         x, B, C = torch.split(xBC, [cfg.d_inner, g * n, g * n], dim=-1)
         A = -torch.exp(self.A_log.float())
         D = self.D.float().reshape(h, p) if cfg.D_has_hdim else self.D.float()
@@ -77,13 +87,13 @@ class Mamba2Mixer(nn.Module):
                 self.dt_bias.float(), True, cfg.dt_min, cfg.dt_max)
         elif cu_seqlens is not None:
             y, ssm_state = torch.ops.ssd_deploy.ssd_scan_packed(
-                x.reshape(b, l, h, p), dt.contiguous(), A, B.reshape(b, l, g, n), C.reshape(b, l, g, n), D,
+                x.reshape(b, l, h, p), dt, A, B.reshape(b, l, g, n), C.reshape(b, l, g, n), D,
                 self.dt_bias.float(), ssm_state, cu_seqlens, cfg.chunk_size, True, cfg.dt_min, cfg.dt_max)
         else:
             y, ssm_state = torch.ops.ssd_deploy.ssd_scan(
-                x.reshape(b, l, h, p), dt.contiguous(), A, B.reshape(b, l, g, n), C.reshape(b, l, g, n), D,
+                x.reshape(b, l, h, p), dt, A, B.reshape(b, l, g, n), C.reshape(b, l, g, n), D,
                 self.dt_bias.float(), ssm_state, cfg.chunk_size, True, cfg.dt_min, cfg.dt_max)
-        y = torch.ops.ssd_deploy.gated_rmsnorm(y.reshape(b, l, cfg.d_inner), z.contiguous(),
+        y = torch.ops.ssd_deploy.gated_rmsnorm(y.reshape(b, l, cfg.d_inner), z,
                                                self.norm.weight.float(), cfg.norm_eps, cfg.group_size)
         return self.out_proj(y), conv_state, ssm_state
 
@@ -139,13 +149,17 @@ class Mamba2LM(nn.Module):
         in and out, and ``last_token_only`` gives each sequence's last-token logits, [n, 1, padded_vocab]."""
         hidden = self.backbone.embedding(input_ids)
         residual = hidden.float() if self.cfg.residual_in_fp32 else hidden
+        out = None  # the previous mixer's output, added to the residual by the next norm
         new_conv, new_ssm = [], []
         for layer, conv, ssm in zip(self.backbone.layers, conv_states, ssm_states):
-            out, conv, ssm = layer.mixer(layer.norm(residual), conv, ssm, decode, cu_seqlens)
-            residual = residual + out.to(residual.dtype)
+            normed, residual = layer.norm(residual, out)
+            out, conv, ssm = layer.mixer(normed, conv, ssm, decode, cu_seqlens)
             new_conv.append(conv)
             new_ssm.append(ssm)
         if last_token_only:
-            residual = residual[:, -1:] if cu_seqlens is None else residual[0, cu_seqlens[1:] - 1, None]
-        logits = F.linear(self.backbone.norm_f(residual), self.lm_head.weight)
+            last = slice(-1, None) if cu_seqlens is None else cu_seqlens[1:] - 1
+            rows = (slice(None), last) if cu_seqlens is None else (0, last, None)
+            residual, out = residual[rows], None if out is None else out[rows]
+        normed, _ = self.backbone.norm_f(residual, out)
+        logits = F.linear(normed, self.lm_head.weight)
         return logits, new_conv, new_ssm

@@ -1,8 +1,11 @@
-"""Triton kernels for the SSD ops (``ssd_scan``, ``ssd_step``, ``ssd_scan_packed``), registered as their CUDA implementations.
+"""Triton kernels for the ops (``ssd_scan``, ``ssd_scan_packed``, ``ssd_step``, ``causal_conv1d``,
+``gated_rmsnorm``), registered as their CUDA implementations, and the block's residual add + RMSNorm, which the model
+calls through ``add_rmsnorm``.
 
 Importing this package does not import Triton (``import ssd_deploy`` must work without it); ``register()`` does, and
 says through its return value why it registered nothing when Triton is missing. The kernels live in ``scan``
-(prefill, chunked; packed too) and ``step`` (decode); ``NOTES.md`` beside this file records their design and measurements.
+(prefill, chunked; packed too), ``step`` (decode), ``conv`` and ``norm``; ``NOTES.md`` beside this file records
+their design and measurements.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 from typing import NamedTuple
 
-OPS = ("ssd_scan", "ssd_step", "ssd_scan_packed")
+OPS = ("ssd_scan", "ssd_step", "ssd_scan_packed", "causal_conv1d", "gated_rmsnorm")
 _registered: set[str] = set()  # devices register() attached the kernels to
+_disabled: set[str] = set()  # devices inside a disabled() block
 
 
 class Registration(NamedTuple):
@@ -23,8 +27,7 @@ class Registration(NamedTuple):
 
 
 def register(device: str = "cuda") -> Registration:
-    """Make ``torch.ops.ssd_deploy.ssd_scan`` / ``ssd_step`` / ``ssd_scan_packed`` run the Triton kernels on
-    ``device`` tensors.
+    """Make the ``torch.ops.ssd_deploy`` ops (``OPS``) run the Triton kernels on ``device`` tensors.
 
     Safe to call more than once (the last call wins) and without Triton (then nothing changes). ``device`` is "cuda"
     but for tests: with TRITON_INTERPRET=1 set before Triton is imported, "cpu" runs the kernels in the interpreter.
@@ -36,25 +39,48 @@ def register(device: str = "cuda") -> Registration:
     import torch
 
     from .. import ops  # noqa: F401  (defines the ops before kernels are attached to them)
+    from .conv import causal_conv1d
+    from .norm import gated_rmsnorm
     from .scan import ssd_scan, ssd_scan_packed
     from .step import ssd_step
 
     # The launchers take the ops' arguments in the ops' order and names (plus keyword-only extras).
-    torch.library.register_kernel(f"{ops.NAMESPACE}::ssd_scan", device, ssd_scan)
-    torch.library.register_kernel(f"{ops.NAMESPACE}::ssd_step", device, ssd_step)
-    torch.library.register_kernel(f"{ops.NAMESPACE}::ssd_scan_packed", device, ssd_scan_packed)
+    for name, fn in (("ssd_scan", ssd_scan), ("ssd_step", ssd_step), ("ssd_scan_packed", ssd_scan_packed),
+                     ("causal_conv1d", causal_conv1d), ("gated_rmsnorm", gated_rmsnorm)):
+        torch.library.register_kernel(f"{ops.NAMESPACE}::{name}", device, fn)
     _registered.add(device)
     return Registration(True, f"Triton kernels registered for {', '.join(OPS)} on {device}")
 
 
 @contextmanager
-def disabled(device: str = "cuda"):
-    """The ops run their PyTorch listings on ``device`` inside this block, even after ``register()``: one process
-    can then time PyTorch eager and the Triton kernels side by side."""
+def disabled(device: str = "cuda", names: tuple[str, ...] = (*OPS, "add_rmsnorm")):
+    """The ops ``names`` (default: all, and the residual add + RMSNorm) run their PyTorch listings on ``device``
+    inside this block, even after ``register()``: one process can then time PyTorch eager and the Triton kernels
+    side by side, or one kernel's share of a model."""
     with ExitStack() as stack:
         if device in _registered:  # set_kernel_enabled warns about a kernel that was never registered
             from .. import ops
 
             for name in OPS:
-                stack.enter_context(getattr(ops, name).set_kernel_enabled(device, False))
-        yield
+                if name in names:
+                    stack.enter_context(getattr(ops, name).set_kernel_enabled(device, False))
+        off = "add_rmsnorm" in names and device not in _disabled
+        if off:
+            _disabled.add(device)
+        try:
+            yield
+        finally:
+            if off:
+                _disabled.discard(device)
+
+
+def add_rmsnorm(residual, delta, weight, eps):
+    """The Triton residual add + RMSNorm (``norm.add_rmsnorm``) where ``register()`` attached the kernels to the
+    residual's device and no ``disabled()`` block is open; None otherwise (the caller runs its listing). Not an op:
+    export traces the listing, and every runtime fuses the add and the norm on its own."""
+    device = residual.device.type
+    if device not in _registered or device in _disabled:
+        return None
+    from .norm import add_rmsnorm as kernel
+
+    return kernel(residual, delta, weight, eps)

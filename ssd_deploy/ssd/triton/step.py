@@ -23,6 +23,7 @@ TARGET_PROGRAMS = 1024
 @triton.jit
 def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, y_ptr, out_state_ptr,
                  nheads, hdim, ngroups, dstate, heads_per_group, dt_min, dt_max,
+                 stride_xb, stride_dtb, stride_Bb, stride_Cb,
                  DT_SOFTPLUS: tl.constexpr, D_HAS_HDIM: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     bh = tl.program_id(1).to(tl.int64)
     b = bh // nheads
@@ -33,11 +34,12 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_p
     pmask = offs_p < hdim
     nmask = offs_n < dstate
 
-    dtp = process_dt(tl.load(dt_ptr + bh).to(tl.float32), tl.load(dt_bias_ptr + h), dt_min, dt_max, DT_SOFTPLUS)
+    dtp = process_dt(tl.load(dt_ptr + b * stride_dtb + h).to(tl.float32), tl.load(dt_bias_ptr + h), dt_min, dt_max,
+                     DT_SOFTPLUS)
     decay = tl.exp(dtp * tl.load(A_ptr + h))
-    x = tl.load(x_ptr + bh * hdim + offs_p, mask=pmask, other=0.0).to(tl.float32)
-    Bv = tl.load(B_ptr + (b * ngroups + g) * dstate + offs_n, mask=nmask, other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + (b * ngroups + g) * dstate + offs_n, mask=nmask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + b * stride_xb + h * hdim + offs_p, mask=pmask, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + b * stride_Bb + g * dstate + offs_n, mask=nmask, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + b * stride_Cb + g * dstate + offs_n, mask=nmask, other=0.0).to(tl.float32)
 
     tile = bh * hdim * dstate + offs_p[:, None] * dstate + offs_n[None, :]
     tile_mask = pmask[:, None] & nmask[None, :]
@@ -51,6 +53,16 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_p
         D = tl.load(D_ptr + h)
     y = tl.sum(s * Cv[None, :], axis=1) + D * x
     tl.store(y_ptr + bh * hdim + offs_p, y.to(y_ptr.dtype.element_ty), mask=pmask)
+
+
+def _rows_contiguous(t) -> bool:
+    """Everything but the batch axis laid out densely (the kernel takes a batch stride only)."""
+    expected = 1
+    for size, stride in reversed(list(zip(t.shape[1:], t.stride()[1:]))):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def default_block_p(batch: int, nheads: int, hdim: int) -> int:
@@ -77,14 +89,17 @@ def ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus=True, dt_min=0.0, dt
         raise ValueError(f"ssd_step: D must have shape ({h},) or ({h}, {p}), got {tuple(D.shape)}")
     if not state.is_contiguous() or (state_out is not None and not state_out.is_contiguous()):
         raise ValueError("ssd_step: states must be contiguous")
-    x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
+    # strided batch views (slices of the conv's and in_proj's outputs) are read in place: a decode step would
+    # otherwise launch four copies per layer
+    x, dt, B, C = (t if _rows_contiguous(t) else t.contiguous() for t in (x, dt, B, C))
     A, D, dt_bias = (t.float().contiguous() for t in (A, D, dt_bias))
-    y = torch.empty_like(x) if y is None else y
+    y = torch.empty(b, h, p, dtype=x.dtype, device=x.device) if y is None else y
     state_out = torch.empty_like(state) if state_out is None else state_out
     block_p = block_p or default_block_p(b, h, p)
     with on_device(x):
         _step_kernel[(triton.cdiv(p, block_p), b * h)](
             state, x, dt, A, B, C, D, dt_bias, y, state_out, h, p, g, n, h // g, float(dt_min), float(dt_max),
+            x.stride(0), dt.stride(0), B.stride(0), C.stride(0),
             DT_SOFTPLUS=bool(dt_softplus), D_HAS_HDIM=D.dim() == 2, BLOCK_P=block_p,
             BLOCK_N=triton.next_power_of_2(n), num_warps=4)
     return y, state_out

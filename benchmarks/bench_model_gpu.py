@@ -1,0 +1,230 @@
+"""Whole models on one GPU, ssd-deploy beside mamba_ssm in one process, same random weights (issue 15's table).
+
+For each preset (random weights, seed 0, bf16): mamba_ssm's ``MambaLMHeadModel`` (from its source tree, Triton
+kernels only: ``use_mem_eff_path=False``, no causal-conv1d extension) loads ssd-deploy's state dict as it is (same
+keys); ssd-deploy's ``Mamba2LM`` runs on its Triton kernels in two configurations:
+
+* ``ssd-scan-only``: only the SSD scan and step on Triton, the conv, the norms and the residual add on their PyTorch
+  listings (the configuration before the conv/norm kernels: the "before" of this run);
+* ``ssd-all``: every op and the residual add + RMSNorm on Triton (``ssd_deploy.ssd.triton.register``).
+
+Prefill: one forward of b × l tokens returning the last position's logits (``num_last_tokens=1`` for mamba_ssm),
+CUDA events, median of repeats after warm-up. Decode: ssd-deploy's per-step time with its CUDA graphs
+(``runtime.cuda_graphs.DecodeGraphs``: states copied in and out, as the torch backend runs it) and the bare graph
+replay; mamba_ssm's ``generate(cg=True)`` timed at two lengths, the difference per token (its prefill cancels).
+Parity in the same run: bf16 last-position logits of each side against ssd-deploy's fp32 listings; at fp32 (130m)
+mamba_ssm vs ssd-deploy's listings and 32 greedy tokens compared. ``--profile`` writes torch.profiler tables of one
+8 × 2048 prefill per side.
+
+    MAMBA_SSM_SRC=.gpu/mamba_src PYTHONPATH=. python benchmarks/bench_model_gpu.py --out OUT [--presets 130m,2.7b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from ssd_deploy.checkpoint import random_model
+from ssd_deploy.presets import preset
+from ssd_deploy.runtime.cuda_graphs import DecodeGraphs
+from ssd_deploy.ssd import triton as tri
+
+SCAN_ONLY_OFF = ("causal_conv1d", "gated_rmsnorm", "add_rmsnorm")  # left on their listings in "ssd-scan-only"
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def cuda_time(fn, warmup=2, repeats=10) -> list[float]:
+    """Milliseconds per call, CUDA events around each call, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return times
+
+
+def summary(times: list[float]) -> dict:
+    s = sorted(times)
+    return {"median": statistics.median(s), "min": s[0], "max": s[-1], "n": len(s)}
+
+
+def rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def mamba_ssm_model(cfg, sd, dtype):
+    from mamba_ssm.models.config_mamba import MambaConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+    mc = MambaConfig(d_model=cfg.d_model, n_layer=cfg.n_layer, vocab_size=cfg.vocab_size,
+                     ssm_cfg={"layer": "Mamba2", "d_state": cfg.d_state, "d_conv": cfg.d_conv, "expand": cfg.expand,
+                              "headdim": cfg.headdim, "ngroups": cfg.ngroups, "chunk_size": cfg.chunk_size,
+                              "use_mem_eff_path": False},
+                     rms_norm=True, residual_in_fp32=cfg.residual_in_fp32, fused_add_norm=True,
+                     pad_vocab_size_multiple=cfg.pad_vocab_size_multiple, tie_embeddings=cfg.tie_embeddings)
+    m = MambaLMHeadModel(mc, device="cuda", dtype=dtype)
+    result = m.load_state_dict(sd, strict=not cfg.tie_embeddings)
+    missing = [k for k in result.missing_keys if k != "lm_head.weight"]
+    assert not missing and not result.unexpected_keys, result
+    return m.eval()
+
+
+def ours_config(name: str):
+    """The context in which a configuration of ours runs."""
+    return tri.disabled("cuda", SCAN_ONLY_OFF) if name == "ssd-scan-only" else nullcontext()
+
+
+@torch.no_grad()
+def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_dir: Path | None) -> dict:
+    cfg = preset(name)
+    log(f"{name}: random weights")
+    base = random_model(cfg, seed=0)
+    sd = {k: v for k, v in base.state_dict().items()}
+    ours = random_model(cfg, seed=0).cast(torch.bfloat16).cuda().eval()
+    listing32 = base.cuda().eval()  # fp32 listings: the parity reference
+    theirs = mamba_ssm_model(cfg, sd, torch.bfloat16)
+    res = {"preset": name, "config": cfg.to_dict(), "points": []}
+    gen = torch.Generator().manual_seed(1)
+    for b in batches:
+        ids = torch.randint(0, cfg.vocab_size, (b, length), generator=gen).cuda()
+        point = {"batch": b, "length": length}
+
+        # parity first (bf16 vs the fp32 listings, last position)
+        with tri.disabled("cuda"):
+            ref = listing32(ids, *listing32.init_states(b, "cuda"), last_token_only=True)[0][:, -1]
+        for conf in ("ssd-scan-only", "ssd-all"):
+            with ours_config(conf):
+                point[f"err_{conf}"] = rel(ours(ids, *ours.init_states(b, "cuda"), last_token_only=True)[0][:, -1],
+                                           ref)
+        point["err_mamba_ssm"] = rel(theirs(ids, num_last_tokens=1).logits[:, -1], ref)
+
+        # prefill
+        for conf in ("ssd-scan-only", "ssd-all"):
+            with ours_config(conf):
+                t = cuda_time(lambda: ours(ids, *ours.init_states(b, "cuda"), last_token_only=True))
+            point[f"prefill_ms_{conf}"] = summary(t)
+        point["prefill_ms_mamba_ssm"] = summary(cuda_time(lambda: theirs(ids, num_last_tokens=1)))
+
+        # decode: ours through CUDA graphs, after a real prefill
+        for conf in ("ssd-scan-only", "ssd-all"):
+            with ours_config(conf):
+                _, conv, ssm = ours(ids, *ours.init_states(b, "cuda"), last_token_only=True)
+                graphs = DecodeGraphs(partial(ours, decode=True, last_token_only=True))
+                tok = ids[:, -1:].clone()
+                state = [conv, ssm]
+
+                def step():
+                    logits, state[0], state[1] = graphs(tok, state[0], state[1])
+
+                point[f"decode_ms_{conf}"] = summary(cuda_time(step, warmup=3, repeats=decode_tokens))
+                g = graphs.captured[b]
+                point[f"decode_replay_ms_{conf}"] = summary(cuda_time(g.graph.replay, warmup=3,
+                                                                      repeats=decode_tokens))
+        # mamba_ssm: generate(cg=True) at two lengths, the difference per token
+        short, long_ = 8, 8 + decode_tokens
+
+        def gen_ms(n):
+            return cuda_time(lambda: theirs.generate(ids, max_length=length + n, cg=True, top_k=1), warmup=1,
+                             repeats=3)
+        t_short, t_long = statistics.median(gen_ms(short)), statistics.median(gen_ms(long_))
+        point["decode_ms_mamba_ssm"] = {"median": (t_long - t_short) / decode_tokens}
+        res["points"].append(point)
+        log(f"{name} b{b}: " + json.dumps({k: (v["median"] if isinstance(v, dict) else v) for k, v in point.items()}))
+
+        if profile_dir is not None and b == max(batches):
+            from torch.profiler import ProfilerActivity, profile
+
+            for label, fn in (("ssd-all", lambda: ours(ids, *ours.init_states(b, "cuda"), last_token_only=True)),
+                              ("mamba_ssm", lambda: theirs(ids, num_last_tokens=1))):
+                fn()
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    fn()
+                    torch.cuda.synchronize()
+                (profile_dir / f"profile_{name}_b{b}_{label}.txt").write_text(
+                    prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+    del ours, theirs, listing32, base
+    torch.cuda.empty_cache()
+    return res
+
+
+@torch.no_grad()
+def fp32_crosscheck() -> dict:
+    """130m at fp32: mamba_ssm vs ssd-deploy's listings, last-position logits and 32 greedy tokens."""
+    cfg = preset("130m")
+    base = random_model(cfg, seed=0)
+    sd = dict(base.state_dict())
+    ours = base.cuda().eval()
+    theirs = mamba_ssm_model(cfg, sd, torch.float32)
+    ids = torch.randint(0, cfg.vocab_size, (1, 64), generator=torch.Generator().manual_seed(2)).cuda()
+    with tri.disabled("cuda"):
+        ref = ours(ids, *ours.init_states(1, "cuda"), last_token_only=True)[0][:, -1]
+        out = theirs(ids, num_last_tokens=1).logits[:, -1]
+        toks, (conv, ssm), cur = [], ours.init_states(1, "cuda"), ids
+        for _ in range(32):
+            logits, conv, ssm = ours(cur, conv, ssm, decode=cur.shape[1] == 1, last_token_only=True)
+            cur = logits[:, -1, :cfg.vocab_size].argmax(-1, keepdim=True)
+            toks.append(int(cur))
+    theirs_toks = theirs.generate(ids, max_length=64 + 32, cg=False, top_k=1)[0, 64:].tolist()
+    return {"logits_rel_err": rel(out, ref), "greedy_identical": toks == theirs_toks, "ours": toks,
+            "theirs": theirs_toks}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--presets", default="130m,2.7b")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--length", type=int, default=2048)
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    sys.path.insert(0, os.environ.get("MAMBA_SSM_SRC", ".gpu/mamba_src"))
+    assert tri.register("cuda"), "Triton kernels not registered"
+    args.out.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    report = {"date": datetime.date.today().isoformat(), "commit": commit or os.environ.get("COMMIT", "?"),
+              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "presets": []}
+    report["fp32_crosscheck"] = fp32_crosscheck()
+    log(f"fp32 cross-check: {report['fp32_crosscheck']['logits_rel_err']:.2e}, greedy identical: "
+        f"{report['fp32_crosscheck']['greedy_identical']}")
+    for name in args.presets.split(","):
+        report["presets"].append(bench_preset(name, [int(b) for b in args.batches.split(",")], args.length,
+                                              args.decode_tokens, args.out if args.profile else None))
+    (args.out / "bench_model_gpu.json").write_text(json.dumps(report, indent=1))
+    # the short table, last
+    print(f"\n{report['device']}, {report['date']}, commit {report['commit']}; bf16, prompt {args.length}")
+    print("| model, b | prefill ms: scan-only / all / mamba_ssm (x) | decode ms/token: scan-only / all / replay / "
+          "mamba_ssm (x) | err: all / mamba_ssm |")
+    for p in report["presets"]:
+        for q in p["points"]:
+            pre = [q[f"prefill_ms_{c}"]["median"] for c in ("ssd-scan-only", "ssd-all", "mamba_ssm")]
+            dec = [q["decode_ms_ssd-scan-only"]["median"], q["decode_ms_ssd-all"]["median"],
+                   q["decode_replay_ms_ssd-all"]["median"], q["decode_ms_mamba_ssm"]["median"]]
+            print(f"| {p['preset']}, {q['batch']} | {pre[0]:.2f} / {pre[1]:.2f} / {pre[2]:.2f} ({pre[2] / pre[1]:.2f}x)"
+                  f" | {dec[0]:.3f} / {dec[1]:.3f} / {dec[2]:.3f} / {dec[3]:.3f} ({dec[3] / dec[1]:.2f}x) | "
+                  f"{q['err_ssd-all']:.1e} / {q['err_mamba_ssm']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()

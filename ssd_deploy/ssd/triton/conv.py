@@ -1,0 +1,87 @@
+"""The ``causal_conv1d`` op (docs/op-contracts.md) as one Triton kernel: depthwise causal conv over time with the
+carried window, bias and SiLU fused, the new window written by the same launch.
+
+Why a kernel: the PyTorch listing concatenates the carried window with the input, upcasts, convolves, applies SiLU
+and casts back: five passes over the activations and several launches per layer, which made the conv and its copies
+the largest non-GEMM cost of a prefill and a good part of a decode step's launches (benchmarks/RESULTS.md). Here
+each output element reads its k inputs (from x, or from the carried window for the first k-1 positions) once.
+
+x may be a strided view (the xBC slice of in_proj's output): only its channel axis must be contiguous, so the model
+does not copy it first.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import on_device
+
+
+@triton.jit
+def _conv_kernel(x_ptr, w_ptr, bias_ptr, state_ptr, y_ptr, new_state_ptr,
+                 seqlen, dim, stride_xb, stride_xl,
+                 HAS_BIAS: tl.constexpr, SILU: tl.constexpr, K: tl.constexpr,
+                 BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_l = tl.program_id(0)
+    b = tl.program_id(2).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    dmask = offs_d < dim
+    lmask = offs_l < seqlen
+    x_base = x_ptr + b * stride_xb
+    state_base = state_ptr + (b * dim + offs_d) * (K - 1)  # [b, d, k-1]
+
+    acc = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+    for i in tl.static_range(K):
+        t = offs_l - (K - 1) + i  # input position feeding tap i; < 0: from the carried window
+        from_x = (lmask & (t >= 0))[:, None] & dmask[None, :]
+        from_state = (lmask & (t < 0))[:, None] & dmask[None, :]
+        xv = tl.load(x_base + t[:, None] * stride_xl + offs_d[None, :], mask=from_x, other=0.0).to(tl.float32)
+        sv = tl.load(state_base[None, :] + (K - 1 + t)[:, None], mask=from_state, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + offs_d * K + i, mask=dmask, other=0.0)
+        acc += (xv + sv) * w[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_d, mask=dmask, other=0.0)[None, :]
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    y = y_ptr + (b * seqlen + offs_l[:, None]) * dim + offs_d[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=lmask[:, None] & dmask[None, :])
+
+    if pid_l == 0:  # the new window: the last k-1 inputs, reaching into the old window when seqlen < k-1
+        new_base = new_state_ptr + (b * dim + offs_d) * (K - 1)
+        for j in tl.static_range(K - 1):
+            t = tl.zeros([BLOCK_D], dtype=tl.int32) + (seqlen - (K - 1) + j)  # a vector: masks are per element
+            xv = tl.load(x_base + t * stride_xl + offs_d, mask=dmask & (t >= 0), other=0.0)
+            sv = tl.load(state_base + (K - 1 + t), mask=dmask & (t < 0), other=0.0)
+            v = tl.where(t >= 0, xv.to(tl.float32), sv.to(tl.float32))
+            tl.store(new_base + j, v.to(new_state_ptr.dtype.element_ty), mask=dmask)
+
+
+def causal_conv1d(x, weight, bias, conv_state, silu=True, *, y=None, new_state=None):
+    """The ``causal_conv1d`` op on Triton: x [b, l, d] (channel axis contiguous), weight [d, k], bias [d] or None,
+    conv_state [b, d, k-1] → (y [b, l, d] contiguous in x's dtype, new conv_state in conv_state's dtype).
+
+    ``y`` and ``new_state`` may be given (tests poison them to prove every element is written); ``new_state`` must
+    not be ``conv_state`` (the kernel reads the old window while other programs write the new one)."""
+    b, l, d = x.shape
+    k = weight.shape[1]
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    if tuple(weight.shape) != (d, k) or tuple(conv_state.shape) != (b, d, k - 1):
+        raise ValueError(f"causal_conv1d: need weight {(d, k)} and conv_state {(b, d, k - 1)}; got "
+                         f"{tuple(weight.shape)}, {tuple(conv_state.shape)}")
+    weight = weight.float().contiguous()
+    bias = None if bias is None else bias.float().contiguous()
+    conv_state = conv_state.contiguous()
+    y = torch.empty(b, l, d, dtype=x.dtype, device=x.device) if y is None else y
+    new_state = torch.empty_like(conv_state) if new_state is None else new_state
+    block_l = min(32, max(2, triton.next_power_of_2(l)))
+    block_d = 128 if l > 1 else 256
+    with on_device(x):
+        _conv_kernel[(triton.cdiv(l, block_l), triton.cdiv(d, block_d), b)](
+            x, weight, bias if bias is not None else weight, conv_state, y, new_state,
+            l, d, x.stride(0), x.stride(1),
+            HAS_BIAS=bias is not None, SILU=bool(silu), K=k, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4)
+    return y, new_state
