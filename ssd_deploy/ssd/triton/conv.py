@@ -52,10 +52,10 @@ def _conv_kernel(x_ptr, w_ptr, bias_ptr, state_ptr, y_ptr, new_state_ptr,
     if pid_l == 0:  # the new window: the last k-1 inputs, reaching into the old window when seqlen < k-1
         new_base = new_state_ptr + (b * dim + offs_d) * (K - 1)
         for j in tl.static_range(K - 1):
-            t = tl.zeros([BLOCK_D], dtype=tl.int32) + (seqlen - (K - 1) + j)  # a vector: masks are per element
-            xv = tl.load(x_base + t * stride_xl + offs_d, mask=dmask & (t >= 0), other=0.0)
-            sv = tl.load(state_base + (K - 1 + t), mask=dmask & (t < 0), other=0.0)
-            v = tl.where(t >= 0, xv.to(tl.float32), sv.to(tl.float32))
+            tt = tl.zeros([BLOCK_D], dtype=tl.int32) + (seqlen - (K - 1) + j)  # a vector: masks are per element
+            from_new_x = tl.load(x_base + tt * stride_xl + offs_d, mask=dmask & (tt >= 0), other=0.0)
+            from_old = tl.load(state_base + (K - 1 + tt), mask=dmask & (tt < 0), other=0.0)
+            v = tl.where(tt >= 0, from_new_x.to(tl.float32), from_old.to(tl.float32))
             tl.store(new_base + j, v.to(new_state_ptr.dtype.element_ty), mask=dmask)
 
 
