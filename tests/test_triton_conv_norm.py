@@ -80,6 +80,25 @@ def add_norm_errors(rows, d, delta_dtype, weight_dtype, device, seed) -> dict:
             "first_keeps_residual": float(same is not res)}
 
 
+def scan_strided_errors(b, l, h, p, n, g, dtype, device, seed) -> dict:
+    """The scan reading x, B and C in place as slices of one [b, l, width] tensor (as the model passes them)."""
+    from ssd_deploy.ssd.triton.scan import ssd_scan
+
+    gen = torch.Generator().manual_seed(seed)
+    d, gn = h * p, g * n
+    xBC = torch.randn(b, l, d + 2 * gn + 3, generator=gen).to(dtype).to(device)
+    x = xBC[..., :d].reshape(b, l, h, p)
+    B, C = (xBC[..., d + i * gn:d + (i + 1) * gn].reshape(b, l, g, n) for i in range(2))
+    dt = (0.5 * torch.randn(b, l, h, generator=gen)).to(device)
+    A, D, dt_bias = -torch.rand(h, generator=gen).to(device) - 0.5, torch.randn(h).to(device), torch.zeros(h).to(device)
+    init = torch.randn(b, h, p, n, generator=gen).to(device)
+    y, final = ssd_scan(x, dt, A, B, C, D, dt_bias, init, 16, y=torch.full((b, l, h, p), math.nan, dtype=dtype,
+                                                                         device=device))
+    y_ref, s_ref = reference.ssd_sequential(x.double(), dt.double(), A.double(), B.double(), C.double(), D.double(),
+                                            dt_bias.double(), init.double())
+    return {"y": rel_err(y, y_ref), "final_state": rel_err(final, s_ref)}
+
+
 def model_errors(device, dtype, seed=0) -> dict:
     """A tiny model (ngroups 2, D per head) on the kernels vs on its listings: prefill of 7 tokens, then 2 steps."""
     import ssd_deploy.ssd.triton as tri
@@ -122,6 +141,8 @@ def cases(device: str, large: bool) -> dict:
         out[f"gated_{dt}_g1"] = (gated_norm_errors, (1, 1, 48, 48, dt, device, 2), dt)
         out[f"addnorm_{dt}"] = (add_norm_errors, (9, d + 8, dt, torch.float32 if dt == torch.float32 else dt,
                                                   device, 3), dt)
+        out[f"scan_strided_{dt}"] = (scan_strided_errors, (2, 300 if large else 37, 4, 16, 16, 2, dt, device, 4),
+                                     dt)
     out["model_fp32"] = (model_errors, (device, torch.float32), torch.float32)
     return out
 

@@ -35,13 +35,16 @@ def _conv_kernel(x_ptr, w_ptr, bias_ptr, state_ptr, y_ptr, new_state_ptr,
 
     acc = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
     for i in tl.static_range(K):
-        t = offs_l - (K - 1) + i  # input position feeding tap i; < 0: from the carried window
-        from_x = (lmask & (t >= 0))[:, None] & dmask[None, :]
-        from_state = (lmask & (t < 0))[:, None] & dmask[None, :]
-        xv = tl.load(x_base + t[:, None] * stride_xl + offs_d[None, :], mask=from_x, other=0.0).to(tl.float32)
-        sv = tl.load(state_base[None, :] + (K - 1 + t)[:, None], mask=from_state, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + offs_d * K + i, mask=dmask, other=0.0)
-        acc += (xv + sv) * w[None, :]
+        t = offs_l - (K - 1) + i  # input position feeding tap i
+        xv = tl.load(x_base + t[:, None] * stride_xl + offs_d[None, :],
+                     mask=(lmask & (t >= 0))[:, None] & dmask[None, :], other=0.0)
+        acc += xv.to(tl.float32) * tl.load(w_ptr + offs_d * K + i, mask=dmask, other=0.0)[None, :]
+    if pid_l * BLOCK_L < K - 1:  # only the first positions reach back into the carried window
+        for i in tl.static_range(K - 1):
+            t = offs_l - (K - 1) + i
+            sv = tl.load(state_base[None, :] + (K - 1 + t)[:, None],
+                         mask=(lmask & (t < 0))[:, None] & dmask[None, :], other=0.0)
+            acc += sv.to(tl.float32) * tl.load(w_ptr + offs_d * K + i, mask=dmask, other=0.0)[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_d, mask=dmask, other=0.0)[None, :]
     if SILU:

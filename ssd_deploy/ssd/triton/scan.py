@@ -78,7 +78,7 @@ def _dt_kernel(dt_ptr, A_ptr, dt_bias_ptr, dtp_ptr, cum_ptr, chunk_start_ptr, ch
 ], key=["Q", "dstate"])
 @triton.jit
 def _cb_kernel(C_ptr, B_ptr, cb_ptr, chunk_start_ptr, chunk_len_ptr,
-               seqlen, nchunks, ngroups, dstate,
+               seqlen, nchunks, ngroups, dstate, stride_B, stride_C,
                Q: tl.constexpr, DOT_PREC: tl.constexpr, PACKED: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     num_k: tl.constexpr = (Q + BLOCK_K - 1) // BLOCK_K
@@ -97,9 +97,9 @@ def _cb_kernel(C_ptr, B_ptr, cb_ptr, chunk_start_ptr, chunk_len_ptr,
     offs_n = tl.arange(0, BLOCK_N)
     if chunk_len <= 0:  # an unused packed slot
         return
-    row = row0 * ngroups + g  # [b, l, g, n] at the chunk's first token, group g, in rows of dstate
-    C_ptrs = C_ptr + (row + offs_m[:, None] * ngroups) * dstate + offs_n[None, :]
-    B_ptrs = B_ptr + (row + offs_k[None, :] * ngroups) * dstate + offs_n[:, None]
+    # [b, l, g, n] at the chunk's first token, group g; tokens stride_B / stride_C apart
+    C_ptrs = C_ptr + (row0 + offs_m[:, None]) * stride_C + g * dstate + offs_n[None, :]
+    B_ptrs = B_ptr + (row0 + offs_k[None, :]) * stride_B + g * dstate + offs_n[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     for n0 in range(0, dstate, BLOCK_N):
         nmask = offs_n < dstate - n0
@@ -124,7 +124,7 @@ def _cb_kernel(C_ptr, B_ptr, cb_ptr, chunk_start_ptr, chunk_len_ptr,
 @triton.jit
 def _states_kernel(x_ptr, B_ptr, dtp_ptr, cum_ptr, init_ptr, ent_ptr, final_ptr,
                    chunk_start_ptr, chunk_len_ptr, seq_chunks_ptr,
-                   seqlen, nchunks, nheads, hdim, ngroups, dstate, heads_per_group, programs,
+                   seqlen, nchunks, nheads, hdim, ngroups, dstate, heads_per_group, programs, stride_x, stride_B,
                    HAS_INIT: tl.constexpr, Q: tl.constexpr, DOT_PREC: tl.constexpr, PACKED: tl.constexpr,
                    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     num_n = tl.cdiv(dstate, BLOCK_N)
@@ -166,9 +166,9 @@ def _states_kernel(x_ptr, B_ptr, dtp_ptr, cum_ptr, init_ptr, ent_ptr, final_ptr,
             cum_k = tl.load(cum_ptr + col + offs_k, mask=kmask, other=0.0)
             dtp_k = tl.load(dtp_ptr + col + offs_k, mask=kmask, other=0.0)
             t = row0 + offs_k
-            xT = tl.load(x_base + t[None, :] * (nheads * hdim) + offs_p[:, None], mask=pmask[:, None] & kmask[None, :],
+            xT = tl.load(x_base + t[None, :] * stride_x + offs_p[:, None], mask=pmask[:, None] & kmask[None, :],
                          other=0.0)
-            Bk = tl.load(B_base + t[:, None] * (ngroups * dstate) + offs_n[None, :],
+            Bk = tl.load(B_base + t[:, None] * stride_B + offs_n[None, :],
                          mask=kmask[:, None] & nmask[None, :], other=0.0)
             scaled = (Bk.to(tl.float32) * (tl.exp(cum_last - cum_k) * dtp_k)[:, None]).to(xT.dtype)
             s = tl.dot(xT, scaled, s, input_precision=DOT_PREC)
@@ -185,7 +185,7 @@ def _states_kernel(x_ptr, B_ptr, dtp_ptr, cum_ptr, init_ptr, ent_ptr, final_ptr,
 ], key=["Q", "hdim", "dstate"])
 @triton.jit
 def _out_kernel(x_ptr, C_ptr, cb_ptr, dtp_ptr, cum_ptr, ent_ptr, D_ptr, y_ptr, chunk_start_ptr, chunk_len_ptr,
-                seqlen, nchunks, nheads, hdim, ngroups, dstate, heads_per_group,
+                seqlen, nchunks, nheads, hdim, ngroups, dstate, heads_per_group, stride_x, stride_C,
                 D_HAS_HDIM: tl.constexpr, Q: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr,
                 PACKED: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -210,14 +210,14 @@ def _out_kernel(x_ptr, C_ptr, cb_ptr, dtp_ptr, cum_ptr, ent_ptr, D_ptr, y_ptr, c
     cum_m = tl.load(cum_ptr + col + offs_m, mask=offs_m < Q, other=0.0)
 
     # The state entering the chunk, decayed to each row.
-    Cm = tl.load(C_ptr + ((row0 + offs_m[:, None]) * ngroups + g) * dstate + offs_n[None, :],
+    Cm = tl.load(C_ptr + (row0 + offs_m[:, None]) * stride_C + g * dstate + offs_n[None, :],
                  mask=mmask[:, None] & nmask[None, :], other=0.0)
     ent = tl.load(ent_ptr + ((b * nchunks + c) * nheads + h) * hdim * dstate + offs_p[None, :] * dstate
                   + offs_n[:, None], mask=nmask[:, None] & pmask[None, :], other=0.0)
     acc = tl.dot(Cm, ent.to(Cm.dtype), input_precision=DOT_PREC) * tl.exp(cum_m)[:, None]
 
     # Inside the chunk: causal, so only columns up to this block's last row.
-    x_base = x_ptr + row0 * nheads * hdim + h * hdim
+    x_base = x_ptr + row0 * stride_x + h * hdim
     cb_base = cb_ptr + ((b * nchunks + c) * ngroups + g) * Q * Q
     k_end = min((pid_m + 1) * BLOCK_M, chunk_len)
     for k0 in range(0, k_end, BLOCK_K):
@@ -232,19 +232,33 @@ def _out_kernel(x_ptr, C_ptr, cb_ptr, dtp_ptr, cum_ptr, ent_ptr, D_ptr, y_ptr, c
         dtp_k = tl.load(dtp_ptr + col + offs_k, mask=kmask, other=0.0)
         decay = tl.exp(tl.where(causal, cum_m[:, None] - cum_k[None, :], 0.0))
         w = tl.where(causal, cb * decay * dtp_k[None, :], 0.0)
-        xk = tl.load(x_base + offs_k[:, None] * (nheads * hdim) + offs_p[None, :],
+        xk = tl.load(x_base + offs_k[:, None] * stride_x + offs_p[None, :],
                      mask=kmask[:, None] & pmask[None, :], other=0.0)
         acc = tl.dot(w.to(xk.dtype), xk, acc, input_precision=DOT_PREC)
 
-    io = (row0 + offs_m[:, None]) * (nheads * hdim) + h * hdim + offs_p[None, :]
+    rows = row0 + offs_m[:, None]
     io_mask = mmask[:, None] & pmask[None, :]
-    xm = tl.load(x_ptr + io, mask=io_mask, other=0.0).to(tl.float32)
+    xm = tl.load(x_ptr + rows * stride_x + h * hdim + offs_p[None, :], mask=io_mask, other=0.0).to(tl.float32)
     if D_HAS_HDIM:
         D = tl.load(D_ptr + h * hdim + offs_p, mask=pmask, other=0.0)[None, :]
     else:
         D = tl.load(D_ptr + h)
     acc += xm * D
-    tl.store(y_ptr + io, acc.to(y_ptr.dtype.element_ty), mask=io_mask)
+    tl.store(y_ptr + rows * (nheads * hdim) + h * hdim + offs_p[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=io_mask)
+
+
+def _token_strided(t) -> bool:
+    """[b, l, k, m] with its last two axes dense and its tokens evenly spaced across the batch (the kernels take
+    one token stride)."""
+    b, l, k, m = t.shape
+    return (t.stride(3) == 1 or m == 1) and (t.stride(2) == m or k == 1) and (
+        b == 1 or l == 1 or t.stride(0) == l * t.stride(1))
+
+
+def _token_stride(t) -> int:
+    """Elements from one token to the next (a size-1 axis may carry any stride: then the batch's)."""
+    return t.stride(1) if t.shape[1] > 1 else t.stride(0)
 
 
 def _check(x, dt, A, B, C, D, dt_bias, initial_state):
@@ -328,13 +342,16 @@ def _launch(x, dt, A, B, C, D, dt_bias, initial_state, q, nc, nseq, table, dt_so
     chunk slots described by ``table`` (chunk_table), ``nseq`` sequences."""
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
+    # x, B and C are read in place where they are slices of one [b, l, width] tensor (the conv's output, as the
+    # model hands them over): a copy of each cost a tenth of a 2.7b prefill (benchmarks/RESULTS.md)
+    x, B, C = (t if _token_strided(t) else t.contiguous() for t in (x, B, C))
+    dt = dt.contiguous()
     A, D, dt_bias = (t.float().contiguous() for t in (A, D, dt_bias))
     init = None if initial_state is None else initial_state.float().contiguous()
     packed = table is not None
     start, length, seq_chunks = table if packed else (x, x, x)  # (unused pointers when unpacked)
     f32 = dict(device=x.device, dtype=torch.float32)
-    y = torch.empty_like(x) if y is None else y
+    y = torch.empty(b, l, h, p, dtype=x.dtype, device=x.device) if y is None else y
     prec = dot_precision(x.dtype)
     with on_device(x):
         dtp = torch.empty(b, h, nc, q, **f32)
@@ -346,16 +363,17 @@ def _launch(x, dt, A, B, C, D, dt_bias, initial_state, q, nc, nseq, table, dt_so
 
         cb = torch.empty(b, nc, g, q, q, **f32)
         _cb_kernel[lambda m: (triton.cdiv(q, m["BLOCK_M"]) * triton.cdiv(q, m["BLOCK_K"]), b * nc, g)](
-            C, B, cb, start, length, l, nc, g, n, Q=q, DOT_PREC=prec, PACKED=packed)
+            C, B, cb, start, length, l, nc, g, n, _token_stride(B), _token_stride(C), Q=q, DOT_PREC=prec, PACKED=packed)
 
         entering = torch.empty(b, nc, h, p, n, **f32)
         programs = nseq * h
         _states_kernel[lambda m: (triton.cdiv(p, m["BLOCK_P"]) * triton.cdiv(n, m["BLOCK_N"]), nseq, h)](
             x, B, dtp, cum, init if init is not None else final_state, entering, final_state, start, length,
-            seq_chunks, l, nc, h, p, g, n, h // g, programs, HAS_INIT=init is not None, Q=q, DOT_PREC=prec,
+            seq_chunks, l, nc, h, p, g, n, h // g, programs, _token_stride(x), _token_stride(B), HAS_INIT=init is not None, Q=q, DOT_PREC=prec,
             PACKED=packed)
 
         _out_kernel[lambda m: (triton.cdiv(q, m["BLOCK_M"]) * triton.cdiv(p, m["BLOCK_P"]), b * nc, h)](
-            x, C, cb, dtp, cum, entering, D, y, start, length, l, nc, h, p, g, n, h // g,
+            x, C, cb, dtp, cum, entering, D, y, start, length, l, nc, h, p, g, n, h // g, _token_stride(x),
+            _token_stride(C),
             D_HAS_HDIM=D.dim() == 2, Q=q, DOT_PREC=prec, BLOCK_N=max(16, triton.next_power_of_2(n)), PACKED=packed)
     return y, final_state
