@@ -36,13 +36,13 @@ FLAVORS = ("portable", "ort")
 MAX_REL_ERR = 1e-4  # fp32 end to end (docs/verification.md)
 
 
-def prepare(work: Path, preset_name: str, log) -> tuple[Path, dict]:
+def prepare(work: Path, preset_name: str, flavors: list[str], log) -> tuple[Path, dict]:
     ckpt = work / f"ckpt-{preset_name}"
     if not (ckpt / "config.json").is_file():
         log(f"writing a random {preset_name} checkpoint")
         write_checkpoint(random_model(preset(preset_name), seed=0), ckpt, "hf")
     exports = {}
-    for flavor in FLAVORS:
+    for flavor in flavors:
         for graph in ("unified", "packed"):
             out = work / f"{flavor}-{graph}-{preset_name}"
             if not (out / "model.onnx").is_file():
@@ -72,7 +72,7 @@ def one_by_one(backend, prompts):
 def run(ckpt: Path, exports: dict, lengths: list[int], repeats: int, log) -> list[dict]:
     engines = {"torch": (open_backend(ckpt, "torch"),) * 2}
     engines.update({f: (open_backend(exports[f, "unified"], "ort"), open_backend(exports[f, "packed"], "ort"))
-                    for f in FLAVORS})
+                    for f in sorted({f for f, _ in exports})})
     vocab = engines["torch"][0].config.vocab_size
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, vocab, n).tolist() for n in lengths]
@@ -129,14 +129,15 @@ def markdown(rows: list[dict], total: int) -> str:
 @click.option("--min-len", type=int, default=16, show_default=True)
 @click.option("--max-len", type=int, default=512, show_default=True)
 @click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--flavors", default=",".join(FLAVORS), show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def main(preset_name, workdir, n_prompts, min_len, max_len, repeats, as_json):
+def main(preset_name, workdir, n_prompts, min_len, max_len, repeats, flavors, as_json):
     log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
     lengths = np.random.default_rng(0).integers(min_len, max_len + 1, n_prompts).tolist()
     with tempfile.TemporaryDirectory(prefix="bench-packed-") as tmp:
         work = Path(workdir) if workdir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        ckpt, exports = prepare(work, preset_name, log)
+        ckpt, exports = prepare(work, preset_name, [f for f in flavors.split(",") if f], log)
         machine = _machine()
         rows = run(ckpt, exports, lengths, repeats, log)
     machine["load_avg_1m_after"] = os.getloadavg()[0]
