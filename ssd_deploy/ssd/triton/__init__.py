@@ -1,10 +1,10 @@
 """Triton kernels for the ops (``ssd_scan``, ``ssd_scan_packed``, ``ssd_step``, ``causal_conv1d``,
-``gated_rmsnorm``), registered as their CUDA implementations, and the block's residual add + RMSNorm, which the model
+``causal_conv1d_packed``, ``gated_rmsnorm``), registered as their CUDA implementations, and the block's residual add + RMSNorm, which the model
 calls through ``add_rmsnorm``.
 
 Importing this package does not import Triton (``import ssd_deploy`` must work without it); ``register()`` does, and
 says through its return value why it registered nothing when Triton is missing. The kernels live in ``scan``
-(prefill, chunked; packed too), ``step`` (decode), ``conv`` and ``norm``; ``NOTES.md`` beside this file records
+(prefill, chunked; packed too), ``step`` (decode), ``conv``, ``conv_packed`` and ``norm``; ``NOTES.md`` beside this file records
 their design and measurements.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 from typing import NamedTuple
 
-OPS = ("ssd_scan", "ssd_step", "ssd_scan_packed", "causal_conv1d", "gated_rmsnorm")
+OPS = ("ssd_scan", "ssd_step", "ssd_scan_packed", "causal_conv1d", "causal_conv1d_packed", "gated_rmsnorm")
 _registered: set[str] = set()  # devices register() attached the kernels to
 _disabled: set[str] = set()  # devices inside a disabled() block
 
@@ -40,13 +40,15 @@ def register(device: str = "cuda") -> Registration:
 
     from .. import ops  # noqa: F401  (defines the ops before kernels are attached to them)
     from .conv import causal_conv1d
+    from .conv_packed import causal_conv1d_packed
     from .norm import gated_rmsnorm
     from .scan import ssd_scan, ssd_scan_packed
     from .step import ssd_step
 
     # The launchers take the ops' arguments in the ops' order and names (plus keyword-only extras).
     for name, fn in (("ssd_scan", ssd_scan), ("ssd_step", ssd_step), ("ssd_scan_packed", ssd_scan_packed),
-                     ("causal_conv1d", causal_conv1d), ("gated_rmsnorm", gated_rmsnorm)):
+                     ("causal_conv1d", causal_conv1d), ("causal_conv1d_packed", causal_conv1d_packed),
+                     ("gated_rmsnorm", gated_rmsnorm)):
         torch.library.register_kernel(f"{ops.NAMESPACE}::{name}", device, fn)
     _registered.add(device)
     return Registration(True, f"Triton kernels registered for {', '.join(OPS)} on {device}")
