@@ -15,7 +15,7 @@ print("validate:", "PASS" if report.ok else "FAIL", f"(worst relative error {max
 backend = ssd_deploy.open_backend(out, backend="ort")
 print("greedy: ", ssd_deploy.generate(backend, [[1, 2, 3, 4]], max_new_tokens=12)[0])
 print("sampled:", ssd_deploy.generate(backend, [[1, 2, 3, 4]], max_new_tokens=12, temperature=0.8, top_k=40, seed=0)[0])
-for p in ssd_deploy.benchmark(ckpt, backends=["torch"], exports=[out], lengths=[64], steps=4, repeats=2):
+for p in ssd_deploy.benchmark(ckpt, backends=["torch"], exports=[out], lengths=[64], steps=4, repeats=2).points:
     print(f"{p.backend:<14} prefill {p.prefill_tok_s:9.1f} tokens/s   decode {p.decode_ms:7.2f} ms/token   "
           f"error after a step {p.decode_err:.1e}")
 sys.exit(0 if report.ok else 1)

@@ -25,10 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 
-# bench names of the PyTorch model -> (Triton kernels, CUDA graphs)
-TORCH_VARIANTS = {"torch": (False, False), "torch-triton": (True, False), "torch-graphs": (False, True),
-                  "torch-triton-graphs": (True, True)}
-
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
@@ -36,28 +32,30 @@ if TYPE_CHECKING:
 
     from .config import Mamba2Config
     from .generate import SamplingOptions
-    from .bench import Point
-    from .onnx.export import ExportOptions
+    from .bench import Comparison, Point
+    from .onnx.options import ExportOptions
     from .runtime.backends import Backend
     from .tensorrt.build import BuildResult
     from .validate import Report
 
 __all__ = ["export", "validate", "open_backend", "generate", "benchmark", "build", "inspect", "load_config",
-           "ExportOptions", "SamplingOptions", "Backend", "Report", "Point", "BuildResult", "Mamba2Config", "UserError",
-           "__version__"]
+           "ExportOptions", "SamplingOptions", "Backend", "Report", "Point", "Comparison", "BuildResult", "Mamba2Config",
+           "UserError", "__version__"]
 
 
-def export(ckpt: str | Path, out_dir: str | Path, recipe: str | Path | None = None, **options: Any) -> Path:
+def export(ckpt: str | Path, out_dir: str | Path, recipe: str | Path | None = None, *,
+           notify: Callable[[str], None] | None = None, **options: Any) -> Path:
     """Exports checkpoint directory ``ckpt`` to ONNX in ``out_dir``; returns the export directory.
 
     ``recipe``: a shipped recipe's name (``"cpu-fp32"``, ``"trt-datacenter-bf16"``, ...; ``export/README.md``) or a
     TOML file. ``options``: fields of ``ExportOptions`` (``flavor``, ``dtype``, ``opset``, ``external_data``,
     ``logits``, ``graph``, ``prefill``); they override the recipe's values (None = not given). Everything is checked
-    before any work starts; the directory appears whole or not at all.
+    before any work starts; the directory appears whole or not at all. ``notify`` gets one line per recipe value an
+    option changed.
     """
     from .onnx.export import export as export_model, resolve_options
 
-    opts, resolved = resolve_options(recipe, **options)
+    opts, resolved = resolve_options(recipe, notify, **options)
     return export_model(Path(ckpt), Path(out_dir), opts, resolved).parent
 
 
@@ -131,43 +129,22 @@ def generate(backend: Backend, prompts: Sequence[Sequence[int]], options: Sampli
 def benchmark(ckpt: str | Path, backends: Sequence[str] = ("torch", "portable", "ort"), *,
               exports: Sequence[str | Path] = (), provider: str = "cpu", dtype: str = "fp32",
               batches: Sequence[int] = (1,), lengths: Sequence[int] = (128, 512), steps: int = 8, repeats: int = 3,
-              progress: Callable[[Point], None] | None = None) -> list[Point]:
+              packed: bool = False, progress: Callable[[Point], None] | None = None) -> Comparison:
     """Prefill tokens/s and decode ms/token of each backend, side by side on the same random prompts (one point per
     backend, batch and length; median of ``repeats`` prefills and ``steps`` decode steps, after a warm-up), each
     point with its parity: relative errors of the logits after the prefill and after one decode step against the
-    float32 PyTorch listings (docs/performance.md).
+    float32 PyTorch listings (docs/performance.md). Returns ``.points`` (and ``.packed``).
 
     ``backends``: ``torch`` (the PyTorch model on the ops' listings), ``torch-triton``, ``torch-graphs``,
     ``torch-triton-graphs`` (CUDA: Triton kernels, CUDA-graph decode), ``portable`` and ``ort`` (ONNX Runtime on
     exports of ``ckpt`` made for the run, in ``dtype``, last-token logits); ``exports``: further export directories
-    run on ONNX Runtime. ``progress(point)`` is called as each point is measured.
+    run on ONNX Runtime. ``packed``: also prompts of each length one call each vs one packed call. ``progress(point)``
+    is called as each point is measured.
     """
-    import tempfile
+    from .bench import compare
 
-    from . import bench as measure
-    from .onnx.export import ExportOptions, export as export_model
-    from .runtime.backends import OrtBackend, TorchBackend
-
-    names = list(backends)
-    unknown = set(names) - {*TORCH_VARIANTS, "portable", "ort"}
-    if unknown or not (names or exports):
-        raise UserError(f"benchmark: choose backends among {', '.join(TORCH_VARIANTS)}, portable, ort "
-                        f"(got {', '.join(names) or 'none'})")
-    if provider != "cuda" and any(any(TORCH_VARIANTS.get(n, ())) for n in names):
-        raise UserError("Triton kernels and CUDA graphs need provider cuda")
-    if not Path(ckpt, "config.json").is_file():
-        raise UserError(f"{ckpt}: not a checkpoint directory (no config.json)")
-    if not batches or not lengths or min(*batches, *lengths) < 1:
-        raise UserError("benchmark: batches and lengths must be positive integers")
-    with tempfile.TemporaryDirectory(prefix="ssd-deploy-bench-") as tmp:
-        # last-position logits only, as generation needs: all-position logits would time a [b, l, vocab] copy
-        made = [export_model(Path(ckpt), Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype, logits="last")).parent
-                for f in names if f in ("portable", "ort")]
-        runners = [TorchBackend(Path(ckpt), provider, dtype, *TORCH_VARIANTS[n]) for n in names if n in TORCH_VARIANTS]
-        runners += [OrtBackend(Path(e), provider) for e in [*made, *exports]]
-        reference = next((r for r in runners if r.name == f"torch-{provider}" and dtype == "fp32"), None) \
-            or TorchBackend(Path(ckpt), provider, "fp32", triton=False)
-        return measure.run(runners, reference, list(batches), list(lengths), steps, repeats, progress=progress)
+    return compare(Path(ckpt), list(backends), [Path(e) for e in exports], provider, dtype, list(batches),
+                   list(lengths), steps, repeats, packed, progress)
 
 
 def build(export_dir: str | Path, engine: str | Path | None = None, *, recipe: str | Path | None = None,
@@ -217,8 +194,8 @@ def _path(p: str | Path | None) -> Path | None:
 
 
 # Types, imported when first used (they live in modules that import PyTorch or ONNX).
-_LAZY = {"ExportOptions": "onnx.export", "SamplingOptions": "generate", "Backend": "runtime.backends",
-         "Report": "validate", "Point": "bench", "BuildResult": "tensorrt.build", "Mamba2Config": "config"}
+_LAZY = {"ExportOptions": "onnx.options", "SamplingOptions": "generate", "Backend": "runtime.backends",
+         "Report": "validate", "Point": "bench", "Comparison": "bench", "BuildResult": "tensorrt.build", "Mamba2Config": "config"}
 
 
 def __getattr__(name: str):

@@ -6,11 +6,14 @@ prompt and the same next token."""
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
 from .runtime.backends import Backend
 
 
@@ -122,6 +125,54 @@ def run_packed(pairs: list[tuple[Backend, Backend]], lengths: list[int], repeats
         if progress:
             progress(points[-1])
     return points
+
+
+@dataclass
+class Comparison:
+    points: list[Point]  # one per backend, batch and length
+    packed: list[PackedPoint]  # one per backend that packs (empty unless asked)
+
+
+def compare(ckpt: Path, names: list[str], exports: list[Path] = (), provider: str = "cpu", dtype: str = "fp32",
+            batches: list[int] = (1,), lengths: list[int] = (128, 512), steps: int = 8, repeats: int = 3,
+            packed: bool = False, progress=None) -> Comparison:
+    """The backends ``names`` (``runtime.kinds.TORCH_VARIANTS`` on the checkpoint, ``portable`` and ``ort`` on
+    exports made here) and ONNX Runtime on each of ``exports``, measured side by side against the float32 PyTorch
+    listings; with ``packed``, also one call per prompt vs one packed call."""
+    from .onnx.export import export
+    from .onnx.options import ExportOptions
+    from .runtime.backends import OrtBackend, TorchBackend
+    from .runtime.kinds import TORCH_VARIANTS
+
+    unknown = set(names) - {*TORCH_VARIANTS, "portable", "ort"}
+    if unknown or not (names or exports):
+        raise UserError(f"backends: choose among {', '.join(TORCH_VARIANTS)}, portable, ort "
+                        f"(got {', '.join(names) or 'none'})")
+    if provider != "cuda" and any(any(TORCH_VARIANTS.get(n, ())) for n in names):
+        raise UserError("Triton kernels and CUDA graphs need --provider cuda")
+    if not Path(ckpt, "config.json").is_file():
+        raise UserError(f"{ckpt}: not a checkpoint directory (no config.json)")
+    if not batches or not lengths or min(*batches, *lengths) < 1:
+        raise UserError("batches and lengths: expected positive integers")
+    flavors = [f for f in names if f in ("portable", "ort")]
+    with tempfile.TemporaryDirectory(prefix="ssd-deploy-bench-") as tmp:
+        # last-position logits only, as generation needs: all-position logits would time a [b, l, vocab] copy
+        made = [export(ckpt, Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype, logits="last")).parent
+                for f in flavors]
+        runners = [TorchBackend(ckpt, provider, dtype, *TORCH_VARIANTS[n]) for n in names if n in TORCH_VARIANTS]
+        runners += [OrtBackend(e, provider) for e in [*made, *exports]]
+        reference = next((r for r in runners if r.name == f"torch-{provider}" and dtype == "fp32"), None) \
+            or TorchBackend(ckpt, provider, "fp32", triton=False)
+        points = run(runners, reference, list(batches), list(lengths), steps, repeats, progress=progress)
+        packed_points = []
+        if packed:  # each flavor's unified export one prompt at a time, its packed export in one call
+            pairs = [(r, r) for r in runners if r.packed]
+            for flavor, unified in zip(flavors, made):
+                opts = ExportOptions(flavor=flavor, dtype=dtype, logits="last", graph="packed")
+                pairs.append((OrtBackend(unified, provider),
+                              OrtBackend(export(ckpt, Path(tmp) / f"{flavor}-packed", opts).parent, provider)))
+            packed_points = run_packed(pairs, list(lengths), repeats)
+    return Comparison(points, packed_points)
 
 
 def packed_table(points: list[PackedPoint]) -> str:

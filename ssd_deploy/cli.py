@@ -3,7 +3,6 @@ and exit status 2, a failed validation exit status 1."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import tempfile
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import click
 
+import ssd_deploy as api
 from . import recipes
 from .cli_vocabulary import (Choice, checkpoint_argument, engine_options, export_argument, json_option,
                              output_option, provider_option)
@@ -18,7 +18,7 @@ from .config import FORMATS
 from .errors import UserError, user_errors
 from .onnx.options import CHOICES, DTYPES, FLAVORS, MIN_OPSET
 from .presets import PRESETS
-from .runtime.kinds import BACKENDS, PROVIDERS, RUN_BACKENDS, TORCH_VARIANTS
+from .runtime.kinds import BACKENDS, PROVIDERS, RUN_BACKENDS
 from .serving.pbtxt import BACKENDS as SERVE_BACKENDS, RUNTIMES, STRATEGIES
 from .tensorrt.cli import build
 
@@ -80,12 +80,12 @@ def export_options(fn):
 @user_errors
 def export(ckpt, output, recipe, **flags):
     """Export checkpoint directory CKPT to ONNX in DIR."""
-    from .onnx.export import export as do_export, resolve_options
+    from .interface import model_path, read_metadata
 
     # checked before any work starts; what the flags changed in the recipe is said, not silently applied
-    opts, resolved = resolve_options(recipe, lambda line: click.echo(line, err=True), **flags)
-    path = do_export(ckpt, output, opts, resolved)
-    click.echo(f"exported {ckpt} ({opts.flavor}, {opts.dtype}) to {path}")
+    out = api.export(ckpt, output, recipe, notify=lambda line: click.echo(line, err=True), **flags)
+    meta = read_metadata(out)
+    click.echo(f"exported {ckpt} ({meta.flavor}, {meta.dtype}) to {model_path(out)}")
 
 
 @main.command()
@@ -107,18 +107,10 @@ def export(ckpt, output, recipe, **flags):
 def validate(export_dir, ckpt, backend, provider, engine, plugins, steps, batch, prompt_len, seed, as_json):
     """Prove an export against the PyTorch reference (exit 1 on failure). A trt-flavor export runs on ONNX Runtime
     through its validation copy (each plugin node with its standard-op body): the very graph TensorRT receives."""
-    from .runtime.validation_copy import validation_model
-    from .runtime.ort_runner import ort_runner
-    from .validate import format_report, validate as do_validate
+    from .validate import format_report
 
-    with contextlib.ExitStack() as stack:
-        if backend == "trt":
-            from .tensorrt.runner import trt_runner
-
-            runner = trt_runner(export_dir, engine, plugins)
-        else:
-            runner = ort_runner(export_dir, provider, stack.enter_context(validation_model(export_dir)))
-        report = do_validate(export_dir, ckpt, runner, steps=steps, batch=batch, prompt_len=prompt_len, seed=seed)
+    report = api.validate(export_dir, ckpt, backend=backend, provider=provider, engine=engine, plugins=plugins,
+                          steps=steps, batch=batch, prompt_len=prompt_len, seed=seed)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
     sys.exit(0 if report.ok else 1)
 
@@ -129,9 +121,9 @@ def validate(export_dir, ckpt, backend, provider, engine, plugins, steps, batch,
 @user_errors
 def inspect(export_dir, as_json):
     """Print an export's metadata, inputs/outputs and op histogram."""
-    from .inspect import describe, format_description
+    from .inspect import format_description
 
-    info = describe(export_dir)
+    info = api.inspect(export_dir)
     click.echo(json.dumps(info, indent=2) if as_json else format_description(info))
 
 
@@ -172,8 +164,7 @@ def _ints(text: str, what: str, least: int = 1) -> list[int]:
 def run(model, backend, provider, engine, plugins, url, served_model, prompt, input_ids, batch_file, tokenizer,
         max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json):
     """Generate from MODEL: the prompt prefilled in one call, then token by token with carried states."""
-    from .generate import SamplingOptions, default_eos, find_tokenizer, generate
-    from .runtime.backends import open_backend
+    from .generate import SamplingOptions, default_eos, find_tokenizer
 
     if sum(x is not None for x in (prompt, input_ids, batch_file)) != 1:
         raise UserError("give exactly one of --prompt, --input-ids, --batch-file")
@@ -201,7 +192,7 @@ def run(model, backend, provider, engine, plugins, url, served_model, prompt, in
     if backend == "triton":  # one server-side sequence per prompt, run concurrently
         backend_obj = None
     else:
-        backend_obj = open_backend(model, backend, provider, plugins, engine)
+        backend_obj = api.open_backend(model, backend, provider, engine=engine, plugins=plugins)
         if backend_obj.one_token_per_call and any(len(p) > 1 for p in prompts):
             click.echo("note: this export is a decode-only graph (--graph decode): the prompt is prefilled one "
                        "token per call", err=True)
@@ -217,7 +208,7 @@ def run(model, backend, provider, engine, plugins, url, served_model, prompt, in
         outs = generate_remote(url, served_model, prompts, opts,
                                (lambda t: on_tokens([t], [True])) if stream else None)
     else:
-        outs = generate(backend_obj, prompts, opts, on_tokens if stream else None)
+        outs = api.generate(backend_obj, prompts, opts, on_tokens=on_tokens if stream else None)
     if as_json:
         click.echo(json.dumps({"prompts": prompts, "generated": outs}))
     elif stream:
@@ -296,37 +287,13 @@ def bench(ckpt, backends, exports, provider, dtype, batches, lengths, steps, rep
     """Prefill tokens/s and decode ms/token of each backend, side by side on the same prompts, each checked against
     the float32 PyTorch listings (err pre: logits after the prefill; err step: after one decode step)."""
     from . import bench as b
-    from .onnx.export import ExportOptions, export as do_export
-    from .runtime.backends import OrtBackend, TorchBackend
 
-    batch_list, length_list = _ints(batches, "--batches"), _ints(lengths, "--lengths")
-    names = [n.strip() for n in backends.split(",") if n.strip()]
-    unknown = set(names) - {*TORCH_VARIANTS, "portable", "ort"}
-    if unknown or not (names or exports):
-        raise UserError(f"--backends: choose among {', '.join(TORCH_VARIANTS)}, portable, ort (got {backends!r})")
-    if provider != "cuda" and any(any(TORCH_VARIANTS.get(n, ())) for n in names):
-        raise UserError("Triton kernels and CUDA graphs need --provider cuda")
-    if not Path(ckpt, "config.json").is_file():
-        raise UserError(f"{ckpt}: not a checkpoint directory (no config.json)")
-    with tempfile.TemporaryDirectory(prefix="ssd-deploy-bench-") as tmp:
-        # last-position logits only, as generation needs: all-position logits would time a [b, l, vocab] copy
-        made = [do_export(ckpt, Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype, logits="last")).parent
-                for f in names if f in ("portable", "ort")]
-        runners = [TorchBackend(ckpt, provider, dtype, *TORCH_VARIANTS[n]) for n in names if n in TORCH_VARIANTS]
-        runners += [OrtBackend(e, provider) for e in [*made, *exports]]
-        reference = next((r for r in runners if r.name == f"torch-{provider}" and dtype == "fp32"), None) \
-            or TorchBackend(ckpt, provider, "fp32", triton=False)
-        points = b.run(runners, reference, batch_list, length_list, steps, repeats,
-                       progress=None if as_json else lambda p: click.echo(f"  measured {p.backend} batch {p.batch} "
-                                                                         f"length {p.length}", err=True))
-        packed_points = []
-        if packed:  # each flavor's unified export one prompt at a time, its packed export in one call
-            pairs = [(r, r) for r in runners if r.packed]
-            for flavor, unified in zip([f for f in names if f in ("portable", "ort")], made):
-                opts = ExportOptions(flavor=flavor, dtype=dtype, logits="last", graph="packed")
-                pairs.append((OrtBackend(unified, provider),
-                              OrtBackend(do_export(ckpt, Path(tmp) / f"{flavor}-packed", opts).parent, provider)))
-            packed_points = b.run_packed(pairs, length_list, repeats)
+    result = api.benchmark(ckpt, [n.strip() for n in backends.split(",") if n.strip()], exports=exports,
+                           provider=provider, dtype=dtype, batches=_ints(batches, "--batches"),
+                           lengths=_ints(lengths, "--lengths"), steps=steps, repeats=repeats, packed=packed,
+                           progress=None if as_json else lambda p: click.echo(f"  measured {p.backend} batch "
+                                                                             f"{p.batch} length {p.length}", err=True))
+    points, packed_points = result.points, result.packed
     if plot:
         b.plot(points, plot)
     if as_json:
@@ -362,17 +329,15 @@ def plugins_build(build_dir, archs):
 def demo(workdir):
     """Tiny random Mamba-2 → portable ONNX → ONNX Runtime, validated against PyTorch."""
     from .checkpoint import random_model, write_checkpoint
-    from .onnx.export import export as do_export
     from .presets import preset
-    from .runtime.ort_runner import ort_runner
-    from .validate import format_report, validate as do_validate
+    from .validate import format_report
 
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ssd-deploy-demo-"))
     ckpt = write_checkpoint(random_model(preset("tiny"), seed=0), work / "checkpoint", "hf")
     click.echo(f"checkpoint: {ckpt}")
-    out = do_export(ckpt, work / "export")
+    out = api.export(ckpt, work / "export")
     click.echo(f"export:     {out}")
-    report = do_validate(out.parent, ckpt, ort_runner(out.parent), steps=4, seed=0)
+    report = api.validate(out, ckpt, steps=4, seed=0)
     click.echo(format_report(report))
     sys.exit(0 if report.ok else 1)
 

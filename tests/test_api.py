@@ -122,11 +122,11 @@ def test_benchmark(exported):
     ckpt, out = exported
     seen = []
     points = ssd_deploy.benchmark(ckpt, ["torch"], exports=[out], batches=[2], lengths=[9], steps=2, repeats=1,
-                                  progress=seen.append)
+                                  progress=seen.append).points
     assert [p.backend for p in points] == ["torch-cpu", "ort-ort-cpu"] and seen == points
     assert all(p.batch == 2 and p.length == 9 and p.prefill_tok_s > 0 and p.decode_ms > 0 for p in points)
     assert max(max(p.prefill_err, p.decode_err) for p in points) < 1e-4
-    with pytest.raises(ssd_deploy.UserError, match="choose backends"):
+    with pytest.raises(ssd_deploy.UserError, match="choose among"):
         ssd_deploy.benchmark(ckpt, ["tensorrt"])
     with pytest.raises(ssd_deploy.UserError, match="provider cuda"):
         ssd_deploy.benchmark(ckpt, ["torch-graphs"])

@@ -39,12 +39,10 @@ def build(export_dir, recipe, plugins, profile, batch_range, seq_range, timing_c
 
     Uses TensorRT, or TensorRT-RTX where TensorRT is not installed (it builds without a GPU); set
     SSD_DEPLOY_TENSORRT=tensorrt|tensorrt_rtx to choose."""
-    from .build import BuildOptions, build as do_build, read_recipe
+    import ssd_deploy as api
 
-    opts = BuildOptions(profile=profile, batch_range=batch_range, seq_range=seq_range,
-                        recipe=read_recipe(recipe) if recipe else None, plugins=plugins, timing_cache=timing_cache,
-                        workspace_mib=workspace_mib, output=output, verbose=verbose)
-    result = do_build(export_dir, opts)
+    result = api.build(export_dir, output, recipe=recipe, plugins=plugins, profile=profile, batch_range=batch_range,
+                       seq_range=seq_range, timing_cache=timing_cache, workspace_mib=workspace_mib, verbose=verbose)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if as_json:
