@@ -186,6 +186,10 @@ def _start(repository: Path, timeout_s: float, log: Path | None, verbose: int, e
     return server
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None):
     """``python -m ssd_deploy.serving.server REPO``: serve REPO on 127.0.0.1 until interrupted."""
     import argparse
@@ -200,6 +204,8 @@ def main(argv: list[str] | None = None):
         sys.exit(f"error: {e}")
     print(f"tritonserver (pid {server.pid}) serving {args.repository}: gRPC {server.url}, HTTP {server.http_url}; "
           f"log {server.log}; Ctrl-C stops it", flush=True)
+    # SIGTERM too: the server runs in its own session, and would outlive this process otherwise
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.process.wait()
     except KeyboardInterrupt:
