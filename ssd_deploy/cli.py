@@ -243,7 +243,8 @@ def run(model, backend, provider, engine, plugins, url, served_model, prompt, in
               help="python backend: ONNX Runtime on the export, or the PyTorch model (EXPORT is then a checkpoint "
                    "directory)")
 @click.option("--provider", type=Choice(PROVIDERS, "provider"), default=PROVIDERS[0], show_default=True,
-              help="python backend: where its runtime computes (cuda: one instance group per GPU)")
+              help="where the model computes: the python backend's runtime, the onnxruntime backend's instances "
+                   "(cuda: GPU instances, --instances on every GPU); tensorrt is always on GPUs")
 @click.option("--dtype", type=Choice(DTYPES, "dtype"), default=DTYPES[0], show_default=True,
               help="torch runtime: the model's dtype")
 @user_errors

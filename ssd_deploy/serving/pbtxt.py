@@ -49,8 +49,7 @@ class ServeOptions:
     strategy: str = "oldest"
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     runtime: str = "ort"  # python backend: ONNX Runtime on the export, or the PyTorch model on a checkpoint
-    provider: str = "cpu"  # python backend: cpu | cuda (ONNX Runtime's provider, or torch's device)
-    gpu: bool | None = None  # instances on GPUs; None: tensorrt, or a python backend on cuda
+    provider: str = "cpu"  # cpu | cuda: the python backend's runtime, the onnxruntime backend's instances
 
     def check(self):
         if self.backend not in BACKENDS:
@@ -79,7 +78,7 @@ class ServeOptions:
 
     @property
     def on_gpu(self) -> bool:
-        return self.gpu if self.gpu is not None else self.backend == "tensorrt" or self.provider == "cuda"
+        return self.backend == "tensorrt" or self.provider == "cuda"
 
     def batch(self, meta: ExportMetadata) -> int:
         if self.max_batch is not None:
