@@ -16,7 +16,7 @@ from polygraphy.logger import G_LOGGER
 
 from .checkpoint import load_model
 from .errors import UserError
-from .interface import LOGITS, ExportMetadata, read_metadata
+from .interface import CU_SEQLENS, LOGITS, ExportMetadata, read_metadata
 from .runtime.feeds import carried_states, feed, zero_states
 from .runtime.torch_runner import TorchRunner
 
@@ -94,12 +94,23 @@ def compare_outputs(tol: float, call_names: list[str], sink: list[OutputError]):
     return compare
 
 
-def _run(runner, meta: ExportMetadata, prompt: np.ndarray, steps: np.ndarray) -> list[IterationResult]:
+def _calls(meta: ExportMetadata, prompt: np.ndarray, steps: np.ndarray, lengths: list[int] | None):
+    """Each call's (input_ids, cu_seqlens or None): the prompt, then each step. A packed graph takes the prompts of
+    ``lengths`` end to end and each step's tokens as [1, b] with cu_seqlens 0..b."""
+    if meta.graph != "packed":
+        return [(prompt, None)] + [(steps[:, i:i + 1], None) for i in range(steps.shape[1])]
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    one_each = np.arange(len(lengths) + 1, dtype=np.int64)
+    packed = np.concatenate([row[:n] for row, n in zip(prompt, lengths)])[None]
+    return [(packed, cu)] + [(steps[:, i][None], one_each) for i in range(steps.shape[1])]
+
+
+def _run(runner, meta: ExportMetadata, calls) -> list[IterationResult]:
     results = []
-    states = zero_states(meta, prompt.shape[0])
+    states = zero_states(meta, len(calls[0][1]) - 1 if calls[0][1] is not None else calls[0][0].shape[0])
     with runner:
-        for ids in [prompt] + [steps[:, i:i + 1] for i in range(steps.shape[1])]:
-            out = runner.infer(feed(ids, states))
+        for ids, cu in calls:
+            out = runner.infer({**feed(ids, states), **({} if cu is None else {CU_SEQLENS: cu})})
             results.append(IterationResult({k: np.asarray(v) for k, v in out.items()}, runner_name=runner.name))
             states = {k: np.asarray(v, dtype=np.float32) for k, v in carried_states(meta, out).items()}
     return results
@@ -122,18 +133,21 @@ def validate(export_dir: Path, ckpt_dir: Path, backend_runner, steps: int = 4, b
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, cfg.vocab_size, (batch, prompt_len))
     step_ids = rng.integers(0, cfg.vocab_size, (batch, steps))
-    ref_runner = TorchRunner(reference, ssm_layout=meta.ssm_layout)
-    ref_results = _run(ref_runner, meta, prompt, step_ids)
-    out_results = _run(backend_runner, meta, prompt, step_ids)
-    if meta.logits == "last":
-        for r in ref_results:
-            r[LOGITS] = r[LOGITS][:, -1:]
+    # a packed graph: prompts of different lengths (the longest prompt_len) in one call
+    lengths = [max(1, prompt_len * (batch - i) // batch) for i in range(batch)] if meta.graph == "packed" else None
+    calls = _calls(meta, prompt, step_ids, lengths)
+    ref_runner = TorchRunner(reference, ssm_layout=meta.ssm_layout, packed=meta.graph == "packed")
+    ref_results = _run(ref_runner, meta, calls)
+    out_results = _run(backend_runner, meta, calls)
+    if meta.logits == "last":  # each sequence's last position
+        for r, (_, cu) in zip(ref_results, calls):
+            r[LOGITS] = r[LOGITS][:, -1:] if cu is None else r[LOGITS][0, cu[1:] - 1][:, None]
     report = Report(backend=backend_runner.name, dtype=meta.dtype, flavor=meta.flavor, batch=batch,
                     prompt_len=prompt_len, steps=steps)
-    calls = ["prefill"] + [f"step {i + 1}" for i in range(steps)]
+    call_names = ["prefill"] + [f"step {i + 1}" for i in range(steps)]
     G_LOGGER.module_severity = G_LOGGER.ERROR  # our report replaces Polygraphy's per-iteration log
     run_results = RunResults([(ref_runner.name, ref_results), (backend_runner.name, out_results)])
-    Comparator.compare_accuracy(run_results, compare_func=compare_outputs(TOLERANCE[meta.dtype], calls,
+    Comparator.compare_accuracy(run_results, compare_func=compare_outputs(TOLERANCE[meta.dtype], call_names,
                                                                            report.errors))
     return report
 

@@ -51,3 +51,15 @@ def test_mismatched_checkpoint_is_refused(tiny_export, make_checkpoint):
 def test_not_an_export(tmp_path, tiny_ckpt):
     with pytest.raises(UserError, match="no exported model"):
         validate(tmp_path, tiny_ckpt, None)
+
+
+@pytest.mark.parametrize("logits", ["all", "last"])
+def test_packed_export_validates(make_export, logits):
+    """A packed graph: prompts of different lengths in one call, then batched steps through the same graph, against
+    the PyTorch model fed the same cu_seqlens."""
+    from conftest import TINY
+
+    ckpt, export_dir = make_export(TINY, "portable", graph="packed", logits=logits)
+    report = validate(export_dir, ckpt, ort_runner(export_dir), steps=2, batch=3)
+    assert report.ok, format_report(report)
+    assert [e.call for e in report.errors[::3]] == ["prefill", "step 1", "step 2"]

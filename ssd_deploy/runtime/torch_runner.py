@@ -11,19 +11,22 @@ import torch
 from polygraphy.backend.base import BaseRunner
 
 from ..model import Mamba2LM
-from ..interface import INPUT_IDS, LAYOUT_SSM, LOGITS, state_names
+from ..interface import CU_SEQLENS, INPUT_IDS, LAYOUT_SSM, LOGITS, state_names
 
 
 class TorchRunner(BaseRunner):
-    def __init__(self, model: Mamba2LM, name: str = "torch", decode_step: bool = True, ssm_layout: str = LAYOUT_SSM):
+    def __init__(self, model: Mamba2LM, name: str = "torch", decode_step: bool = True, ssm_layout: str = LAYOUT_SSM,
+                 packed: bool = False):
         """``decode_step``: single-token calls go through the ssd_step op instead of the scan (as a deployment
         would); both are the contract, and the tests prove them equal. ``ssm_layout``: the export's (metadata):
-        ssm states are taken and returned in it, so they compare with the export's own."""
+        ssm states are taken and returned in it, so they compare with the export's own. ``packed``: the packed
+        interface (a ``cu_seqlens`` input, docs/graph-interface.md)."""
         super().__init__(name=name, prefix="torch-runner")
         self.model = model
         self.decode_step = decode_step
         self.names = state_names(model.cfg.n_layer)
         self.swap_ssm = ssm_layout != LAYOUT_SSM  # the only other layout: b,h,n,p
+        self.packed = packed
 
     def activate_impl(self):
         """Polygraphy's runner lifecycle: the model is already loaded, nothing to acquire."""
@@ -35,6 +38,8 @@ class TorchRunner(BaseRunner):
         from polygraphy.common import TensorMetadata
         meta = TensorMetadata()
         meta.add(INPUT_IDS, np.int64, ("batch", "seq"))
+        if self.packed:
+            meta.add(CU_SEQLENS, np.int64, ("sequences+1",))
         for spec_name, shape in zip([i for i, _ in self.names], self._state_shapes()):
             meta.add(spec_name, np.float32, shape)
         return meta
@@ -54,9 +59,10 @@ class TorchRunner(BaseRunner):
     def infer_impl(self, feed_dict):
         ids = torch.from_numpy(np.asarray(feed_dict[INPUT_IDS]))
         states = [torch.from_numpy(np.asarray(feed_dict[i], dtype=np.float32)) for i, _ in self.names]
+        cu = torch.from_numpy(np.asarray(feed_dict[CU_SEQLENS])) if CU_SEQLENS in feed_dict else None  # packed
         start = time.perf_counter()
         logits, conv, ssm = self.model(ids, states[0::2], [self._ssm(t) for t in states[1::2]],
-                                       decode=self.decode_step and ids.shape[1] == 1)
+                                       decode=self.decode_step and ids.shape[1] == 1 and cu is None, cu_seqlens=cu)
         ssm = [self._ssm(t) for t in ssm]
         self.inference_time = time.perf_counter() - start
         out = OrderedDict([(LOGITS, logits.float().numpy())])
