@@ -63,7 +63,8 @@ def kernel_rows(lengths: list[int], mamba_scan) -> list[dict]:
         variants = {"ours packed": ours_packed, "ours one call per sequence": ours_each}
         if mamba_scan is not None:
             variants["mamba_ssm seq_idx"] = lambda: mamba_scan(*args[:5], CHUNK, D=args[5], dt_bias=args[6],
-                                                               seq_idx=seq_idx, cu_seqlens=cu, dt_softplus=True,
+                                                               seq_idx=seq_idx, cu_seqlens=cu.to(torch.int32),
+                                                               dt_softplus=True,
                                                                return_varlen_states=True)
             variants["mamba_ssm one call per sequence"] = lambda: per_sequence(
                 lambda x, dt, A, B, C, D, dt_bias, s: mamba_scan(x, dt, A, B, C, CHUNK, D=D, dt_bias=dt_bias,
