@@ -32,10 +32,13 @@ def have(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def cuda_gpu() -> bool:
+def gpu_capability() -> str | None:
+    """This machine's CUDA compute capability ("9.0"), None without a GPU."""
     import torch
 
-    return torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        return None
+    return "{}.{}".format(*torch.cuda.get_device_capability())
 
 
 def step(title: str, command: list, missing: str | None) -> bool:
@@ -67,7 +70,8 @@ def main(argv=None):
         os.environ["SSD_DEPLOY_TENSORRT"] = "tensorrt_rtx"
     out = args.workdir / route
     dtype = ["--dtype", args.dtype] if args.dtype else []
-    has_trt, has_gpu = have(package), cuda_gpu()
+    has_trt, gpu = have(package), gpu_capability()
+    has_gpu = gpu is not None
 
     # 1. export (any machine)
     step("export", ["ssd-deploy", "export", args.ckpt, "-o", out, "--recipe", recipe, *dtype], None)
@@ -106,9 +110,11 @@ def main(argv=None):
         print(f"   wrote {result.engine} and {result.sidecar.name} ({result.record.label}); profiles "
               + ", ".join(f"{p.name} batch {p.batch} seq {p.seq}" for p in result.record.profiles))
 
-    # 5-6. run the engine: needs the GPU it was built for
-    runnable = built and has_gpu
-    why = "a CUDA GPU the engine was built for" if built else "the engine of step 4"
+    # 5-6. run the engine: needs the GPU it was built for (an ahead-of-time engine: one of its targets)
+    targets = result.record.compute_targets if built else []
+    runnable = built and has_gpu and (not targets or gpu in targets)
+    why = ("the engine of step 4" if not built else "a CUDA GPU" if not has_gpu else
+           f"a GPU of compute capability {', '.join(targets)}; this one is {gpu}")
     if step("validate the engine", ["ssd-deploy", "validate", out, "--against", args.ckpt, "--backend", "trt"]
             + (["--plugins", plugins] if plugins else []), None if runnable else why):
         report = ssd_deploy.validate(out, args.ckpt, backend="trt", plugins=plugins)
