@@ -1,8 +1,13 @@
-"""Checkpoint directories: read (config + weights → Mamba2LM) and write (random checkpoints in either format).
+"""Checkpoint directories: read (config + weights, tensor by tensor) and write (random checkpoints in either format).
 
 Local directories only; nothing is downloaded. Weights come from safetensors (one file, or shards with an index)
-or ``pytorch_model.bin`` (``torch.load(weights_only=True)``). Key schemes of mamba_ssm and Hugging Face are both
-accepted; they differ only in ``backbone.embedding`` vs ``backbone.embeddings``.
+or ``pytorch_model.bin`` (``torch.load(weights_only=True)``, memory-mapped where the file allows it). Key schemes of
+mamba_ssm and Hugging Face are both accepted; they differ only in ``backbone.embedding`` vs ``backbone.embeddings``.
+
+Reading is lazy (``Weights``): names, shapes and dtypes come from the files' headers and are checked against the
+config before any tensor is read; tensors are then read one at a time (each shard opened for one tensor, so that no
+mapping of a whole shard stays resident), checked for NaN/Inf and converted to the dtype the caller wants. Nothing
+here ever holds the whole model unless the caller keeps what it reads (``load_model`` does; export does not).
 """
 
 from __future__ import annotations
@@ -10,110 +15,273 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .atomic import atomic_dir
 from .config import CONFIG_FILE, FORMATS, Mamba2Config, load_config
 from .errors import UserError
-from .model import Mamba2LM
+from .model import FP32_PARAMS, Mamba2LM
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_FILE = "pytorch_model.bin"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_MAX_SHARD = "5GB"  # transformers' save_pretrained default before 5.x; shards stay small enough to copy
+
+# safetensors header dtypes that hold weights; everything else (ints, bools, fp8) is refused by name
+_SAFETENSORS_FLOATS = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+_FLOATS = set(_SAFETENSORS_FLOATS.values())
+_PAD_ROWS = ("backbone.embedding.weight", "lm_head.weight")  # may hold vocab_size rows: padded as mamba_ssm pads
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where one weight lives and what its header says, before any of it is read."""
+    name: str  # normalised key (mamba_ssm scheme)
+    file: Path
+    key: str  # key inside the file
+    shape: tuple[int, ...]
+    dtype: torch.dtype | str  # a str: a header dtype that is not a torch float (refused by the checks)
+
+    @property
+    def nbytes(self) -> int:
+        size = torch.empty((), dtype=self.dtype).element_size() if isinstance(self.dtype, torch.dtype) else 0
+        return math.prod(self.shape) * size
+
+
+def normalise_key(key: str) -> str:
+    if key.startswith("backbone.embeddings."):
+        return "backbone.embedding." + key[len("backbone.embeddings."):]
+    return key
+
+
+def _inside(ckpt_dir: Path, name: str, where: Path) -> Path:
+    """The shard file ``name`` of the index ``where``, refused unless it is a plain relative path whose real location
+    (symlinks followed) lies in the checkpoint directory."""
+    if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in Path(name).parts:
+        raise UserError(f"{where}: shard path {name!r} leaves the checkpoint directory")
+    path = ckpt_dir / name
+    if os.path.commonpath([os.path.realpath(path), os.path.realpath(ckpt_dir)]) != os.path.realpath(ckpt_dir):
+        raise UserError(f"{where}: shard {name!r} resolves outside the checkpoint directory (a symlink?)")
+    return path
+
+
+def _index(ckpt_dir: Path) -> dict[str, Path]:
+    """key → shard file of a sharded checkpoint, from the index alone."""
+    index = ckpt_dir / SAFETENSORS_INDEX
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{index}: malformed index ({e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) for k in weight_map):
+        raise UserError(f"{index}: malformed index (weight_map must map tensor names to shard files)")
+    files = {name: _inside(ckpt_dir, name, index) for name in set(weight_map.values())}
+    missing = sorted(name for name, path in files.items() if not path.is_file())
+    if missing:
+        raise UserError(f"{index}: shard files missing: {', '.join(missing)}")
+    return {k: files[v] for k, v in weight_map.items()}
 
 
 def weight_files(ckpt_dir: Path) -> list[Path]:
-    """The weight files of a checkpoint, in the order they are read."""
+    """The weight files of a checkpoint, in the order they are hashed."""
     d = Path(ckpt_dir)
-    index = d / SAFETENSORS_INDEX
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
-            raise UserError(f"{index}: malformed index ({e})") from None
-        missing = [n for n in names if not (d / n).is_file()]
-        if missing:
-            raise UserError(f"{index}: shard files missing: {', '.join(missing)}")
-        return [d / n for n in names]
+    if (d / SAFETENSORS_INDEX).is_file():
+        return sorted(set(_index(d).values()))
     for name in (SAFETENSORS_FILE, BIN_FILE):
         if (d / name).is_file():
             return [d / name]
     raise UserError(f"{d}: no weights found (expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {BIN_FILE})")
 
 
-def _read(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".bin":
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle, zip and weights_only refusals all mean: not a usable weights file
-            raise UserError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise UserError(f"{path}: does not hold a flat state dict of tensors")
-        return sd
+def _safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype | str]]:
     try:
-        return load_file(path)
+        with safe_open(path, framework="pt") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()), _SAFETENSORS_FLOATS.get(f.get_slice(k).get_dtype(),
+                                                                                   f.get_slice(k).get_dtype()))
+                    for k in f.keys()}
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: corrupt or truncated safetensors file ({e})") from None
 
 
-def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        if k.startswith("backbone.embeddings."):
-            k = "backbone.embedding." + k[len("backbone.embeddings."):]
-        out[k] = v
-    return out
-
-
-def read_state_dict(ckpt_dir: Path, cfg: Mamba2Config) -> dict[str, torch.Tensor]:
-    """Reads, normalises and checks the weights against ``cfg``; lists every missing, unexpected or mis-shaped
-    tensor in one error."""
-    sd: dict[str, torch.Tensor] = {}
-    for f in weight_files(ckpt_dir):
-        sd.update(_read(f))
-    sd = _normalise_keys(sd)
-    with torch.device("meta"):  # shapes only: allocate nothing
-        expected = {k: tuple(v.shape) for k, v in Mamba2LM(cfg).state_dict().items()}
-    if cfg.tie_embeddings:
-        expected.pop("lm_head.weight")
-        sd.pop("lm_head.weight", None)  # released tied checkpoints store it anyway
-    # an unpadded vocabulary: pad the rows with zeros, as mamba_ssm's padding does
-    for key in ("backbone.embedding.weight", "lm_head.weight"):
-        t = sd.get(key)
-        if t is not None and t.dim() == 2 and t.shape[0] == cfg.vocab_size < cfg.padded_vocab_size:
-            sd[key] = torch.cat([t, t.new_zeros(cfg.padded_vocab_size - cfg.vocab_size, t.shape[1])])
-    problems = []
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    shapes = sorted(f"{k}: {tuple(sd[k].shape)} (expected {expected[k]})" for k in set(sd) & set(expected)
-                    if tuple(sd[k].shape) != expected[k])
-    if missing:
-        problems.append(f"missing tensors: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
-    if shapes:
-        problems.append(f"mis-shaped tensors: {'; '.join(shapes)}")
-    if problems:
-        raise UserError(f"{ckpt_dir}: weights do not match config.json: " + " | ".join(problems))
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.bin`` state dict, memory-mapped when saved in torch's zip format (released mamba_ssm checkpoints are):
+    tensors are then read from the file only when touched."""
+    try:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # an old (non-zip) serialisation cannot be mapped; anything else is corrupt
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and weights_only refusals all mean: not a usable weights file
+        raise UserError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise UserError(f"{path}: does not hold a flat state dict of tensors")
     return sd
 
 
-def load_model(ckpt_dir: Path, dtype: torch.dtype = torch.float32) -> Mamba2LM:
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        raise UserError(f"{ckpt_dir}: not a directory")
-    cfg, _ = load_config(ckpt_dir)
-    sd = read_state_dict(ckpt_dir, cfg)
-    with torch.device("meta"):  # no random init of weights about to be replaced
+class Weights:
+    """The weights of a checkpoint directory, checked against its config from the headers alone, read one tensor at
+    a time. Raises ``UserError`` (naming the tensor and file) for: shards the index does not name for a tensor,
+    duplicates, index paths outside the directory, missing / unexpected / mis-shaped tensors, non-float tensors."""
+
+    def __init__(self, ckpt_dir: Path):
+        self.dir = Path(ckpt_dir)
+        if not self.dir.is_dir():
+            raise UserError(f"{self.dir}: not a directory")
+        self.cfg, self.format = load_config(self.dir)
+        self._bin: dict[str, torch.Tensor] | None = None
+        self.refs = self._check(self._refs())
+
+    # -- what is where ------------------------------------------------------------------------------------------
+    def _refs(self) -> dict[str, TensorRef]:
+        d = self.dir
+        found: list[TensorRef] = []
+        if (d / SAFETENSORS_INDEX).is_file():
+            index = _index(d)
+            for path in sorted(set(index.values())):
+                for key, (shape, dtype) in _safetensors_header(path).items():
+                    named = index.get(key)
+                    if named is None:
+                        raise UserError(f"{path}: holds tensor {key!r}, which {SAFETENSORS_INDEX} does not list")
+                    if named != path:
+                        raise UserError(f"{path}: holds tensor {key!r}, which {SAFETENSORS_INDEX} places in "
+                                        f"{named.name} (a shard may only hold what the index names)")
+                    found.append(TensorRef(normalise_key(key), path, key, shape, dtype))
+            listed = {r.key for r in found}
+            absent = sorted(k for k in index if k not in listed)
+            if absent:
+                raise UserError(f"{d / SAFETENSORS_INDEX}: names tensors its shards do not hold: "
+                                f"{', '.join(f'{k} ({index[k].name})' for k in absent)}")
+        elif (d / SAFETENSORS_FILE).is_file():
+            path = d / SAFETENSORS_FILE
+            found = [TensorRef(normalise_key(k), path, k, s, t) for k, (s, t) in _safetensors_header(path).items()]
+        elif (d / BIN_FILE).is_file():
+            path = d / BIN_FILE
+            self._bin = _load_bin(path)
+            found = [TensorRef(normalise_key(k), path, k, tuple(v.shape), v.dtype) for k, v in self._bin.items()]
+        else:
+            weight_files(d)  # raises: no weights
+        refs: dict[str, TensorRef] = {}
+        for r in found:
+            if r.name in refs:
+                raise UserError(f"{d}: tensor {r.name} is stored twice (as {refs[r.name].key!r} in "
+                                f"{refs[r.name].file.name} and as {r.key!r} in {r.file.name})")
+            refs[r.name] = r
+        return refs
+
+    def _check(self, refs: dict[str, TensorRef]) -> dict[str, TensorRef]:
+        cfg = self.cfg
+        expected = expected_shapes(cfg)
+        if cfg.tie_embeddings:
+            refs.pop("lm_head.weight", None)  # released tied checkpoints store it anyway
+        problems = []
+        missing = sorted(set(expected) - set(refs))
+        unexpected = sorted(set(refs) - set(expected))
+        shapes = sorted(f"{k}: {refs[k].shape} (expected {expected[k]})" for k in set(refs) & set(expected)
+                        if refs[k].shape != expected[k] and not self._unpadded(k, refs[k].shape))
+        dtypes = sorted(f"{k} ({refs[k].dtype})" for k in set(refs) & set(expected) if refs[k].dtype not in _FLOATS)
+        if missing:
+            problems.append(f"missing tensors: {', '.join(missing)}")
+        if unexpected:
+            problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+        if shapes:
+            problems.append(f"mis-shaped tensors: {'; '.join(shapes)}")
+        if dtypes:
+            problems.append(f"tensors that are not floating point (weights must be): {', '.join(dtypes)}")
+        if problems:
+            raise UserError(f"{self.dir}: weights do not match config.json: " + " | ".join(problems))
+        return refs
+
+    def _unpadded(self, name: str, shape: tuple) -> bool:
+        cfg = self.cfg
+        return (name in _PAD_ROWS and len(shape) == 2 and shape[0] == cfg.vocab_size < cfg.padded_vocab_size
+                and shape[1] == cfg.d_model)
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self.refs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self.refs.values())
+
+    def ref(self, name: str) -> TensorRef:
+        if self.cfg.tie_embeddings and name == "lm_head.weight":
+            name = "backbone.embedding.weight"
+        return self.refs[name]
+
+    def _raw(self, r: TensorRef) -> torch.Tensor:
+        if self._bin is not None:
+            return self._bin[r.key]
+        try:  # opened per tensor: the tensor is a view of the file's mapping, released with it
+            with safe_open(r.file, framework="pt") as f:
+                return f.get_tensor(r.key)
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{r.file}: cannot read tensor {r.key!r} ({e})") from None
+
+    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor (padded to the padded vocabulary where the checkpoint is not), converted to ``dtype``;
+        refuses NaN/Inf, and values that ``dtype`` cannot hold, naming the tensor."""
+        r = self.ref(name)
+        t = self._raw(r)
+        if self._unpadded(r.name, tuple(t.shape)):
+            t = torch.cat([t, t.new_zeros(self.cfg.padded_vocab_size - self.cfg.vocab_size, t.shape[1])])
+        out = t if dtype is None else t.to(dtype)
+        if not bool(torch.isfinite(out).all()):
+            if out is not t and bool(torch.isfinite(t).all()):
+                raise UserError(f"{r.file}: tensor {r.key!r} holds values outside the range of {dtype} "
+                                f"(largest magnitude {float(t.abs().max()):.3g})")
+            raise UserError(f"{r.file}: tensor {r.key!r} holds NaN or Inf values")
+        return out
+
+    def check_finite(self, progress: Callable[[str], None] | None = None):
+        """Reads every tensor once to refuse NaN/Inf before any work (one tensor in memory at a time)."""
+        for name in self.refs:
+            if progress:
+                progress(name)
+            self.read(name)
+
+
+def expected_shapes(cfg: Mamba2Config) -> dict[str, tuple[int, ...]]:
+    """Every weight's name and shape for ``cfg`` (the tied head excluded), allocating nothing."""
+    with torch.device("meta"):
         model = Mamba2LM(cfg)
-    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False, assign=True)
-    if cfg.tie_embeddings:  # assign=True replaced the shared parameter on one side only
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if cfg.tie_embeddings:
+        shapes.pop("lm_head.weight")
+    return shapes
+
+
+def param_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a parameter has in a model cast to ``dtype`` (the op contracts' parameters stay float32)."""
+    return torch.float32 if name.endswith(FP32_PARAMS) else dtype
+
+
+def read_state_dict(ckpt_dir: Path, cfg: Mamba2Config | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor, read and checked (float32). For small models and tests; export streams through ``Weights``."""
+    w = Weights(ckpt_dir)
+    if cfg is not None and cfg != w.cfg:
+        raise UserError(f"{ckpt_dir}: config.json differs from the config given")
+    return {name: w.read(name, torch.float32) for name in w.names()}
+
+
+def load_model(ckpt_dir: Path, dtype: torch.dtype = torch.float32) -> Mamba2LM:
+    w = Weights(ckpt_dir)
+    with torch.device("meta"):  # no random init of weights about to be replaced
+        model = Mamba2LM(w.cfg)
+    model.load_state_dict({k: w.read(k, param_dtype(k, dtype)) for k in w.names()}, strict=False, assign=True)
+    if w.cfg.tie_embeddings:  # assign=True replaced the shared parameter on one side only
         model.lm_head.weight = model.backbone.embedding.weight
-    return model.cast(dtype).eval()
+    return model.eval()
 
 
 def checkpoint_hash(ckpt_dir: Path) -> str:
@@ -127,12 +295,15 @@ def checkpoint_hash(ckpt_dir: Path) -> str:
     return h.hexdigest()
 
 
-def random_model(cfg: Mamba2Config, seed: int = 0) -> Mamba2LM:
-    """A model with random weights in the ranges mamba_ssm initialises to, but with non-trivial norms and D so that
-    every parameter matters to the output (tests are only as sensitive as their weights)."""
+# -- random checkpoints ---------------------------------------------------------------------------------------------
+def random_tensors(cfg: Mamba2Config, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """Random float32 weights, one tensor at a time in parameter order, in the ranges mamba_ssm initialises to, but
+    with non-trivial norms and D so that every parameter matters to the output (tests are only as sensitive as their
+    weights)."""
     g = torch.Generator().manual_seed(seed)
-    model = Mamba2LM(cfg)
-    for name, p in model.named_parameters():
+    with torch.device("meta"):
+        params = list(Mamba2LM(cfg).named_parameters())  # the tied head appears once, as the embedding
+    for name, p in params:
         shape = p.shape
         if name.endswith("A_log"):
             v = torch.log(torch.empty(shape).uniform_(1, 16, generator=g))
@@ -146,50 +317,111 @@ def random_model(cfg: Mamba2Config, seed: int = 0) -> Mamba2LM:
         elif name.endswith("embedding.weight"):
             v = torch.randn(shape, generator=g)
         else:  # linear and conv weights: fan-in scaled
-            v = torch.randn(shape, generator=g) / math.sqrt(shape[-1] if p.dim() > 1 else 1)
-        p.data.copy_(v)
+            v = torch.randn(shape, generator=g).div_(math.sqrt(shape[-1] if p.dim() > 1 else 1))
+        yield name, v
+
+
+def random_model(cfg: Mamba2Config, seed: int = 0) -> Mamba2LM:
+    with torch.device("meta"):
+        model = Mamba2LM(cfg)
+    model.load_state_dict(dict(random_tensors(cfg, seed)), strict=False, assign=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.backbone.embedding.weight
     return model.eval()
+
+
+def parse_size(text: str) -> int:
+    """'5GB' → 5·10⁹, '500MiB' → 500·2²⁰ (transformers' ``max_shard_size`` spelling), or plain bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise UserError(f"size {text!r}: expected a number with an optional unit (e.g. 5GB, 500MiB)")
+    unit = (m.group(2) or "B").upper()
+    scale = 1 if unit == "B" else (1024 if "I" in unit else 1000) ** ("KMGT".index(unit[0]) + 1)
+    size = int(float(m.group(1)) * scale)
+    if size < 1:
+        raise UserError(f"size {text!r} must be positive")
+    return size
+
+
+def write_random_checkpoint(cfg: Mamba2Config, out_dir: Path, fmt: str = "hf", seed: int = 0, dtype: str = "fp32",
+                            max_shard_bytes: int | None = None) -> Path:
+    """A random checkpoint (the weights of ``random_model(cfg, seed)``, stored in ``dtype``), generated tensor by
+    tensor: in 'hf' format one shard is in memory at a time (sharded safetensors with an index past
+    ``max_shard_bytes``, default 5 GB as transformers' save_pretrained wrote them); 'mamba_ssm' writes one
+    ``pytorch_model.bin`` as the released checkpoints are, which holds the whole model."""
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if max_shard_bytes is None:
+        max_shard_bytes = parse_size(DEFAULT_MAX_SHARD)
+    tensors = ((k, v.to(DTYPES[dtype])) for k, v in random_tensors(cfg, seed))
+    return _write(cfg, tensors, out_dir, fmt, max_shard_bytes)
 
 
 def write_checkpoint(model: Mamba2LM, out_dir: Path, fmt: str, max_shard_bytes: int | None = None) -> Path:
     """Writes ``model`` as a checkpoint directory in format 'hf' (safetensors, sharded over ``max_shard_bytes``)
     or 'mamba_ssm' (pytorch_model.bin, as the released checkpoints). Written to a temporary sibling and renamed."""
+    tensors = ((k, v.detach()) for k, v in model.named_parameters())
+    return _write(model.cfg, tensors, out_dir, fmt, max_shard_bytes)
+
+
+def _write(cfg: Mamba2Config, tensors: Iterator[tuple[str, torch.Tensor]], out_dir: Path, fmt: str,
+           max_shard_bytes: int | None) -> Path:
     if fmt not in FORMATS:
         raise UserError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    cfg = model.cfg
-    conf = cfg.to_hf() if fmt == "hf" else cfg.to_mamba_ssm()
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    conf = cfg.to_hf() if fmt == "hf" else cfg.to_mamba_ssm()  # raises before anything is written
     with atomic_dir(out_dir) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(conf, indent=2) + "\n")
         if fmt == "mamba_ssm":
-            torch.save({k: v.clone() for k, v in sd.items()}, tmp / BIN_FILE)
+            sd = {k: v.contiguous() for k, v in tensors}
+            if cfg.tie_embeddings:  # mamba_ssm's state dicts hold the tied head under both names
+                sd["lm_head.weight"] = sd["backbone.embedding.weight"]
+            torch.save(sd, tmp / BIN_FILE)
         else:
-            sd = {("backbone.embeddings." + k[len("backbone.embedding."):]
-                   if k.startswith("backbone.embedding.") else k): v for k, v in sd.items()}
-            if cfg.tie_embeddings:
-                sd.pop("lm_head.weight")
-            _save_safetensors(sd, tmp, max_shard_bytes)
+            _save_safetensors(cfg, ((_hf_key(k), v) for k, v in tensors), tmp, max_shard_bytes)
     return Path(out_dir)
 
 
-def _save_safetensors(sd: dict[str, torch.Tensor], out: Path, max_shard_bytes: int | None):
-    if max_shard_bytes is None or sum(v.numel() * v.element_size() for v in sd.values()) <= max_shard_bytes:
-        save_file(sd, out / SAFETENSORS_FILE, metadata={"format": "pt"})
+def _save_safetensors(cfg: Mamba2Config, tensors: Iterator[tuple[str, torch.Tensor]], out: Path,
+                      max_shard_bytes: int | None):
+    """One ``model.safetensors``, or shards of at most ``max_shard_bytes`` (a larger tensor gets its own) named and
+    indexed as transformers names them. Shard membership is planned from the config's shapes first (the names carry
+    the count; sizes at the first tensor's itemsize), then each shard is written once its tensors have arrived: with
+    tensors in parameter order, one shard is in memory at a time."""
+    tensors = iter(tensors)
+    first = next(tensors)
+    itemsize = first[1].element_size()
+    sizes = {_hf_key(k): math.prod(s) * itemsize for k, s in expected_shapes(cfg).items()}
+    total = sum(sizes.values())
+    if max_shard_bytes is None or total <= max_shard_bytes:
+        save_file({k: v.contiguous() for k, v in _chain(first, tensors)}, out / SAFETENSORS_FILE,
+                  metadata={"format": "pt"})
         return
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    plan: list[list[str]] = [[]]
     size = 0
-    for k in sorted(sd):
-        nbytes = sd[k].numel() * sd[k].element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
+    for k, nbytes in sizes.items():  # parameter order
+        if plan[-1] and size + nbytes > max_shard_bytes:
+            plan.append([])
             size = 0
-        shards[-1][k] = sd[k]
+        plan[-1].append(k)
         size += nbytes
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, out / name, metadata={"format": "pt"})
-        weight_map.update({k: name for k in shard})
-    total = sum(v.numel() * v.element_size() for v in sd.values())
+    names = [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))]
+    shard_of = {k: i for i, keys in enumerate(plan) for k in keys}
+    pending: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in _chain(first, tensors):
+        shard = pending.setdefault(shard_of[k], {})
+        shard[k] = v.contiguous()
+        if len(shard) == len(plan[shard_of[k]]):
+            save_file(shard, out / names[shard_of[k]], metadata={"format": "pt"})
+            del pending[shard_of[k]]
+    weight_map = {k: names[shard_of[k]] for k in sizes}
     (out / SAFETENSORS_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                    indent=2))
+                                                    indent=2) + "\n")
+
+
+def _hf_key(key: str) -> str:
+    return "backbone.embeddings." + key[len("backbone.embedding."):] if key.startswith("backbone.embedding.") else key
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest

@@ -80,6 +80,14 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
+class DataFile:
+    """A weights file beside the graph, as the export wrote it (size and sha256 computed while streaming)."""
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class ExportMetadata:
     config: Mamba2Config
     flavor: str
@@ -93,6 +101,7 @@ class ExportMetadata:
     ssm_layout: str = LAYOUT_SSM
     prefill: str | None = None  # ort flavor: the scan of calls longer than one token, "contrib" | "chunked"
     recipe: dict = field(default_factory=dict)
+    data_files: tuple[DataFile, ...] = ()  # the external-data file(s); () for weights inside the graph
 
     @property
     def states(self) -> list[StateSpec]:
@@ -115,6 +124,7 @@ class ExportMetadata:
             "chunk_size": str(self.config.chunk_size),
             "states": json.dumps([s.__dict__ for s in self.states]),
             "recipe": json.dumps(self.recipe, sort_keys=True),
+            "data_files": json.dumps([f.__dict__ for f in self.data_files]),
         }
         if self.prefill is not None:
             props["prefill"] = self.prefill
@@ -131,7 +141,8 @@ class ExportMetadata:
                        opset=int(p["opset"]), exporter=p["exporter"], checkpoint_sha256=p["checkpoint_sha256"],
                        logits=p["logits"], graph=p["graph"], state_dtype=states[0]["dtype"] if states else "fp32",
                        ssm_layout=states[1]["layout"] if len(states) > 1 else LAYOUT_SSM, prefill=p.get("prefill"),
-                       recipe=json.loads(p.get("recipe", "{}")))
+                       recipe=json.loads(p.get("recipe", "{}")),
+                       data_files=tuple(DataFile(**f) for f in json.loads(p.get("data_files", "[]"))))
         except (KeyError, ValueError, IndexError, TypeError) as e:
             raise UserError(f"{where}: malformed ssd-deploy metadata ({e})") from None
 

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import TINY, VARIANTS
-from ssd_deploy.checkpoint import load_model, random_model, read_state_dict, write_checkpoint
+from ssd_deploy.checkpoint import (Weights, expected_shapes, load_model, normalise_key, parse_size, random_model,
+                                   read_state_dict, write_checkpoint, write_random_checkpoint)
 from ssd_deploy.errors import UserError
 
 
@@ -117,3 +118,204 @@ def test_index_naming_missing_shard(hf_dir):
 def test_writer_refuses_non_empty_target(hf_dir):
     with pytest.raises(UserError, match="not an empty directory"):
         write_checkpoint(random_model(TINY), hf_dir, "hf")
+
+
+# -- checkpoints as the field writes them ---------------------------------------------------------------------------
+HF_CONFIGS = {  # transformers' own Mamba2Config spellings; finite time_step_limit (its JSON encoding of inf is
+    # hardening's: tests/test_config.py)
+    "g2": dict(hidden_size=64, num_heads=8, head_dim=16, n_groups=2, state_size=16, vocab_size=256,
+               num_hidden_layers=2, chunk_size=32, time_step_limit=(0.0, 100.0)),
+    "g1-untied": dict(hidden_size=32, num_heads=4, head_dim=16, n_groups=1, state_size=8, vocab_size=128,
+                      num_hidden_layers=3, chunk_size=16, tie_word_embeddings=False, time_step_limit=(0.001, 50.0)),
+}
+
+
+@pytest.mark.parametrize("name", HF_CONFIGS)
+@pytest.mark.parametrize("shard", [None, "20KB"])
+def test_save_pretrained_checkpoints_load_tensor_for_tensor(tmp_path, name, shard):
+    transformers = pytest.importorskip("transformers", reason="needs transformers (test extra)")
+    torch.manual_seed(0)
+    hf = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(**HF_CONFIGS[name])).eval()
+    with torch.no_grad():  # HF initialises norms to ones and D to ones: make every tensor distinct
+        for p in hf.parameters():
+            p.add_(torch.rand_like(p))
+    hf.save_pretrained(tmp_path, **({"max_shard_size": shard} if shard else {}))
+    assert (tmp_path / "model.safetensors.index.json").is_file() == bool(shard)
+    model = load_model(tmp_path)
+    ours = model.state_dict()
+    for k, v in hf.state_dict().items():
+        assert torch.equal(ours[normalise_key(k)], v), k
+
+
+def test_weights_reads_headers_only_until_asked(hf_dir, monkeypatch):
+    import ssd_deploy.checkpoint as ck
+
+    monkeypatch.setattr(ck.Weights, "_raw", lambda *a: pytest.fail("a tensor was read"))
+    w = Weights(hf_dir)  # names, shapes and dtypes checked from the header
+    assert w.ref("lm_head.weight").name == "backbone.embedding.weight"  # tied
+    assert w.nbytes == sum(v.numel() * 4 for v in random_model(TINY, 4).state_dict().values()) - 256 * 64 * 4
+
+
+def test_read_converts_one_tensor(hf_dir):
+    w = Weights(hf_dir)
+    t = w.read("backbone.layers.0.mixer.in_proj.weight", torch.bfloat16)
+    assert t.dtype == torch.bfloat16
+    assert torch.equal(t, random_model(TINY, 4).backbone.layers[0].mixer.in_proj.weight.detach().bfloat16())
+
+
+def test_bin_in_the_old_serialisation_loads(tmp_path):
+    model = random_model(TINY, 5)
+    (tmp_path / "config.json").write_text(json.dumps(TINY.to_mamba_ssm()))
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert same_weights(model, load_model(tmp_path))
+
+
+@pytest.fixture
+def sharded(tmp_path):
+    path = write_checkpoint(random_model(TINY, 6), tmp_path / "c", "hf", max_shard_bytes=40_000)
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    return path, index
+
+
+def shard_with(path, index, key):
+    return path / index["weight_map"][key]
+
+
+def test_tensor_in_a_shard_the_index_does_not_name_is_refused(sharded):
+    path, index = sharded
+    victim = "backbone.embeddings.weight"
+    other = next(f for f in sorted(set(index["weight_map"].values())) if f != index["weight_map"][victim])
+    sd = load_file(path / other)
+    sd[victim] = torch.zeros(256, 64)  # the attack: a zeroed embedding that used to override the real one
+    save_file(sd, path / other)
+    with pytest.raises(UserError, match=f"{other}: holds tensor '{victim}', which .* places in"):
+        load_model(path)
+
+
+def test_tensor_no_index_lists_is_refused(sharded):
+    path, index = sharded
+    shard = shard_with(path, index, "backbone.norm_f.weight")
+    sd = load_file(shard)
+    sd["extra.weight"] = torch.ones(3)
+    save_file(sd, shard)
+    with pytest.raises(UserError, match="holds tensor 'extra.weight', which .* does not list"):
+        load_model(path)
+
+
+def test_index_naming_a_tensor_its_shard_lacks(sharded):
+    path, index = sharded
+    own = index["weight_map"]["backbone.norm_f.weight"]
+    index["weight_map"]["backbone.norm_f.weight"] = next(f for f in index["weight_map"].values() if f != own)
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match="holds tensor 'backbone.norm_f.weight'"):
+        load_model(path)
+
+
+def test_both_key_schemes_for_one_tensor_is_a_duplicate(hf_dir):
+    edit_weights(hf_dir, lambda sd: sd.__setitem__("backbone.embedding.weight",
+                                                          sd["backbone.embeddings.weight"].clone()))
+    with pytest.raises(UserError, match="backbone.embedding.weight is stored twice"):
+        load_model(hf_dir)
+
+
+@pytest.mark.parametrize("where", ["../outside/model.safetensors", "ABS", "sub/../../outside/model.safetensors",
+                                   "SYMLINK"])
+def test_index_paths_that_leave_the_checkpoint_are_refused(tmp_path, where):
+    ckpt = write_checkpoint(random_model(TINY, 7), tmp_path / "c", "hf", max_shard_bytes=40_000)
+    outside = write_checkpoint(random_model(TINY, 8), tmp_path / "outside", "hf")
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    if where == "ABS":
+        where = str(outside / "model.safetensors")
+    elif where == "SYMLINK":
+        (ckpt / "link.safetensors").symlink_to(outside / "model.safetensors")
+        where = "link.safetensors"
+    index["weight_map"] = {k: where for k in index["weight_map"]}
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match="leaves the checkpoint directory|resolves outside the checkpoint"):
+        load_model(ckpt)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(hf_dir, bad):
+    def poison(sd):
+        sd["backbone.layers.1.mixer.out_proj.weight"][3, 5] = bad
+
+    edit_weights(hf_dir, poison)
+    with pytest.raises(UserError, match="tensor 'backbone.layers.1.mixer.out_proj.weight' holds NaN or Inf"):
+        load_model(hf_dir)
+    with pytest.raises(UserError, match="out_proj.weight' holds NaN or Inf"):
+        Weights(hf_dir).check_finite()
+
+
+def test_values_the_target_dtype_cannot_hold_are_refused(hf_dir):
+    edit_weights(hf_dir, lambda sd: sd["backbone.layers.0.mixer.in_proj.weight"].__setitem__((0, 0), 1e6))
+    with pytest.raises(UserError, match="in_proj.weight' holds values outside the range of torch.float16"):
+        load_model(hf_dir, torch.float16)
+    load_model(hf_dir, torch.bfloat16)  # bf16 holds 1e6
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.uint8])
+def test_integer_and_bool_tensors_are_refused_naming_the_tensor(hf_dir, dtype):
+    def to_int(sd):
+        key = "backbone.layers.0.mixer.conv1d.weight"
+        sd[key] = sd[key].to(dtype)
+
+    edit_weights(hf_dir, to_int)
+    with pytest.raises(UserError, match=r"not floating point .*backbone.layers.0.mixer.conv1d.weight \("):
+        Weights(hf_dir)
+
+
+def test_integer_tensors_in_a_bin_are_refused(tmp_path):
+    sd = random_model(TINY, 9).state_dict()
+    sd["backbone.norm_f.weight"] = sd["backbone.norm_f.weight"].long()
+    (tmp_path / "config.json").write_text(json.dumps(TINY.to_mamba_ssm()))
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UserError, match=r"not floating point .*backbone.norm_f.weight \(torch.int64\)"):
+        load_model(tmp_path)
+
+
+# -- random checkpoints written tensor by tensor --------------------------------------------------------------------
+def test_random_checkpoint_sharded_with_an_index_as_transformers_writes(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="needs transformers (test extra)")
+    path = write_random_checkpoint(TINY, tmp_path / "c", "hf", seed=3, dtype="fp32", max_shard_bytes=30_000)
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    stored = [load_file(path / s) for s in shards]
+    sizes = [sum(t.numel() * t.element_size() for t in sd.values()) for sd in stored]
+    assert sum(sizes) == index["metadata"]["total_size"]
+    assert all(size <= 30_000 or len(sd) == 1 for size, sd in zip(sizes, stored))  # a larger tensor: alone
+    assert same_weights(random_model(TINY, 3), load_model(path))  # the same weights as the in-memory model
+    hf = transformers.Mamba2ForCausalLM.from_pretrained(path, local_files_only=True)  # the field's reader
+    assert torch.equal(hf.backbone.embeddings.weight, random_model(TINY, 3).backbone.embedding.weight.detach())
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_random_checkpoint_in_a_dtype(tmp_path, dtype, torch_dtype):
+    path = write_random_checkpoint(TINY, tmp_path / "c", "hf", seed=3, dtype=dtype)
+    stored = load_file(path / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch_dtype}
+    assert torch.equal(stored["backbone.layers.1.mixer.in_proj.weight"],
+                       random_model(TINY, 3).backbone.layers[1].mixer.in_proj.weight.detach().to(torch_dtype))
+
+
+def test_random_checkpoint_holds_one_shard_at_a_time(tmp_path, monkeypatch):
+    import ssd_deploy.checkpoint as ck
+
+    held = []
+    real = ck.save_file
+    monkeypatch.setattr(ck, "save_file", lambda sd, *a, **k: (held.append(len(sd)), real(sd, *a, **k)))
+    write_random_checkpoint(TINY, tmp_path / "c", "hf", max_shard_bytes=20_000)
+    total = len(expected_shapes(TINY))
+    assert len(held) > 3 and sum(held) == total and max(held) < total / 2
+
+
+@pytest.mark.parametrize("text,size", [("5GB", 5 * 10**9), ("500MiB", 500 << 20), ("1234", 1234), ("2kb", 2000)])
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "5 GiBs", "-1GB", "0"])
+def test_parse_size_refuses(text):
+    with pytest.raises(UserError):
+        parse_size(text)

@@ -163,7 +163,7 @@ def test_bad_recipe_fails_before_any_work(tmp_path, monkeypatch, recipe, flags):
     def no_work(*a, **k):
         raise AssertionError("the checkpoint was loaded")
 
-    monkeypatch.setattr(export_mod, "load_model", no_work)
+    monkeypatch.setattr(export_mod, "Weights", no_work)
     if "\n" in recipe:
         recipe = write(tmp_path, recipe)
     with pytest.raises(UserError):

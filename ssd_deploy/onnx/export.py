@@ -9,6 +9,7 @@ Runtime contrib ops (ort.py) or TensorRT plugin nodes (trt.py). Options may come
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from .. import __version__
 from ..atomic import atomic_dir
-from ..checkpoint import checkpoint_hash, load_model
+from ..checkpoint import Weights, checkpoint_hash, expected_shapes, param_dtype
 from .. import recipes
 from ..errors import UserError
 from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata,
@@ -27,6 +28,7 @@ from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, L
 from ..model import Mamba2LM
 from . import ort, portable, trt
 from .options import ExportOptions
+from . import weights as streamed
 from .tracing import batch_dim, seq_dim, to_onnx
 
 # flavor name → module with lowerings(dims, **ExportOptions.flavor_options()); optionally finalize(model, cfg) for
@@ -34,7 +36,8 @@ from .tracing import batch_dim, seq_dim, to_onnx
 # docs/graph-interface.md's
 FLAVORS = {"portable": portable, "ort": ort, "trt": trt}
 IR_VERSION = 10  # ONNX 1.23 writes 14 by default; current ONNX Runtime releases load 10
-EXTERNAL_AUTO_BYTES = 128 << 20  # past this, weights stream to a side file: an inline save holds ~3 copies in memory
+EXTERNAL_AUTO_BYTES = 128 << 20  # past this, weights go to a side file, streamed; an inline graph is built in memory
+PROTOBUF_LIMIT = 2 << 30
 
 
 class GraphInterface(nn.Module):
@@ -60,7 +63,8 @@ class PackedGraphInterface(GraphInterface):
         return super().forward(input_ids, *states, cu_seqlens=cu_seqlens)
 
 
-def trace(model: Mamba2LM, opts: ExportOptions) -> onnx_ir.Model:
+def trace(model: Mamba2LM, opts: ExportOptions, bind: Callable[[onnx_ir.Model], None] | None = None) -> onnx_ir.Model:
+    """The graph of ``model`` (real or meta parameters; ``bind`` gives meta ones their values, see weights.py)."""
     cfg = model.cfg
     batch = batch_dim()
     seq = 1 if opts.graph == "decode" else seq_dim()
@@ -74,11 +78,11 @@ def trace(model: Mamba2LM, opts: ExportOptions) -> onnx_ir.Model:
                        [INPUT_IDS, CU_SEQLENS] + [i for i, _ in names], [LOGITS] + [o for _, o in names],
                        {"input_ids": {1: seq}, "cu_seqlens": {0: batch + 1},
                         "states": tuple({0: batch} for _ in states)},
-                       FLAVORS[opts.flavor], cfg, opts.opset, opts.flavor_options())
+                       FLAVORS[opts.flavor], cfg, opts.opset, opts.flavor_options(), bind)
     return to_onnx(GraphInterface(model, opts), (ids, *states), [INPUT_IDS] + [i for i, _ in names],
                    [LOGITS] + [o for _, o in names],
                    {"input_ids": {0: batch, 1: seq}, "states": tuple({0: batch} for _ in states)},
-                   FLAVORS[opts.flavor], cfg, opts.opset, opts.flavor_options())
+                   FLAVORS[opts.flavor], cfg, opts.opset, opts.flavor_options(), bind)
 
 
 def strip_trace_metadata(model: onnx_ir.Model):
@@ -92,19 +96,16 @@ def strip_trace_metadata(model: onnx_ir.Model):
         value.metadata_props.clear()
 
 
-def _use_external(model: onnx_ir.Model, mode: str) -> bool:
+def _use_external(weights: Weights, dtype: torch.dtype, mode: str) -> bool:
+    """Decided from the checkpoint's shapes before any work; an inline graph cannot pass protobuf's 2 GiB."""
+    size = sum(math.prod(shape) * torch.empty((), dtype=param_dtype(name, dtype)).element_size()
+               for name, shape in expected_shapes(weights.cfg).items())
+    if mode == "never" and size >= PROTOBUF_LIMIT:
+        raise UserError(f"--external-data never: {size / 2**30:.2f} GiB of weights cannot be stored inside the "
+                        f"graph (ONNX's protobuf limit is 2 GiB); use auto or always")
     if mode != "auto":
         return mode == "always"
-    size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     return size > EXTERNAL_AUTO_BYTES
-
-
-def save_atomically(model: onnx_ir.Model, out_dir: Path, external: bool, check: Callable[[Path], None]) -> Path:
-    """Writes and checks the model in a temporary sibling directory, then renames it: a failure leaves nothing."""
-    with atomic_dir(out_dir) as tmp:
-        onnx_ir.save(model, tmp / MODEL_FILE, external_data=DATA_FILE if external else None)
-        check(tmp / MODEL_FILE)
-    return Path(out_dir) / MODEL_FILE
 
 
 def check_model(path: Path):
@@ -113,21 +114,33 @@ def check_model(path: Path):
 
 
 def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(), recipe: dict | None = None) -> Path:
+    """Streams the checkpoint into the export: the model is traced with meta parameters, then each weight is read,
+    converted and written into the data file on its own (onnx/weights.py); memory holds one weight at a time, never
+    the model (benchmarks/RESULTS.md, "Streaming export")."""
     opts.check()
-    model = load_model(ckpt_dir, DTYPES[opts.dtype].torch)
-    cfg = model.cfg
-    flavor = FLAVORS[opts.flavor]
-    graph = trace(model, opts)
+    weights = Weights(ckpt_dir)  # names, shapes, dtypes against the config: headers only
+    cfg = weights.cfg
+    dtype = DTYPES[opts.dtype].torch
+    external = _use_external(weights, dtype, opts.external_data)
+    weights.check_finite()  # NaN/Inf refused before any work, naming the tensor
+    with torch.device("meta"):
+        model = Mamba2LM(cfg).cast(dtype).eval()
+    graph = trace(model, opts, bind=lambda m: (streamed.bind(m, weights), streamed.fold_transposes(m)))
     strip_trace_metadata(graph)
     graph.ir_version = IR_VERSION
-    meta = ExportMetadata(
+    flavor = FLAVORS[opts.flavor]
+    meta = dict(
         config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opts.opset,
         exporter=f"ssd-deploy {__version__}; torch {torch.__version__}; onnx {onnx.__version__}",
         checkpoint_sha256=checkpoint_hash(ckpt_dir), logits=opts.logits,
         graph=opts.graph, prefill=opts.flavor_options().get("prefill"),
         recipe=recipe or {}, ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM))
-    graph.metadata_props.update(meta.to_props())
-    return save_atomically(graph, out_dir, _use_external(graph, opts.external_data), check_model)
+    with atomic_dir(out_dir) as tmp:
+        data = (streamed.write_external(graph, tmp / DATA_FILE),) if external else ()
+        graph.metadata_props.update(ExportMetadata(**meta, data_files=data).to_props())
+        onnx_ir.save(graph, tmp / MODEL_FILE)  # external tensors stay references; inline ones are read here
+        check_model(tmp / MODEL_FILE)
+    return Path(out_dir) / MODEL_FILE
 
 
 def resolve_options(recipe: str | Path | None = None, notify: Callable[[str], None] | None = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
+from typing import Callable
 
 import onnx_ir
 import onnxscript.optimizer
@@ -72,7 +73,10 @@ def _name_branch_values(model: onnx_ir.Model):
 
 
 def to_onnx(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str], dynamic_shapes: dict,
-            flavor, cfg: Mamba2Config, opset: int, options: dict | None = None) -> onnx_ir.Model:
+            flavor, cfg: Mamba2Config, opset: int, options: dict | None = None,
+            bind: Callable[[onnx_ir.Model], None] | None = None) -> onnx_ir.Model:
+    """``bind``: gives the initializers of a module traced with meta parameters their values (onnx/weights.py),
+    before anything folds them."""
     # the exporter warns about every torchvision op it cannot register; none of them is ours
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
@@ -82,6 +86,8 @@ def to_onnx(module: nn.Module, args: tuple, input_names: list[str], output_names
                                  custom_translation_table=translation_table(flavor, cfg, options or {}),
                                  opset_version=opset, optimize=False)
     model = prog.model
+    if bind is not None:
+        bind(model)
     if hasattr(flavor, "finalize"):  # first: tidy's shape inference starts from the shapes it fixes
         model = flavor.finalize(model, cfg)
     tidy(model)

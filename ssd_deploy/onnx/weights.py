@@ -1,0 +1,137 @@
+"""The exported graph's weights, streamed from the checkpoint into the ONNX external-data file, one tensor at a time.
+
+Export traces a model whose parameters live on the meta device (no memory, no values). ``bind`` then gives each of
+the graph's weight initializers a lazy value that reads its tensor from the checkpoint (``checkpoint.Weights``) and
+converts it to the initializer's dtype when, and only when, something asks for its bytes. The graph's other
+initializers (constants the exporter lifted, values the constant folder computed from small weights) are ordinary
+in-memory tensors, small by construction.
+
+Constant folding over weights: the folder always folds a ``Transpose`` of an initializer that has no other consumer
+(nn.Linear's weight becomes ``MatMul(x, Transpose(W))``), whatever its size; on lazy values that would read and keep
+every transposed weight in memory. ``fold_transposes`` runs first and folds them lazily instead: a new lazy
+initializer that reads W and transposes it while it is written. The graph is the one a non-streamed export makes
+(same nodes, same initializers, same values), only never held whole.
+
+``write_external`` writes every initializer of at least ``INLINE_BYTES`` into one data file beside the graph, each
+at an offset aligned to ``ALIGNMENT``, and replaces its value by a reference to that range (``onnx_ir.ExternalTensor``:
+per-tensor ``location``/``offset``/``length`` in the saved graph); it returns the file's size and sha256, computed
+from the bytes as they are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx_ir
+import torch
+from onnx_ir.tensor_adapters import TorchTensor
+
+from ..checkpoint import Weights
+from ..interface import DataFile
+
+# What onnx_ir.save keeps inline by default (size_threshold_bytes); smaller tensors gain nothing from a side file
+INLINE_BYTES = 256
+# Every external tensor starts at a multiple of 64 KiB: the allocation granularity of memory mappings on Windows and
+# a multiple of every page size, so a runtime can map each tensor directly (onnx_ir's aligned layout)
+ALIGNMENT = 1 << 16
+MODULE_PREFIX = "model."  # the traced module (export.GraphInterface) holds the Mamba2LM as .model
+
+
+class CheckpointTensor(onnx_ir.LazyTensor):
+    """A weight read from the checkpoint on demand (never cached), converted to ``dtype`` and optionally permuted."""
+
+    def __init__(self, weights: Weights, key: str, dtype: torch.dtype, shape, name: str,
+                 perm: tuple[int, ...] | None = None):
+        self.weights, self.key, self.torch_dtype, self.perm = weights, key, dtype, perm
+        super().__init__(self._read, TorchTensor(torch.empty(0, dtype=dtype)).dtype, onnx_ir.Shape(shape), name=name)
+
+    def _read(self) -> TorchTensor:
+        t = self.weights.read(self.key, self.torch_dtype)
+        if self.perm is not None:
+            t = t.permute(self.perm)
+        return TorchTensor(t.contiguous(), name=self.name)
+
+    def transposed(self, perm: tuple[int, ...], name: str) -> "CheckpointTensor":
+        base = self.perm or tuple(range(len(self.shape)))
+        shape = [self.shape[i] for i in perm]
+        return CheckpointTensor(self.weights, self.key, self.torch_dtype, shape, name, tuple(base[i] for i in perm))
+
+
+def bind(model: onnx_ir.Model, weights: Weights):
+    """Gives every initializer traced from a meta parameter its lazy checkpoint value."""
+    for name, value in model.graph.initializers.items():
+        raw = getattr(value.const_value, "raw", None)
+        if isinstance(raw, torch.Tensor) and raw.is_meta:
+            key = name[len(MODULE_PREFIX):] if name.startswith(MODULE_PREFIX) else name
+            value.const_value = CheckpointTensor(weights, key, raw.dtype, tuple(raw.shape), name)
+    unbound = [n for n, v in model.graph.initializers.items()
+               if isinstance(getattr(v.const_value, "raw", None), torch.Tensor) and v.const_value.raw.is_meta]
+    assert not unbound, f"initializers without checkpoint values: {unbound}"
+
+
+def fold_transposes(model: onnx_ir.Model):
+    """Folds each ``Transpose`` of a checkpoint weight that nothing else reads into a lazy transposed initializer
+    (what the constant folder would store, computed only when written)."""
+    graph = model.graph
+    for node in list(graph):
+        if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
+            continue
+        src = node.inputs[0]
+        if src is None or not isinstance(src.const_value, CheckpointTensor) or len(src.uses()) != 1:
+            continue
+        perm_attr = node.attributes.get("perm")
+        perm = tuple(perm_attr.as_ints()) if perm_attr is not None else tuple(reversed(range(len(src.shape))))
+        out = node.outputs[0]
+        name = out.name or f"{src.name}.T"
+        folded = onnx_ir.Value(name=name, shape=onnx_ir.Shape([src.shape[i] for i in perm]), type=src.type,
+                               const_value=src.const_value.transposed(perm, name))
+        graph.remove(node, safe=False)
+        out.replace_all_uses_with(folded)
+        # a graph output fed by the Transpose keeps its name through the replacement value
+        graph.initializers.pop(src.name)
+        graph.register_initializer(folded)
+
+
+def _bytes(tensor) -> memoryview:
+    """The tensor's bytes without a copy where possible (torch tensors through an integer view: numpy has no bf16)."""
+    if isinstance(tensor, TorchTensor):
+        t = tensor.raw.contiguous()
+        as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+        return memoryview(t.view(as_int).numpy()).cast("B")
+    return memoryview(np.ascontiguousarray(tensor.numpy())).cast("B")
+
+
+def write_external(model: onnx_ir.Model, data_path: Path,
+                   progress: Callable[[int, int], None] | None = None) -> DataFile:
+    """Writes the initializers of at least INLINE_BYTES to ``data_path`` (aligned offsets, one tensor in memory at a
+    time) and points the graph at them; returns the file's size and sha256."""
+    data_path = Path(data_path)
+    values = [v for v in model.graph.initializers.values()
+              if v.const_value is not None and v.const_value.nbytes >= INLINE_BYTES]
+    total = sum(v.const_value.nbytes for v in values)
+    h = hashlib.sha256()
+    offset = written = 0
+    with open(data_path, "wb") as f:
+        for value in values:
+            tensor = value.const_value
+            start = -(-offset // ALIGNMENT) * ALIGNMENT
+            pad = bytes(start - offset)
+            data = _bytes(tensor._read() if isinstance(tensor, CheckpointTensor) else tensor)
+            if len(data) != tensor.nbytes:
+                raise AssertionError(f"{value.name}: {len(data)} bytes written for a {tensor.nbytes}-byte tensor")
+            f.write(pad)
+            f.write(data)
+            h.update(pad)
+            h.update(data)
+            offset = start + len(data)
+            value.const_value = onnx_ir.ExternalTensor(data_path.name, start, len(data), tensor.dtype,
+                                                       shape=tensor.shape, name=value.name,
+                                                       base_dir=str(data_path.parent))
+            del data
+            written += tensor.nbytes
+            if progress:
+                progress(written, total)
+    return DataFile(data_path.name, offset, h.hexdigest())

@@ -1,0 +1,178 @@
+"""Streaming export (onnx/weights.py): the graph traced with meta parameters, weights written one at a time from the
+checkpoint into one aligned external-data file, the same graph and values as an export of the loaded model."""
+
+import dataclasses
+import hashlib
+import weakref
+
+import numpy as np
+import onnx
+import onnx_ir
+import pytest
+import torch
+
+from conftest import TINY, VARIANTS, rel_err
+from ssd_deploy.checkpoint import Weights, load_model, random_model, write_checkpoint, write_random_checkpoint
+from ssd_deploy.interface import DataFile
+from ssd_deploy.onnx import export as export_mod
+from ssd_deploy.onnx import weights as streamed
+from ssd_deploy.onnx.export import DTYPES, ExportOptions, check_model, export, strip_trace_metadata, trace
+from ssd_deploy.interface import DATA_FILE, MODEL_FILE, read_metadata
+from ssd_deploy.runtime.feeds import feed
+from ssd_deploy.runtime.ort_runner import ort_session
+
+
+def in_memory_export(ckpt, out, opts):
+    """The export as it was before streaming: the loaded model traced with its weights, saved by onnx_ir."""
+    graph = trace(load_model(ckpt, DTYPES[opts.dtype].torch), opts)
+    strip_trace_metadata(graph)
+    graph.ir_version = export_mod.IR_VERSION
+    out.mkdir()
+    onnx_ir.save(graph, out / MODEL_FILE, external_data=DATA_FILE)
+    return out
+
+
+def initializers(path):
+    model = onnx.load(str(path / MODEL_FILE))
+    return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}, model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavor,dtype,cfg", [("portable", "fp16", "g4"), ("ort", "fp32", "hdimD-limit"),
+                                              ("trt", "bf16", "g1")])
+def test_streamed_export_is_the_in_memory_export(tmp_path, make_checkpoint, flavor, dtype, cfg):
+    cfg = VARIANTS[cfg]
+    ckpt = make_checkpoint(cfg, "mamba_ssm" if cfg.D_has_hdim else "hf", seed=21)
+    opts = ExportOptions(flavor=flavor, dtype=dtype, external_data="always")
+    ours = export(ckpt, tmp_path / "streamed", opts).parent
+    theirs = in_memory_export(ckpt, tmp_path / "memory", opts)
+    a, ma = initializers(ours)
+    b, mb = initializers(theirs)
+    assert a.keys() == b.keys()
+    for name in a:  # every value, folded ones included, bit for bit
+        assert a[name].dtype == b[name].dtype and np.array_equal(a[name].view(np.uint8), b[name].view(np.uint8)), name
+    assert [(n.op_type, list(n.input), list(n.output)) for n in ma.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in mb.graph.node]
+    if flavor == "trt" or dtype == "bf16":
+        return  # plugin nodes / bf16 MatMul do not run on ONNX Runtime's CPU provider: the values above decide
+    rng = np.random.default_rng()
+    ids = rng.integers(0, cfg.vocab_size, (2, 9))
+    meta = read_metadata(ours)
+    states = {s.name: rng.standard_normal((2, *s.shape[1:])).astype(np.float32) for s in meta.states}
+    got = ort_session(ours).run(None, feed(ids, states))
+    want = ort_session(theirs).run(None, feed(ids, states))
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w)
+
+
+def test_external_data_layout(tmp_path, tiny_ckpt):
+    out = export(tiny_ckpt, tmp_path / "o", ExportOptions(dtype="fp16", external_data="always")).parent
+    assert sorted(p.name for p in out.iterdir()) == sorted([DATA_FILE, MODEL_FILE])  # one data file beside the graph
+    model = onnx.load(str(out / MODEL_FILE), load_external_data=False)
+    data = (out / DATA_FILE).read_bytes()
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) > 10
+    ranges = []
+    for t in external:  # per-tensor location, offset and length; offsets aligned; ranges disjoint and in the file
+        info = {e.key: e.value for e in t.external_data}
+        assert info["location"] == DATA_FILE
+        offset, length = int(info["offset"]), int(info["length"])
+        assert offset % streamed.ALIGNMENT == 0
+        assert length == np.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        ranges.append((offset, offset + length))
+    ranges.sort()
+    assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:])) and ranges[-1][1] == len(data)
+    inline = [t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+    assert all(len(t.raw_data) < streamed.INLINE_BYTES for t in inline)
+    check_model(out / MODEL_FILE)
+
+
+def test_write_external_reports_size_and_hash(tmp_path, tiny_ckpt):
+    w = Weights(tiny_ckpt)
+    with torch.device("meta"):
+        model = export_mod.Mamba2LM(w.cfg).cast(torch.float16)
+    graph = trace(model, ExportOptions(dtype="fp16"), bind=lambda m: (streamed.bind(m, w), streamed.fold_transposes(m)))
+    info = streamed.write_external(graph, tmp_path / DATA_FILE)
+    data = (tmp_path / DATA_FILE).read_bytes()
+    assert info == DataFile(DATA_FILE, len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_export_records_its_data_file(tmp_path, tiny_ckpt):
+    out = export(tiny_ckpt, tmp_path / "o", ExportOptions(external_data="always")).parent
+    data = (out / DATA_FILE).read_bytes()
+    assert read_metadata(out).data_files == (DataFile(DATA_FILE, len(data), hashlib.sha256(data).hexdigest()),)
+    inline = export(tiny_ckpt, tmp_path / "i", ExportOptions(external_data="never")).parent
+    assert read_metadata(inline).data_files == ()
+
+
+@pytest.mark.slow
+def test_export_holds_one_weight_at_a_time(tmp_path, monkeypatch):
+    """The weights read from the checkpoint that are alive at once, and the Python heap's peak (tracemalloc: numpy
+    and bytes), both stay far below the model: the export never holds the model."""
+    import tracemalloc
+
+    cfg = dataclasses.replace(TINY, d_model=256, n_layer=4, vocab_size=4096, headdim=32, d_state=32)
+    ckpt = write_random_checkpoint(cfg, tmp_path / "c", "hf", dtype="fp32", max_shard_bytes=2_000_000)
+    model_bytes = Weights(ckpt).nbytes
+    largest = max(r.nbytes for r in Weights(ckpt).refs.values())
+    alive = {"now": 0, "peak": 0}
+    real = Weights.read
+
+    def read(self, name, dtype=None):
+        t = real(self, name, dtype)
+        n = t.numel() * t.element_size()
+        alive["now"] += n
+        alive["peak"] = max(alive["peak"], alive["now"])
+        weakref.finalize(t, lambda: alive.__setitem__("now", alive["now"] - n))
+        return t
+
+    monkeypatch.setattr(Weights, "read", read)
+    tracemalloc.start()
+    export(ckpt, tmp_path / "o", ExportOptions(dtype="fp32", external_data="always"))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert largest < model_bytes / 4
+    assert alive["peak"] <= 2 * largest, (alive["peak"], largest, model_bytes)
+    assert peak < model_bytes / 2, (peak, model_bytes)
+
+
+def test_never_refuses_what_protobuf_cannot_hold(tmp_path, tiny_ckpt, monkeypatch):
+    monkeypatch.setattr(export_mod, "PROTOBUF_LIMIT", 1000)
+    monkeypatch.setattr(export_mod, "trace", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(export_mod.UserError, match="protobuf limit"):
+        export(tiny_ckpt, tmp_path / "o", ExportOptions(external_data="never"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_nan_weights_refused_before_any_work(tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    ckpt = write_checkpoint(random_model(TINY, 2), tmp_path / "c", "hf")
+    sd = load_file(ckpt / "model.safetensors")
+    sd["backbone.layers.0.mixer.A_log"][1] = float("nan")
+    save_file(sd, ckpt / "model.safetensors")
+    monkeypatch.setattr(export_mod, "trace", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(export_mod.UserError, match="'backbone.layers.0.mixer.A_log' holds NaN or Inf"):
+        export(ckpt, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_weights_past_protobufs_2gib(tmp_path):
+    """A tiny model whose fp32 embedding alone is just over 2 GiB: streamed into the data file, checked by
+    onnx.checker through the path, loaded and run by ONNX Runtime, equal to PyTorch."""
+    vocab = (2**31 // (64 * 4)) + 4096
+    cfg = dataclasses.replace(TINY, vocab_size=vocab, n_layer=1, pad_vocab_size_multiple=16)
+    ckpt = write_random_checkpoint(cfg, tmp_path / "c", "hf", dtype="fp32")
+    out = export(ckpt, tmp_path / "o", ExportOptions(dtype="fp32", logits="last")).parent
+    assert (out / DATA_FILE).stat().st_size > 2**31
+    assert (out / MODEL_FILE).stat().st_size < 1 << 20
+    ids = np.array([[1, vocab - 1, 12345]])
+    meta = read_metadata(out)
+    states = {s.name: np.zeros((1, *s.shape[1:]), np.float32) for s in meta.states}
+    logits = ort_session(out).run(["logits"], feed(ids, states))[0]
+    del meta
+    model = load_model(ckpt)
+    with torch.no_grad():
+        ref, _, _ = model(torch.from_numpy(ids), *model.init_states(1), last_token_only=True)
+    assert rel_err(logits, ref) < 1e-4
