@@ -20,6 +20,7 @@ from .onnx.options import CHOICES, DTYPES, FLAVORS, MIN_OPSET
 from .presets import PRESETS
 from .runtime.kinds import BACKENDS, PROVIDERS, RUN_BACKENDS
 from .serving.pbtxt import BACKENDS as SERVE_BACKENDS, RUNTIMES, STRATEGIES
+from .targets import TARGETS
 from .tensorrt.cli import build
 
 
@@ -37,14 +38,18 @@ def main():
               show_default=True,
               help="on-disk convention: Hugging Face's or mamba_ssm's")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=Choice(DTYPES, "dtype"), default=DTYPES[0], show_default=True,
+              help="precision of the stored weights")
+@click.option("--max-shard-size", default="5GB", show_default=True,
+              help="hf format: safetensors shards of at most this size, with an index (e.g. 5GB, 500MiB)")
 @user_errors
-def new(output, preset_name, fmt, seed):
-    """Write a random checkpoint (either on-disk format) to DIR."""
-    from .checkpoint import random_model, write_checkpoint
+def new(output, preset_name, fmt, seed, dtype, max_shard_size):
+    """Write a random checkpoint (either on-disk format) to DIR, generated tensor by tensor."""
+    from .checkpoint import parse_size, write_random_checkpoint
     from .presets import preset
 
-    path = write_checkpoint(random_model(preset(preset_name), seed), output, fmt)
-    click.echo(f"wrote {fmt} checkpoint ({preset_name}, seed {seed}) to {path}")
+    path = write_random_checkpoint(preset(preset_name), output, fmt, seed, dtype, parse_size(max_shard_size))
+    click.echo(f"wrote {fmt} checkpoint ({preset_name}, {dtype}, seed {seed}) to {path}")
 
 
 def export_options(fn):
@@ -116,6 +121,51 @@ def validate(export_dir, ckpt, backend, provider, engine, plugins, steps, batch,
 
 
 @main.command()
+@checkpoint_argument
+@click.option("--target", "target_name", type=Choice(TARGETS, "target"), required=True,
+              help="Jetson module (docs/jetson.md)")
+@click.option("--recipe", default=None, metavar="NAME|PATH", help="take dtype, shapes, logits and workspace from it")
+@click.option("--dtype", type=Choice(DTYPES, "dtype"), default=None, help="[default: fp16, or the recipe's]")
+@click.option("--batch", type=int, default=None, help="sequences per call  [default: 1]")
+@click.option("--prefill-len", type=int, default=None, help="prompt tokens per call  [default: 2048]")
+@click.option("--logits", type=Choice(CHOICES["logits"], "logits"), default=None, help="[default: last, or the recipe's]")
+@click.option("--workspace-mib", type=int, default=None, help="TensorRT builder memory pool  [default: 1024]")
+@click.option("--os-share", type=float, default=None, help="GiB the OS takes (default: the target's estimate)")
+@json_option("the plan")
+@user_errors
+def plan(ckpt, target_name, recipe, dtype, batch, prefill_len, logits, workspace_mib, os_share, as_json):
+    """Memory budget of CKPT (a checkpoint directory; only its config.json is read) on a Jetson target: weights,
+    states, activation peak, TensorRT workspace and runtime overhead against the memory the OS leaves; the largest
+    profiles and precisions that fit. Exit status 2 when it does not fit."""
+    import dataclasses
+
+    from .config import load_config
+    from .plan import DEFAULT_WORKSPACE_MIB, format_plan, make_plan, refusal
+    from .recipes import load as load_recipe
+    from .targets import target
+
+    tgt = target(target_name)
+    if os_share is not None:
+        if not 0 <= os_share < tgt.memory_gib:
+            raise UserError(f"--os-share must lie in [0, {tgt.memory_gib}) GiB, got {os_share}")
+        tgt = dataclasses.replace(tgt, os_share_gib=os_share)
+    r = load_recipe(recipe).to_dict() if recipe else {}
+    if r.get("device") and r["device"] != tgt.name:
+        raise UserError(f"recipe {r['name']} is for {r['device']}, not {tgt.name}")
+    cfg, _ = load_config(ckpt)
+    p = make_plan(cfg, tgt, dtype or r.get("export", {}).get("dtype", "fp16"),
+                  batch if batch is not None else r.get("batch", [1, 1])[1],
+                  prefill_len if prefill_len is not None else r.get("prefill", [1, 2048])[1],
+                  logits or r.get("export", {}).get("logits", "last"),
+                  workspace_mib if workspace_mib is not None else r.get("workspace_mib", DEFAULT_WORKSPACE_MIB))
+    click.echo(json.dumps(p.to_dict(), indent=2) if as_json else format_plan(p, str(ckpt)))
+    if not p.fits:
+        raise UserError(refusal(p, str(ckpt)))
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
 @export_argument
 @json_option("the description")
 @user_errors

@@ -46,6 +46,7 @@ class Recipe:
     description: str = ""
     profiles: dict[str, Profile] = field(default_factory=dict)  # TensorRT optimization profiles by name
     workspace_mib: int | None = None  # TensorRT builder memory pool cap
+    device: str | None = None  # a Jetson target (targets.py): export and build check the memory plan first
     overrides: tuple[str, ...] = ()  # export options the command line changed
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,6 +56,8 @@ class Recipe:
         d["overrides"] = list(self.overrides)
         if self.workspace_mib is None:
             del d["workspace_mib"]
+        if self.device is None:
+            del d["device"]
         return d
 
     def with_overrides(self, **export_overrides) -> "Recipe":
@@ -99,7 +102,7 @@ def load(name_or_path: str | Path) -> Recipe:
 
 def parse(data: dict, name: str) -> Recipe:
     where = f"recipe {name}"
-    _keys(data, {"description", "target", "export", "shapes", "tensorrt"}, where, required={"target", "export",
+    _keys(data, {"description", "target", "device", "export", "shapes", "tensorrt"}, where, required={"target", "export",
                                                                                               "shapes"})
     export = _table(data, "export", where)
     _keys(export, set(EXPORT_KEYS), f"{where} [export]", required={"flavor", "dtype"})
@@ -124,13 +127,16 @@ def parse(data: dict, name: str) -> Recipe:
     workspace = trt.get("workspace_mib")
     if workspace is not None and (not isinstance(workspace, int) or isinstance(workspace, bool) or workspace < 1):
         raise UserError(f"{where}: tensorrt.workspace_mib must be a positive integer, got {workspace!r}")
+    device = data.get("device")
+    if device is not None and not isinstance(device, str):
+        raise UserError(f"{where}: device must be a string naming a Jetson target, got {device!r}")
     description = data.get("description", "")
     if not isinstance(description, str) or not isinstance(data["target"], str):
         raise UserError(f"{where}: description and target must be strings")
     recipe = Recipe(name=name, target=data["target"], export=dict(export),
                     batch=_ints(shapes["batch"], 2, f"{where} shapes.batch"),
                     prefill=_ints(shapes["prefill"], 2, f"{where} shapes.prefill"),
-                    description=description, profiles=profiles, workspace_mib=workspace)
+                    description=description, profiles=profiles, workspace_mib=workspace, device=device)
     check(recipe)
     return recipe
 
@@ -148,6 +154,14 @@ def check(r: Recipe):
     if dtype not in t["dtypes"]:
         raise UserError(f"{where}: dtype {dtype!r} is not supported on target {r.target} "
                         f"(supported: {', '.join(t['dtypes'])})")
+    if r.device is not None:
+        from .targets import TARGETS as DEVICES
+
+        if r.device not in DEVICES:
+            raise UserError(f"{where}: unknown device {r.device!r}; choose one of {', '.join(DEVICES)}")
+        if r.target != "tensorrt" or dtype not in DEVICES[r.device].dtypes:
+            raise UserError(f"{where}: device {r.device} runs TensorRT engines in {', '.join(DEVICES[r.device].dtypes)}"
+                            f" (target tensorrt), not target {r.target} in {dtype}")
     for label, (lo, hi) in (("shapes.batch", r.batch), ("shapes.prefill", r.prefill)):
         if not 1 <= lo <= hi:
             raise UserError(f"{where}: {label} = [{lo}, {hi}] must satisfy 1 <= min <= max")

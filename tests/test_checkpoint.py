@@ -319,3 +319,18 @@ def test_parse_size(text, size):
 def test_parse_size_refuses(text):
     with pytest.raises(UserError):
         parse_size(text)
+
+
+def test_cli_new_dtype_and_shards(tmp_path):
+    from click.testing import CliRunner
+
+    from ssd_deploy.cli import main
+
+    r = CliRunner().invoke(main, ["new", "-o", str(tmp_path / "c"), "--dtype", "bf16", "--max-shard-size", "30KB"])
+    assert r.exit_code == 0, r.output
+    index = json.loads((tmp_path / "c" / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 2
+    assert {t.dtype for s in shards for t in load_file(tmp_path / "c" / s).values()} == {torch.bfloat16}
+    r = CliRunner().invoke(main, ["new", "-o", str(tmp_path / "d"), "--max-shard-size", "lots"])
+    assert r.exit_code == 2 and "size 'lots'" in r.output and not (tmp_path / "d").exists()

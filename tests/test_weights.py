@@ -111,7 +111,7 @@ def test_export_holds_one_weight_at_a_time(tmp_path, monkeypatch):
     and bytes), both stay far below the model: the export never holds the model."""
     import tracemalloc
 
-    cfg = dataclasses.replace(TINY, d_model=256, n_layer=4, vocab_size=4096, headdim=32, d_state=32)
+    cfg = dataclasses.replace(TINY, d_model=256, n_layer=6, vocab_size=1024, headdim=32, d_state=32)
     ckpt = write_random_checkpoint(cfg, tmp_path / "c", "hf", dtype="fp32", max_shard_bytes=2_000_000)
     model_bytes = Weights(ckpt).nbytes
     largest = max(r.nbytes for r in Weights(ckpt).refs.values())

@@ -21,7 +21,7 @@ from torch import nn
 from .. import __version__
 from ..atomic import atomic_dir
 from ..checkpoint import Weights, checkpoint_hash, expected_shapes, param_dtype
-from .. import recipes
+from .. import plan, recipes
 from ..errors import UserError
 from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata,
                          state_names)
@@ -120,6 +120,7 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
     opts.check()
     weights = Weights(ckpt_dir)  # names, shapes, dtypes against the config: headers only
     cfg = weights.cfg
+    plan.require(cfg, recipe or {}, str(ckpt_dir))  # a recipe for a Jetson device: the model must fit it
     dtype = DTYPES[opts.dtype].torch
     external = _use_external(weights, dtype, opts.external_data)
     weights.check_finite()  # NaN/Inf refused before any work, naming the tensor

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .. import recipes
+from .. import plan as memory_plan, recipes
 from ..errors import UserError
 from ..interface import model_path, read_metadata
 from . import api as trt_api
@@ -155,6 +155,7 @@ def build(export_dir: Path, opts: BuildOptions = BuildOptions(), api: trt_api.Tr
     if opts.plugins is not None and plugins is None:
         notes.append(f"--plugins ignored: a {meta.flavor}-flavor graph needs no plugins")
     recipe = opts.recipe if opts.recipe is not None else meta.recipe
+    memory_plan.require(meta.config, recipe, str(export_dir))  # a recipe for a Jetson device: the engine must fit
     ranges = recipe_ranges(recipe)
     if opts.recipe is not None:
         made_for = recipe.get("export", {})
