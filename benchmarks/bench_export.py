@@ -26,15 +26,17 @@ from pathlib import Path
 import click
 
 
-def _run(args: list[str]) -> tuple[float, int]:
-    """Wall seconds and the child's peak RSS in bytes (RUSAGE_CHILDREN holds the largest child so far, so each
-    measured command runs in a fresh interpreter that spawns it and reports its own figure)."""
+def _run(args: list[str]) -> tuple[float, int, float]:
+    """Wall seconds, the child's peak RSS in bytes and its CPU seconds (user + system: on a machine shared with
+    other jobs, wall time says more about them than about the export). RUSAGE_CHILDREN holds the largest child so
+    far, so each measured command runs in a fresh interpreter that spawns it and reports its own figures."""
     code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
             "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+            "r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+            "print(time.perf_counter() - t, r.ru_maxrss, r.ru_utime + r.ru_stime)")
     out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True).stdout
-    wall, rss_kib = out.split()
-    return float(wall), int(rss_kib) * 1024
+    wall, rss_kib, cpu = out.split()
+    return float(wall), int(rss_kib) * 1024, float(cpu)
 
 
 def _size(path: Path) -> int:
@@ -58,8 +60,8 @@ def main(preset, ckpt_dtype, dtype, flavors, repeats, ckpt, workdir, as_json):
     try:
         if ckpt is None:
             ckpt = work / "ckpt"
-            wall, rss = _run(["ssd-deploy", "new", "-o", str(ckpt), "--preset", preset, "--dtype", ckpt_dtype])
-            result["new"] = {"wall_s": wall, "peak_rss_bytes": rss}
+            wall, rss, cpu = _run(["ssd-deploy", "new", "-o", str(ckpt), "--preset", preset, "--dtype", ckpt_dtype])
+            result["new"] = {"wall_s": wall, "peak_rss_bytes": rss, "cpu_s": cpu}
         result["model_bytes"] = sum(f.stat().st_size for f in Path(ckpt).glob("*.safetensors")) or _size(ckpt)
         for flavor in [f.strip() for f in flavors.split(",") if f.strip()]:
             runs = []
@@ -69,13 +71,14 @@ def main(preset, ckpt_dtype, dtype, flavors, repeats, ckpt, workdir, as_json):
                                   "--dtype", dtype]))
                 onnx_bytes = _size(out)
                 shutil.rmtree(out)
-            walls = [w for w, _ in runs]
+            walls = [w for w, _, _ in runs]
             result["exports"].append({"flavor": flavor, "wall_s": walls, "wall_s_median": statistics.median(walls),
-                                      "peak_rss_bytes": max(r for _, r in runs), "onnx_bytes": onnx_bytes})
+                                      "cpu_s": [c for _, _, c in runs], "peak_rss_bytes": max(r for _, r, _ in runs),
+                                      "onnx_bytes": onnx_bytes, "load_average_after": os.getloadavg()[0]})
             if not as_json:
                 e = result["exports"][-1]
                 click.echo(f"export {preset} {ckpt_dtype} -> {dtype} ({flavor}): median {e['wall_s_median']:.0f} s "
-                           f"({', '.join(f'{w:.0f}' for w in walls)}); peak RSS {e['peak_rss_bytes'] / 2**30:.2f} GiB;"
+                           f"({', '.join(f'{w:.0f}' for w in walls)}), CPU {e['cpu_s'][0]:.0f} s; peak RSS {e['peak_rss_bytes'] / 2**30:.2f} GiB;"
                            f" model {result['model_bytes'] / 2**30:.2f} GiB, ONNX {onnx_bytes / 2**30:.2f} GiB",
                            err=True)
     finally:
@@ -87,8 +90,8 @@ def main(preset, ckpt_dtype, dtype, flavors, repeats, ckpt, workdir, as_json):
             click.echo(f"new {preset} ({ckpt_dtype}): {result['new']['wall_s']:.0f} s, peak RSS "
                        f"{result['new']['peak_rss_bytes'] / 2**30:.2f} GiB")
         for e in result["exports"]:
-            click.echo(f"export {e['flavor']}: {e['wall_s_median']:.0f} s, peak RSS {e['peak_rss_bytes'] / 2**30:.2f} "
-                       f"GiB ({e['peak_rss_bytes'] / result['model_bytes']:.2f}x the model)")
+            click.echo(f"export {e['flavor']}: {e['wall_s_median']:.0f} s (CPU {e['cpu_s'][0]:.0f} s), peak RSS "
+                       f"{e['peak_rss_bytes'] / 2**30:.2f} GiB ({e['peak_rss_bytes'] / result['model_bytes']:.2f}x the model)")
 
 
 if __name__ == "__main__":
