@@ -75,12 +75,11 @@ def main(preset, ckpt_dtype, dtype, flavors, repeats, ckpt, workdir, as_json):
             result["exports"].append({"flavor": flavor, "wall_s": walls, "wall_s_median": statistics.median(walls),
                                       "cpu_s": [c for _, _, c in runs], "peak_rss_bytes": max(r for _, r, _ in runs),
                                       "onnx_bytes": onnx_bytes, "load_average_after": os.getloadavg()[0]})
-            if not as_json:
-                e = result["exports"][-1]
-                click.echo(f"export {preset} {ckpt_dtype} -> {dtype} ({flavor}): median {e['wall_s_median']:.0f} s "
-                           f"({', '.join(f'{w:.0f}' for w in walls)}), CPU {e['cpu_s'][0]:.0f} s; peak RSS {e['peak_rss_bytes'] / 2**30:.2f} GiB;"
-                           f" model {result['model_bytes'] / 2**30:.2f} GiB, ONNX {onnx_bytes / 2**30:.2f} GiB",
-                           err=True)
+            e = result["exports"][-1]  # on stderr, also with --json: a long run stopped early keeps what it measured
+            click.echo(f"export {preset} {ckpt_dtype} -> {dtype} ({flavor}): median {e['wall_s_median']:.0f} s "
+                       f"({', '.join(f'{w:.0f}' for w in walls)}), CPU {e['cpu_s'][0]:.0f} s; "
+                       f"peak RSS {e['peak_rss_bytes'] / 2**30:.2f} GiB;"
+                       f" model {result['model_bytes'] / 2**30:.2f} GiB, ONNX {onnx_bytes / 2**30:.2f} GiB", err=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if as_json:
@@ -91,7 +90,8 @@ def main(preset, ckpt_dtype, dtype, flavors, repeats, ckpt, workdir, as_json):
                        f"{result['new']['peak_rss_bytes'] / 2**30:.2f} GiB")
         for e in result["exports"]:
             click.echo(f"export {e['flavor']}: {e['wall_s_median']:.0f} s (CPU {e['cpu_s'][0]:.0f} s), peak RSS "
-                       f"{e['peak_rss_bytes'] / 2**30:.2f} GiB ({e['peak_rss_bytes'] / result['model_bytes']:.2f}x the model)")
+                       f"{e['peak_rss_bytes'] / 2**30:.2f} GiB "
+                       f"({e['peak_rss_bytes'] / result['model_bytes']:.2f}x the model)")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ def validate(export_dir, ckpt, backend, provider, engine, plugins, steps, batch,
 @click.option("--dtype", type=Choice(DTYPES, "dtype"), default=None, help="[default: fp16, or the recipe's]")
 @click.option("--batch", type=int, default=None, help="sequences per call  [default: 1]")
 @click.option("--prefill-len", type=int, default=None, help="prompt tokens per call  [default: 2048]")
-@click.option("--logits", type=Choice(CHOICES["logits"], "logits"), default=None, help="[default: last, or the recipe's]")
+@click.option("--logits", type=Choice(CHOICES["logits"], "logits"), default=None,
+              help="[default: last, or the recipe's]")
 @click.option("--workspace-mib", type=int, default=None, help="TensorRT builder memory pool  [default: 1024]")
 @click.option("--os-share", type=float, default=None, help="GiB the OS takes (default: the target's estimate)")
 @json_option("the plan")

@@ -12,6 +12,8 @@ import ctypes
 import math
 import secrets
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,6 +69,37 @@ def test_c_abi_host_checks(built_lib):
     assert built_lib.ssd_error_string(-2).decode().startswith("workspace")
     assert built_lib.ssd_causal_conv1d(None, None, None, None, None, None, 1, 1, 8, 4, 1, 2, None) == -1
     assert built_lib.ssd_gated_rmsnorm(None, None, None, None, 1, 8, 3, 1e-5, 2, None) == -1
+
+
+def _cuobjdump() -> str | None:
+    """cuobjdump from the CUDA toolkit, else the one Triton ships."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        import triton.backends.nvidia as nv
+    except ImportError:
+        return None
+    bundled = Path(nv.__file__).parent / "bin" / "cuobjdump"
+    return str(bundled) if bundled.is_file() else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [87, 110], ids=["sm_87-jetson-orin", "sm_110-jetson-thor"])
+def test_compiles_for_jetson(tmp_path, arch):
+    """Machine code for the Jetson GPUs (docs/jetson.md), where the installed nvcc knows them (sm_110: CUDA 13)."""
+    missing = _toolchain_missing()
+    if missing:
+        pytest.skip(missing)
+    listed = subprocess.run([kernels._find_nvcc(), "--list-gpu-arch"], capture_output=True, text=True).stdout.split()
+    if f"compute_{arch}" not in listed:
+        pytest.skip(f"this nvcc does not know sm_{arch}")
+    lib = kernels.build(tmp_path, archs=[str(arch)])
+    dump = _cuobjdump()
+    if dump is None:
+        pytest.skip("cuobjdump not found to list the machine code")
+    elves = subprocess.run([dump, "--list-elf", str(lib)], capture_output=True, text=True, check=True).stdout
+    assert f"sm_{arch}" in elves, elves
 
 
 def test_build_without_cmake_is_a_user_error(monkeypatch):

@@ -122,6 +122,29 @@ def test_compiles_against_tensorrt10_headers(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("version,arch", [("10.3", 87), ("10.13", 110)],
+                         ids=["jetpack6-tensorrt10.3-sm_87", "jetpack7-tensorrt10.13-sm_110"])
+def test_plugin_library_builds_for_jetson(tmp_path, version, arch):
+    """The whole plugin library (kernels included) for a Jetson: TensorRT 10.3's headers and sm_87 (JetPack 6),
+    10.13's and sm_110 (JetPack 7; CUDA 13 names Thor sm_110). Headers: third_party/TensorRT-<version>/include,
+    fetched from NVIDIA/TensorRT at tag v<version>.x (docs/jetson.md)."""
+    include = _require(_headers(*sorted((REPO / "third_party").glob(f"TensorRT-{version}*/include"))),
+                       f"TensorRT {version}")
+    nvcc = shutil.which("nvcc") or os.environ.get("CUDACXX")
+    if f"compute_{arch}" not in subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True).stdout:
+        pytest.skip(f"this nvcc does not know sm_{arch}")
+    configure = ["cmake", "-S", str(REPO / "plugins"), "-B", str(tmp_path), f"-DSSD_CUDA_ARCHS={arch}",
+                 f"-DTensorRT_INCLUDE_DIR={include}"]
+    proc = subprocess.run(configure, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert f"ssd TensorRT plugins: TensorRT {version}." in proc.stdout
+    assert f"{arch}-real" in proc.stdout  # the architecture was kept, not dropped
+    proc = subprocess.run(["cmake", "--build", str(tmp_path), "--parallel", "2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert list(tmp_path.glob("libssd_trt_plugins*.so"))
+
+
 @pytest.mark.gpu
 def test_gpu_parity(tmp_path):
     """Every plugin, every I/O dtype, through the plugin's build and runtime phases and enqueue on the GPU."""
