@@ -165,8 +165,6 @@ def plan(ckpt, target_name, recipe, dtype, batch, prefill_len, logits, workspace
 
 
 @main.command()
-@click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
 @export_argument
 @json_option("the description")
 @user_errors
