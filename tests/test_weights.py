@@ -107,10 +107,8 @@ def test_export_records_its_data_file(tmp_path, tiny_ckpt):
 
 @pytest.mark.slow
 def test_export_holds_one_weight_at_a_time(tmp_path, monkeypatch):
-    """The weights read from the checkpoint that are alive at once, and the Python heap's peak (tracemalloc: numpy
-    and bytes), both stay far below the model: the export never holds the model."""
-    import tracemalloc
-
+    """The weights read from the checkpoint that are alive at once stay within two of the largest tensor, far below
+    the model: the export never holds the model (benchmarks/RESULTS.md has the process's peak RSS on 2.7b and 7B)."""
     cfg = dataclasses.replace(TINY, d_model=256, n_layer=6, vocab_size=1024, headdim=32, d_state=32)
     ckpt = write_random_checkpoint(cfg, tmp_path / "c", "hf", dtype="fp32", max_shard_bytes=2_000_000)
     model_bytes = Weights(ckpt).nbytes
@@ -127,13 +125,9 @@ def test_export_holds_one_weight_at_a_time(tmp_path, monkeypatch):
         return t
 
     monkeypatch.setattr(Weights, "read", read)
-    tracemalloc.start()
     export(ckpt, tmp_path / "o", ExportOptions(dtype="fp32", external_data="always"))
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
     assert largest < model_bytes / 4
-    assert alive["peak"] <= 2 * largest, (alive["peak"], largest, model_bytes)
-    assert peak < model_bytes / 2, (peak, model_bytes)
+    assert 0 < alive["peak"] <= 2 * largest, (alive["peak"], largest, model_bytes)
 
 
 def test_never_refuses_what_protobuf_cannot_hold(tmp_path, tiny_ckpt, monkeypatch):
@@ -161,13 +155,13 @@ def test_nan_weights_refused_before_any_work(tmp_path, monkeypatch):
 def test_weights_past_protobufs_2gib(tmp_path):
     """A tiny model whose fp32 embedding alone is just over 2 GiB: streamed into the data file, checked by
     onnx.checker through the path, loaded and run by ONNX Runtime, equal to PyTorch."""
-    vocab = (2**31 // (64 * 4)) + 4096
-    cfg = dataclasses.replace(TINY, vocab_size=vocab, n_layer=1, pad_vocab_size_multiple=16)
+    vocab = 2_000_000  # x 288 x 4 bytes = 2.15 GiB (config.py bounds the vocabulary at 2M)
+    cfg = dataclasses.replace(TINY, vocab_size=vocab, d_model=288, n_layer=1, pad_vocab_size_multiple=16)
     ckpt = write_random_checkpoint(cfg, tmp_path / "c", "hf", dtype="fp32")
     out = export(ckpt, tmp_path / "o", ExportOptions(dtype="fp32", logits="last")).parent
     assert (out / DATA_FILE).stat().st_size > 2**31
     assert (out / MODEL_FILE).stat().st_size < 1 << 20
-    ids = np.array([[1, vocab - 1, 12345]])
+    ids = np.array([[1, vocab - 1, 123456]])
     meta = read_metadata(out)
     states = {s.name: np.zeros((1, *s.shape[1:]), np.float32) for s in meta.states}
     logits = ort_session(out).run(["logits"], feed(ids, states))[0]
