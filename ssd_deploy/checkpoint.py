@@ -151,7 +151,8 @@ def random_model(cfg: Mamba2Config, seed: int = 0) -> Mamba2LM:
     return model.eval()
 
 
-def write_checkpoint(model: Mamba2LM, out_dir: Path, fmt: str, max_shard_bytes: int | None = None) -> Path:
+def write_checkpoint(model: Mamba2LM, out_dir: Path, fmt: str, max_shard_bytes: int | None = None,
+                     force: bool = False) -> Path:
     """Writes ``model`` as a checkpoint directory in format 'hf' (safetensors, sharded over ``max_shard_bytes``)
     or 'mamba_ssm' (pytorch_model.bin, as the released checkpoints). Written to a temporary sibling and renamed."""
     if fmt not in FORMATS:
@@ -159,7 +160,7 @@ def write_checkpoint(model: Mamba2LM, out_dir: Path, fmt: str, max_shard_bytes: 
     cfg = model.cfg
     conf = cfg.to_hf() if fmt == "hf" else cfg.to_mamba_ssm()
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, force, CONFIG_FILE) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(conf, indent=2) + "\n")
         if fmt == "mamba_ssm":
             torch.save({k: v.clone() for k, v in sd.items()}, tmp / BIN_FILE)

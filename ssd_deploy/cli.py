@@ -37,13 +37,18 @@ def main():
               show_default=True,
               help="on-disk convention: Hugging Face's or mamba_ssm's")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="replace a previous checkpoint in DIR (atomically)")
 @user_errors
-def new(output, preset_name, fmt, seed):
+def new(output, preset_name, fmt, seed, force):
     """Write a random checkpoint (either on-disk format) to DIR."""
+    from .atomic import check_target
     from .checkpoint import random_model, write_checkpoint
+    from .config import CONFIG_FILE
     from .presets import preset
 
-    path = write_checkpoint(random_model(preset(preset_name), seed), output, fmt)
+    cfg = preset(preset_name)
+    check_target(output, force, CONFIG_FILE)
+    path = write_checkpoint(random_model(cfg, seed), output, fmt, force=force)
     click.echo(f"wrote {fmt} checkpoint ({preset_name}, seed {seed}) to {path}")
 
 
@@ -77,13 +82,14 @@ def export_options(fn):
 @checkpoint_argument
 @output_option("DIR", "export directory to write (model.onnx and its weights)")
 @export_options
+@click.option("--force", is_flag=True, help="replace a previous export in DIR (atomically)")
 @user_errors
-def export(ckpt, output, recipe, **flags):
+def export(ckpt, output, recipe, force, **flags):
     """Export checkpoint directory CKPT to ONNX in DIR."""
     from .interface import model_path, read_metadata
 
     # checked before any work starts; what the flags changed in the recipe is said, not silently applied
-    out = api.export(ckpt, output, recipe, notify=lambda line: click.echo(line, err=True), **flags)
+    out = api.export(ckpt, output, recipe, force=force, notify=lambda line: click.echo(line, err=True), **flags)
     meta = read_metadata(out)
     click.echo(f"exported {ckpt} ({meta.flavor}, {meta.dtype}) to {model_path(out)}")
 
@@ -160,9 +166,11 @@ def _ints(text: str, what: str, least: int = 1) -> list[int]:
 @click.option("--seed", type=int, default=None)
 @click.option("--eos-id", type=int, default=None, help="default: the tokenizer's end-of-text token, if any")
 @json_option("the generated ids (instead of streaming them)")
+@click.option("--verify-weights", is_flag=True, help="hash an export's weight files whatever their size (they are "
+                                                     "always size-checked, and hashed up to 1 GiB)")
 @user_errors
 def run(model, backend, provider, engine, plugins, url, served_model, prompt, input_ids, batch_file, tokenizer,
-        max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json):
+        max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json, verify_weights):
     """Generate from MODEL: the prompt prefilled in one call, then token by token with carried states."""
     from .generate import SamplingOptions, default_eos, find_tokenizer
 
@@ -189,6 +197,10 @@ def run(model, backend, provider, engine, plugins, url, served_model, prompt, in
     opts = SamplingOptions(max_new_tokens, temperature, top_k, top_p, seed,
                            eos_id if eos_id is not None else default_eos(tok))
     opts.check()
+    if verify_weights and backend not in ("torch", "triton"):
+        from .interface import verify_weights as verify
+
+        verify(model, always_hash=True)
     if backend == "triton":  # one server-side sequence per prompt, run concurrently
         backend_obj = None
     else:

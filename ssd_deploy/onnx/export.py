@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, check_target
 from ..checkpoint import checkpoint_hash, load_model
 from .. import recipes
 from ..errors import UserError
 from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata,
-                         state_names)
+                         read_metadata, record_weights, state_names)
 from ..model import Mamba2LM
 from . import ort, portable, trt
 from .options import ExportOptions
@@ -99,11 +99,14 @@ def _use_external(model: onnx_ir.Model, mode: str) -> bool:
     return size > EXTERNAL_AUTO_BYTES
 
 
-def save_atomically(model: onnx_ir.Model, out_dir: Path, external: bool, check: Callable[[Path], None]) -> Path:
+def save_atomically(model: onnx_ir.Model, out_dir: Path, external: bool, check: Callable[[Path], None],
+                    force: bool = False) -> Path:
     """Writes and checks the model in a temporary sibling directory, then renames it: a failure leaves nothing."""
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, force, MODEL_FILE) as tmp:
         onnx_ir.save(model, tmp / MODEL_FILE, external_data=DATA_FILE if external else None)
+        record_weights(tmp / MODEL_FILE)  # sizes and sha256 of the weights as written, checked before build/run
         check(tmp / MODEL_FILE)
+        read_metadata(tmp)  # the metadata describes the graph written (opset, interface, dtypes, shapes)
     return Path(out_dir) / MODEL_FILE
 
 
@@ -112,8 +115,11 @@ def check_model(path: Path):
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(), recipe: dict | None = None) -> Path:
+def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(), recipe: dict | None = None,
+           force: bool = False) -> Path:
+    """``force`` replaces a previous export in ``out_dir`` (atomically); otherwise it must be absent or empty."""
     opts.check()
+    check_target(out_dir, force, MODEL_FILE)  # before the minutes of loading and tracing
     model = load_model(ckpt_dir, DTYPES[opts.dtype].torch)
     cfg = model.cfg
     flavor = FLAVORS[opts.flavor]
@@ -127,7 +133,7 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
         graph=opts.graph, prefill=opts.flavor_options().get("prefill"),
         recipe=recipe or {}, ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM))
     graph.metadata_props.update(meta.to_props())
-    return save_atomically(graph, out_dir, _use_external(graph, opts.external_data), check_model)
+    return save_atomically(graph, out_dir, _use_external(graph, opts.external_data), check_model, force)
 
 
 def resolve_options(recipe: str | Path | None = None, notify: Callable[[str], None] | None = None,

@@ -22,6 +22,15 @@ GRAPHS = ("unified", "decode", "packed")  # prefill and decode in one graph; a s
 # sequences of several lengths end to end in one call (cu_seqlens)
 PREFILLS = ("contrib", "chunked")  # ort flavor: calls of more than one token on LinearAttention, or the chunked scan
 
+
+
+def max_opset() -> int:
+    """The newest standard opset the installed onnx knows (the exporter cannot target a newer one)."""
+    import onnx
+
+    return onnx.defs.onnx_opset_version()
+
+
 # option → its choices (options not listed take any value of their type)
 CHOICES = {"flavor": FLAVORS, "dtype": DTYPES, "external_data": EXTERNAL_DATA, "logits": LOGITS, "graph": GRAPHS,
            "prefill": PREFILLS}
@@ -42,8 +51,9 @@ class ExportOptions:
             value = getattr(self, name)
             if value not in allowed:
                 raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-        if self.opset < MIN_OPSET:
-            raise UserError(f"opset {self.opset} is too old; ssd-deploy needs opset >= {MIN_OPSET}")
+        if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= max_opset():
+            raise UserError(f"opset {self.opset} is not supported; choose one of {MIN_OPSET}..{max_opset()} (the "
+                            f"newest the installed onnx knows)")
         if self.prefill != "contrib" and self.flavor != "ort":
             raise UserError(f"prefill {self.prefill!r} is an option of the ort flavor (the {self.flavor} flavor's "
                             f"scan is chunked already)")
