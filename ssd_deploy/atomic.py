@@ -29,7 +29,8 @@ from .errors import UserError
 TAG = "ssd-deploy"
 
 
-def _temp_prefix(out_dir: Path) -> str:
+def temp_prefix(out_dir: Path) -> str:
+    """Temporary directories for ``out_dir`` are named ``.NAME.ssd-deploy-PID-`` + random, beside it."""
     return f".{out_dir.name}.{TAG}-{os.getpid()}-"
 
 
@@ -95,7 +96,7 @@ def check_target(out_dir: Path, force: bool = False, marker: str | None = None):
                                 f"of this kind")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        Path(tempfile.mkdtemp(prefix=_temp_prefix(out_dir), dir=out_dir.parent)).rmdir()
+        Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), dir=out_dir.parent)).rmdir()
     except OSError as e:
         raise UserError(f"{out_dir}: cannot write there ({_describe(e)})") from None
 
@@ -134,7 +135,7 @@ def _install(tmp: Path, out_dir: Path, force: bool):
             raise UserError(f"{out_dir}: another process wrote it meanwhile; this run's output was discarded "
                             f"(pass --force to replace it)")
         if not _exchange(tmp, out_dir):  # the old output is moved aside, then the new one renamed in
-            aside = Path(tempfile.mkdtemp(prefix=_temp_prefix(out_dir), dir=out_dir.parent))
+            aside = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), dir=out_dir.parent))
             os.replace(out_dir, aside / "old")
             os.replace(tmp, out_dir)
             tmp = aside
@@ -157,7 +158,7 @@ def atomic_dir(out_dir: Path, force: bool = False, marker: str | None = None) ->
     out_dir = Path(out_dir)
     check_target(out_dir, force, marker)
     sweep_stale(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out_dir), dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), dir=out_dir.parent))
     try:
         try:
             yield tmp
