@@ -90,7 +90,7 @@ def check_target(out_dir: Path, force: bool = False, marker: str | None = None):
             raise UserError(f"{out_dir}: cannot be read ({_describe(e)})") from None
         if contents:
             if not force:
-                raise UserError(f"{out_dir}: exists and is not empty (pass --force to replace it)")
+                raise UserError(f"{out_dir}: exists and is not an empty directory (pass --force to replace it)")
             if marker is not None and not (out_dir / marker).exists():
                 raise UserError(f"{out_dir}: refusing to replace it: it holds no {marker}, so it is not an output "
                                 f"of this kind")

@@ -44,7 +44,7 @@ def test_writes_whole_with_normal_modes(tmp_path):
 def test_existing_outputs_need_force_and_are_replaced_atomically(tmp_path):
     out = tmp_path / "out"
     _write(out, text="old")
-    with pytest.raises(UserError, match="not empty .pass --force"):
+    with pytest.raises(UserError, match="not an empty directory .pass --force"):
         _write(out)
     _write(out, force=True, marker="model.onnx")
     assert (out / "model.onnx").read_text() == "new" and _leftovers(tmp_path) == []
@@ -137,12 +137,12 @@ def test_export_checks_its_output_before_loading(tmp_path):
     out.mkdir()
     (out / "keep").write_text("x")
     r = CliRunner().invoke(main, ["export", str(tmp_path / "no-such-ckpt"), "-o", str(out)])
-    assert r.exit_code == 2 and "not empty (pass --force" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "not an empty directory (pass --force" in r.output and "Traceback" not in r.output
     (tmp_path / "file").write_text("x")
     r = CliRunner().invoke(main, ["export", str(tmp_path / "no-such-ckpt"), "-o", str(tmp_path / "file" / "o")])
     assert r.exit_code == 2 and "regular file" in r.output
-    r = CliRunner().invoke(main, ["new", str(out)])
-    assert r.exit_code == 2 and "not empty (pass --force" in r.output
+    r = CliRunner().invoke(main, ["new", "-o", str(out)])
+    assert r.exit_code == 2 and "not an empty directory (pass --force" in r.output
 
 
 @pytest.mark.slow
