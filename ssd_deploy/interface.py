@@ -102,9 +102,9 @@ class ExportMetadata:
     # {file name or INLINE_WEIGHTS: {"bytes": n, "sha256": hex}}, recorded after the weights were written
     weights: dict = field(default_factory=dict)
 
-    def __post_init__(self):
-        """Every field within the vocabulary: a tampered or foreign metadata is refused here, not deep in a
-        runtime."""
+    def check(self):
+        """Every field within the vocabulary: metadata read from a file (tampered, foreign) is refused here, not
+        deep in a runtime."""
         from .onnx import options  # the export options' value tables (imported here: options imports this module)
 
         for what, value, allowed in [("flavor", self.flavor, options.FLAVORS), ("dtype", self.dtype, tuple(DTYPES)),
@@ -165,6 +165,7 @@ class ExportMetadata:
                        logits=p["logits"], graph=p["graph"], state_dtype=states[0]["dtype"] if states else "fp32",
                        ssm_layout=states[1]["layout"] if len(states) > 1 else LAYOUT_SSM, prefill=p.get("prefill"),
                        recipe=json.loads(p.get("recipe", "{}")), weights=json.loads(p.get("weights", "{}")))
+            meta.check()
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
         except (KeyError, ValueError, IndexError, TypeError, AttributeError, RecursionError) as e:

@@ -55,8 +55,8 @@ def test_graph_interface_lists_every_metadata_key():
     from conftest import TINY
     from ssd_deploy.interface import ExportMetadata
 
-    meta = ExportMetadata(config=TINY, flavor="ort", dtype="fp32", opset=18, exporter="x", checkpoint_sha256="0",
-                          prefill="contrib")
+    meta = ExportMetadata(config=TINY, flavor="ort", dtype="fp32", opset=18, exporter="x", checkpoint_sha256="0" * 64,
+                          prefill="contrib", weights={"initializers": {"bytes": 1, "sha256": "0" * 64}})
     text = (ROOT / "docs" / "graph-interface.md").read_text()
     section = text[text.index("## Metadata"):]
     section = section[:section.index("\n## ", 1)]
