@@ -16,11 +16,7 @@ from polygraphy.logger import G_LOGGER
 
 from .checkpoint import checkpoint_hash, load_model
 from .errors import UserError
-<<<<<<< HEAD
-from .interface import CU_SEQLENS, LOGITS, ExportMetadata, read_metadata
-=======
-from .interface import LOGITS, ExportMetadata, read_metadata, verify_weights
->>>>>>> f54948a (wip: interface checks, weights record, sidecar digest, atomic outputs, validate hash)
+from .interface import CU_SEQLENS, LOGITS, ExportMetadata, read_metadata, verify_weights
 from .runtime.feeds import carried_states, feed, zero_states
 from .runtime.torch_runner import TorchRunner
 
@@ -157,12 +153,7 @@ def validate(export_dir: Path, ckpt_dir: Path, backend_runner, steps: int = 4, b
             r[LOGITS] = r[LOGITS][:, -1:] if cu is None else r[LOGITS][0, cu[1:] - 1][:, None]
     report = Report(backend=backend_runner.name, dtype=meta.dtype, flavor=meta.flavor, batch=batch,
                     prompt_len=prompt_len, steps=steps)
-<<<<<<< HEAD
     call_names = ["prefill"] + [f"step {i + 1}" for i in range(steps)]
-    G_LOGGER.module_severity = G_LOGGER.ERROR  # our report replaces Polygraphy's per-iteration log
-=======
-    calls = ["prefill"] + [f"step {i + 1}" for i in range(steps)]
->>>>>>> f54948a (wip: interface checks, weights record, sidecar digest, atomic outputs, validate hash)
     run_results = RunResults([(ref_runner.name, ref_results), (backend_runner.name, out_results)])
     Comparator.compare_accuracy(run_results, compare_func=compare_outputs(TOLERANCE[meta.dtype], call_names,
                                                                            report.errors))
