@@ -101,6 +101,10 @@ class ExportMetadata:
     recipe: dict = field(default_factory=dict)
     # {file name or INLINE_WEIGHTS: {"bytes": n, "sha256": hex}}, recorded after the weights were written
     weights: dict = field(default_factory=dict)
+    quant: str = "none"  # weight-only quantization of the large linear layers: none | int8 | int4
+    quant_block: int | None = None  # weights per scale along K (quantized exports)
+    quant_format: str | None = None  # matmulnbits | dq (quantized exports)
+    quantization: dict = field(default_factory=dict)  # what was quantized and by what (ssd_deploy/quantize.py)
 
     def check(self):
         """Every field within the vocabulary: metadata read from a file (tampered, foreign) is refused here, not
@@ -120,6 +124,13 @@ class ExportMetadata:
             raise UserError(f"metadata: checkpoint_sha256 is not a sha256 digest: {self.checkpoint_sha256!r}")
         if not isinstance(self.recipe, dict):
             raise UserError("metadata: recipe must be a JSON object")
+        if self.quant not in options.QUANTS:
+            raise UserError(f"metadata: quant {self.quant!r} is not one of {', '.join(options.QUANTS)}")
+        if self.quant != "none" and (self.quant_block not in options.QUANT_BLOCKS
+                                     or self.quant_format not in options.QUANT_FORMATS[1:]
+                                     or not isinstance(self.quantization, dict)):
+            raise UserError(f"metadata: malformed quantization record (block {self.quant_block!r}, format "
+                            f"{self.quant_format!r})")
         for name, rec in self.weights.items() if isinstance(self.weights, dict) else [(None, None)]:
             if not (isinstance(rec, dict) and isinstance(rec.get("bytes"), int) and isinstance(rec.get("sha256"), str)
                     and (name == INLINE_WEIGHTS or name == Path(str(name)).name)):
@@ -151,6 +162,9 @@ class ExportMetadata:
             props["prefill"] = self.prefill
         if self.weights:
             props["weights"] = json.dumps(self.weights, sort_keys=True)
+        if self.quant != "none":
+            props.update(quant=self.quant, quant_block=str(self.quant_block), quant_format=str(self.quant_format),
+                         quantization=json.dumps(self.quantization, sort_keys=True))
         return {PREFIX + k: v for k, v in props.items()}
 
     @classmethod
@@ -164,7 +178,10 @@ class ExportMetadata:
                        opset=int(p["opset"]), exporter=p["exporter"], checkpoint_sha256=p["checkpoint_sha256"],
                        logits=p["logits"], graph=p["graph"], state_dtype=states[0]["dtype"] if states else "fp32",
                        ssm_layout=states[1]["layout"] if len(states) > 1 else LAYOUT_SSM, prefill=p.get("prefill"),
-                       recipe=json.loads(p.get("recipe", "{}")), weights=json.loads(p.get("weights", "{}")))
+                       recipe=json.loads(p.get("recipe", "{}")), weights=json.loads(p.get("weights", "{}")),
+                       quant=p.get("quant", "none"),
+                       quant_block=int(p["quant_block"]) if "quant_block" in p else None,
+                       quant_format=p.get("quant_format"), quantization=json.loads(p.get("quantization", "{}")))
             meta.check()
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
@@ -333,7 +350,9 @@ def verify_weights(export_dir: Path, meta: ExportMetadata | None = None, always_
 def summary(meta: ExportMetadata) -> dict[str, Any]:
     cfg = meta.config
     prefill = {} if meta.prefill is None else {"prefill": meta.prefill}
-    return {"flavor": meta.flavor, "dtype": meta.dtype, "graph": meta.graph, "logits": meta.logits, **prefill,
+    quant = {} if meta.quant == "none" else {"quant": meta.quant, "quant_block": meta.quant_block,
+                                              "quant_format": meta.quant_format, "quantization": meta.quantization}
+    return {"flavor": meta.flavor, "dtype": meta.dtype, "graph": meta.graph, "logits": meta.logits, **prefill, **quant,
             "opset": meta.opset, "exporter": meta.exporter, "checkpoint_sha256": meta.checkpoint_sha256,
             "layers": cfg.n_layer, "d_model": cfg.d_model, "heads": cfg.nheads, "headdim": cfg.headdim,
             "d_state": cfg.d_state, "ngroups": cfg.ngroups, "chunk_size": cfg.chunk_size,

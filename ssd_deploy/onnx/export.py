@@ -20,7 +20,7 @@ from torch import nn
 from .. import __version__
 from ..atomic import atomic_dir, check_target
 from ..checkpoint import checkpoint_hash, load_model
-from .. import recipes
+from .. import quantize, recipes
 from ..errors import UserError
 from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata,
                          read_metadata, record_weights, state_names)
@@ -126,12 +126,19 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
     graph = trace(model, opts)
     strip_trace_metadata(graph)
     graph.ir_version = IR_VERSION
+    record = {}
+    if opts.quant != "none":  # ONNX Runtime's quantizer works on a ModelProto
+        proto, record = quantize.quantize(onnx_ir.serde.serialize_model(graph), cfg, opts.quant, opts.quant_block,
+                                          opts.resolved_quant_format)
+        graph = onnx_ir.serde.deserialize_model(proto)
     meta = ExportMetadata(
         config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opts.opset,
         exporter=f"ssd-deploy {__version__}; torch {torch.__version__}; onnx {onnx.__version__}",
         checkpoint_sha256=checkpoint_hash(ckpt_dir), logits=opts.logits,
         graph=opts.graph, prefill=opts.flavor_options().get("prefill"),
-        recipe=recipe or {}, ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM))
+        recipe=recipe or {}, ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM), quant=opts.quant,
+        quant_block=opts.quant_block if record else None, quant_format=opts.resolved_quant_format,
+        quantization=record)
     graph.metadata_props.update(meta.to_props())
     return save_atomically(graph, out_dir, _use_external(graph, opts.external_data), check_model, force)
 

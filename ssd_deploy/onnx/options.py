@@ -21,6 +21,10 @@ LOGITS = ("all", "last")  # logits of every position, or of the last one only
 GRAPHS = ("unified", "decode", "packed")  # prefill and decode in one graph; a single-token graph on ssd_step;
 # sequences of several lengths end to end in one call (cu_seqlens)
 PREFILLS = ("contrib", "chunked")  # ort flavor: calls of more than one token on LinearAttention, or the chunked scan
+QUANTS = ("none", "int8", "int4")  # weight-only quantization of in_proj, out_proj, lm_head (quantize.py)
+QUANT_BLOCKS = (32, 64, 128)  # weights per scale along K
+QUANT_FORMATS = ("auto", "matmulnbits", "dq")  # ONNX Runtime's MatMulNBits | block-wise DequantizeLinear (TensorRT);
+# auto: dq for the trt flavor, matmulnbits otherwise
 
 
 
@@ -33,7 +37,7 @@ def max_opset() -> int:
 
 # option → its choices (options not listed take any value of their type)
 CHOICES = {"flavor": FLAVORS, "dtype": DTYPES, "external_data": EXTERNAL_DATA, "logits": LOGITS, "graph": GRAPHS,
-           "prefill": PREFILLS}
+           "prefill": PREFILLS, "quant": QUANTS, "quant_format": QUANT_FORMATS}
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class ExportOptions:
     logits: str = "all"
     graph: str = "unified"
     prefill: str = "contrib"
+    quant: str = "none"
+    quant_block: int = 128
+    quant_format: str = "auto"
 
     def check(self):
         for name, allowed in CHOICES.items():
@@ -57,6 +64,20 @@ class ExportOptions:
         if self.prefill != "contrib" and self.flavor != "ort":
             raise UserError(f"prefill {self.prefill!r} is an option of the ort flavor (the {self.flavor} flavor's "
                             f"scan is chunked already)")
+        if self.quant_block not in QUANT_BLOCKS:
+            raise UserError(f"quant block {self.quant_block} not supported; choose one of "
+                            f"{', '.join(map(str, QUANT_BLOCKS))}")
+        if self.quant != "none" and self.dtype == "bf16":
+            raise UserError("quantized exports take fp32 or fp16 activations (ONNX Runtime's MatMulNBits has no "
+                            "bf16 kernel on the CPU)")
+
+    @property
+    def resolved_quant_format(self) -> str | None:
+        """The quantization's format (None for float weights): auto is dq for the trt flavor (TensorRT has no
+        MatMulNBits), matmulnbits otherwise."""
+        if self.quant == "none":
+            return None
+        return self.quant_format if self.quant_format != "auto" else "dq" if self.flavor == "trt" else "matmulnbits"
 
     def flavor_options(self) -> dict:
         """The options the flavor's lowerings take besides the model's sizes."""
