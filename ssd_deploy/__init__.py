@@ -49,7 +49,8 @@ def export(ckpt: str | Path, out_dir: str | Path, recipe: str | Path | None = No
 
     ``recipe``: a shipped recipe's name (``"cpu-fp32"``, ``"trt-datacenter-bf16"``, ...; ``export/README.md``) or a
     TOML file. ``options``: fields of ``ExportOptions`` (``flavor``, ``dtype``, ``opset``, ``external_data``,
-    ``logits``, ``graph``, ``prefill``); they override the recipe's values (None = not given). Everything is checked
+    ``logits``, ``graph``, ``prefill``, ``quant``, ``quant_block``, ``quant_format``); they override the recipe's
+    values (None = not given). Everything is checked
     before any work starts; the directory appears whole or not at all (``force`` replaces a previous export there,
     atomically). ``notify`` gets one line per recipe value an option changed.
     """

@@ -16,7 +16,7 @@ from .cli_vocabulary import (Choice, checkpoint_argument, engine_options, export
                              output_option, provider_option)
 from .config import FORMATS
 from .errors import UserError, user_errors
-from .onnx.options import CHOICES, DTYPES, FLAVORS, MIN_OPSET
+from .onnx.options import CHOICES, DTYPES, FLAVORS, MIN_OPSET, QUANT_BLOCKS
 from .presets import PRESETS
 from .runtime.kinds import BACKENDS, PROVIDERS, RUN_BACKENDS
 from .serving.pbtxt import BACKENDS as SERVE_BACKENDS, RUNTIMES, STRATEGIES
@@ -73,6 +73,14 @@ def export_options(fn):
         click.option("--prefill", type=Choice(CHOICES["prefill"], "prefill"), default=None,
                      help="ort flavor: calls of more than one token on LinearAttention, or on the portable chunked "
                           "scan (faster on ONNX Runtime's CUDA provider)  [default: contrib]"),
+        click.option("--quant", type=Choice(CHOICES["quant"], "quantization"), default=None,
+                     help="weight-only quantization of in_proj, out_proj and lm_head (docs/quantization.md)  "
+                          "[default: none]"),
+        click.option("--quant-block", type=int, default=None,
+                     help=f"weights per scale along K: {' | '.join(map(str, QUANT_BLOCKS))}  [default: 128]"),
+        click.option("--quant-format", type=Choice(CHOICES["quant_format"], "quant format"), default=None,
+                     help="ONNX Runtime's MatMulNBits, or block-wise DequantizeLinear for TensorRT  "
+                          "[default: auto = dq for the trt flavor]"),
     ]):
         fn = opt(fn)
     return fn
@@ -337,21 +345,29 @@ def plugins_build(build_dir, archs):
 
 @main.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
-              help="where to write the checkpoint and export (default: a new temporary directory)")
+              help="where to write the export (default: a new temporary directory)")
+@click.option("--prompt", default="def ", show_default=True, help="text to continue")
 @user_errors
-def demo(workdir):
-    """Tiny random Mamba-2 → portable ONNX → ONNX Runtime, validated against PyTorch."""
-    from .checkpoint import random_model, write_checkpoint
-    from .presets import preset
+def demo(workdir, prompt):
+    """The tiny Mamba-2 trained on Python's standard library (shipped) → portable ONNX → validated against PyTorch
+    on ONNX Runtime → greedy text from PROMPT."""
+    import shutil
+
+    from .corpus import TRAINED_MODEL
+    from .generate import SamplingOptions, default_eos, find_tokenizer, generate
     from .validate import format_report
 
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ssd-deploy-demo-"))
-    ckpt = write_checkpoint(random_model(preset("tiny"), seed=0), work / "checkpoint", "hf")
-    click.echo(f"checkpoint: {ckpt}")
-    out = api.export(ckpt, work / "export")
+    click.echo(f"checkpoint: {TRAINED_MODEL} (trained by benchmarks/train_tiny.py)")
+    out = api.export(TRAINED_MODEL, work / "export", logits="last")
+    shutil.copy(TRAINED_MODEL / "tokenizer.json", out)  # `ssd-deploy run` on the export then speaks text
     click.echo(f"export:     {out}")
-    report = api.validate(out, ckpt, steps=4, seed=0)
+    report = api.validate(out, TRAINED_MODEL, steps=4, seed=0)
     click.echo(format_report(report))
+    tok = find_tokenizer(out, None)
+    new = generate(api.open_backend(out), [tok.encode(prompt).ids],
+                   SamplingOptions(max_new_tokens=32, eos_id=default_eos(tok)))[0]
+    click.echo(f"greedy, ONNX Runtime:\n{prompt}{tok.decode(new)}")
     sys.exit(0 if report.ok else 1)
 
 
