@@ -14,7 +14,8 @@ linear weights (in_proj, out_proj, lm_head: what a decode step reads), and of an
 Goal (issue 14): int4 decode <= 0.4x the fp32 step of the same flavor.
 
     PYTHONPATH=. python benchmarks/bench_quant.py accuracy [--workdir DIR] [--json]
-    PYTHONPATH=. python benchmarks/bench_quant.py speed [--preset 130m] [--steps 40] [--workdir DIR] [--json]
+    PYTHONPATH=. python benchmarks/bench_quant.py speed [--preset 130m] [--steps 40] [--flavors ort,portable]
+        [--workdir DIR] [--json]
 """
 
 from __future__ import annotations
@@ -126,9 +127,10 @@ def weight_read_ms(nbytes: int, repeats: int) -> float:
 @click.option("--preset", "preset_name", default="130m", show_default=True)
 @click.option("--steps", type=int, default=40, show_default=True, help="decode steps timed (median)")
 @click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--flavors", default="ort,portable", show_default=True)
 @click.option("--workdir", type=click.Path(path_type=Path), default=None, help="keeps checkpoint and exports")
 @click.option("--json", "as_json", is_flag=True)
-def speed(preset_name, steps, threads, workdir, as_json):
+def speed(preset_name, steps, threads, flavors, workdir, as_json):
     import torch
 
     from ssd_deploy.bench import measure, parity, reference_logits
@@ -147,7 +149,7 @@ def speed(preset_name, steps, threads, workdir, as_json):
     linear = cfg.n_layer * (cfg.d_model * cfg.d_in_proj + cfg.d_inner * cfg.d_model) \
         + cfg.d_model * cfg.padded_vocab_size
     rows = []
-    for flavor in ("ort", "portable"):
+    for flavor in flavors.split(","):
         for name, opts in SPEED.items():
             backend = OrtBackend(_export(ckpt, work / f"{flavor}-{name}", flavor=flavor, logits="last", **opts))
             err_pre, err_step = parity(backend, ids, expected)
