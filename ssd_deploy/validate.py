@@ -21,9 +21,10 @@ from .runtime.feeds import carried_states, feed, zero_states
 from .runtime.torch_runner import TorchRunner
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}  # end to end, docs/verification.md
-# weight-only quantized exports (docs/quantization.md): bounds set from what validate measures on the trained tiny
-# model (ssd_deploy/data/tiny-stdlib) at block 128, the coarsest block, with headroom (benchmarks/RESULTS.md)
-QUANT_TOLERANCE = {"int8": 3e-2, "int4": 3e-1}
+# weight-only quantized exports (docs/quantization.md): about twice the worst that validate measured on the trained
+# tiny model (ssd_deploy/data/tiny-stdlib), blocks 32 and 128: int8 1.2e-2, int4 1.9e-1, both on the ssm states
+# (benchmarks/RESULTS.md, "Weight-only quantization")
+QUANT_TOLERANCE = {"int8": 3e-2, "int4": 4e-1}
 
 
 def tolerance(meta: ExportMetadata) -> float:
