@@ -69,11 +69,11 @@ def one_by_one(backend, prompts):
     return np.concatenate([lg for lg, _ in parts]), backend.concat_states([s for _, s in parts])
 
 
-def run(ckpt: Path, exports: dict, lengths: list[int], repeats: int, log) -> list[dict]:
-    engines = {"torch": (open_backend(ckpt, "torch"),) * 2}
+def run(ckpt: Path, exports: dict, lengths: list[int], repeats: int, torch_engine: bool, log) -> list[dict]:
+    engines = {"torch": (open_backend(ckpt, "torch"),) * 2} if torch_engine else {}
     engines.update({f: (open_backend(exports[f, "unified"], "ort"), open_backend(exports[f, "packed"], "ort"))
                     for f in sorted({f for f, _ in exports})})
-    vocab = engines["torch"][0].config.vocab_size
+    vocab = next(iter(engines.values()))[0].config.vocab_size
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, vocab, n).tolist() for n in lengths]
     n = len(prompts)
@@ -130,8 +130,10 @@ def markdown(rows: list[dict], total: int) -> str:
 @click.option("--max-len", type=int, default=512, show_default=True)
 @click.option("--repeats", type=int, default=5, show_default=True)
 @click.option("--flavors", default=",".join(FLAVORS), show_default=True)
+@click.option("--torch/--no-torch", "torch_engine", default=True, show_default=True,
+              help="also the PyTorch model (the torch backend), the slowest of the three")
 @click.option("--json", "as_json", is_flag=True)
-def main(preset_name, workdir, n_prompts, min_len, max_len, repeats, flavors, as_json):
+def main(preset_name, workdir, n_prompts, min_len, max_len, repeats, flavors, torch_engine, as_json):
     log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
     lengths = np.random.default_rng(0).integers(min_len, max_len + 1, n_prompts).tolist()
     with tempfile.TemporaryDirectory(prefix="bench-packed-") as tmp:
@@ -139,7 +141,7 @@ def main(preset_name, workdir, n_prompts, min_len, max_len, repeats, flavors, as
         work.mkdir(parents=True, exist_ok=True)
         ckpt, exports = prepare(work, preset_name, [f for f in flavors.split(",") if f], log)
         machine = _machine()
-        rows = run(ckpt, exports, lengths, repeats, log)
+        rows = run(ckpt, exports, lengths, repeats, torch_engine, log)
     machine["load_avg_1m_after"] = os.getloadavg()[0]
     result = {"date": datetime.date.today().isoformat(), "commit": _commit(), "preset": preset_name,
               "lengths": lengths, "repeats": repeats, "machine": machine, "rows": rows}

@@ -43,20 +43,21 @@ __all__ = ["export", "validate", "open_backend", "generate", "benchmark", "build
            "UserError", "__version__"]
 
 
-def export(ckpt: str | Path, out_dir: str | Path, recipe: str | Path | None = None, *,
+def export(ckpt: str | Path, out_dir: str | Path, recipe: str | Path | None = None, *, force: bool = False,
            notify: Callable[[str], None] | None = None, **options: Any) -> Path:
     """Exports checkpoint directory ``ckpt`` to ONNX in ``out_dir``; returns the export directory.
 
     ``recipe``: a shipped recipe's name (``"cpu-fp32"``, ``"trt-datacenter-bf16"``, ...; ``export/README.md``) or a
     TOML file. ``options``: fields of ``ExportOptions`` (``flavor``, ``dtype``, ``opset``, ``external_data``,
-    ``logits``, ``graph``, ``prefill``); they override the recipe's values (None = not given). Everything is checked
-    before any work starts; the directory appears whole or not at all. ``notify`` gets one line per recipe value an
-    option changed.
+    ``logits``, ``graph``, ``prefill``, ``quant``, ``quant_block``, ``quant_format``); they override the recipe's
+    values (None = not given). Everything is checked
+    before any work starts; the directory appears whole or not at all (``force`` replaces a previous export there,
+    atomically). ``notify`` gets one line per recipe value an option changed.
     """
     from .onnx.export import export as export_model, resolve_options
 
     opts, resolved = resolve_options(recipe, notify, **options)
-    return export_model(Path(ckpt), Path(out_dir), opts, resolved).parent
+    return export_model(Path(ckpt), Path(out_dir), opts, resolved, force=force).parent
 
 
 def validate(export_dir: str | Path, ckpt: str | Path, *, backend: str = "ort", provider: str = "cpu",

@@ -344,7 +344,7 @@ def parse_size(text: str) -> int:
 
 
 def write_random_checkpoint(cfg: Mamba2Config, out_dir: Path, fmt: str = "hf", seed: int = 0, dtype: str = "fp32",
-                            max_shard_bytes: int | None = None) -> Path:
+                            max_shard_bytes: int | None = None, force: bool = False) -> Path:
     """A random checkpoint (the weights of ``random_model(cfg, seed)``, stored in ``dtype``), generated tensor by
     tensor: in 'hf' format one shard is in memory at a time (sharded safetensors with an index past
     ``max_shard_bytes``, default 5 GB as transformers' save_pretrained wrote them); 'mamba_ssm' writes one
@@ -354,22 +354,23 @@ def write_random_checkpoint(cfg: Mamba2Config, out_dir: Path, fmt: str = "hf", s
     if max_shard_bytes is None:
         max_shard_bytes = parse_size(DEFAULT_MAX_SHARD)
     tensors = ((k, v.to(DTYPES[dtype])) for k, v in random_tensors(cfg, seed))
-    return _write(cfg, tensors, out_dir, fmt, max_shard_bytes)
+    return _write(cfg, tensors, out_dir, fmt, max_shard_bytes, force)
 
 
-def write_checkpoint(model: Mamba2LM, out_dir: Path, fmt: str, max_shard_bytes: int | None = None) -> Path:
+def write_checkpoint(model: Mamba2LM, out_dir: Path, fmt: str, max_shard_bytes: int | None = None,
+                     force: bool = False) -> Path:
     """Writes ``model`` as a checkpoint directory in format 'hf' (safetensors, sharded over ``max_shard_bytes``)
     or 'mamba_ssm' (pytorch_model.bin, as the released checkpoints). Written to a temporary sibling and renamed."""
     tensors = ((k, v.detach()) for k, v in model.named_parameters())
-    return _write(model.cfg, tensors, out_dir, fmt, max_shard_bytes)
+    return _write(model.cfg, tensors, out_dir, fmt, max_shard_bytes, force)
 
 
 def _write(cfg: Mamba2Config, tensors: Iterator[tuple[str, torch.Tensor]], out_dir: Path, fmt: str,
-           max_shard_bytes: int | None) -> Path:
+           max_shard_bytes: int | None, force: bool = False) -> Path:
     if fmt not in FORMATS:
         raise UserError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
     conf = cfg.to_hf() if fmt == "hf" else cfg.to_mamba_ssm()  # raises before anything is written
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, force, CONFIG_FILE) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(conf, indent=2) + "\n")
         if fmt == "mamba_ssm":
             sd = {k: v.contiguous() for k, v in tensors}

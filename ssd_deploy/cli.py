@@ -16,7 +16,7 @@ from .cli_vocabulary import (Choice, checkpoint_argument, engine_options, export
                              output_option, provider_option)
 from .config import FORMATS
 from .errors import UserError, user_errors
-from .onnx.options import CHOICES, DTYPES, FLAVORS, MIN_OPSET
+from .onnx.options import CHOICES, DTYPES, FLAVORS, MIN_OPSET, QUANT_BLOCKS
 from .presets import PRESETS
 from .runtime.kinds import BACKENDS, PROVIDERS, RUN_BACKENDS
 from .serving.pbtxt import BACKENDS as SERVE_BACKENDS, RUNTIMES, STRATEGIES
@@ -42,13 +42,19 @@ def main():
               help="precision of the stored weights")
 @click.option("--max-shard-size", default="5GB", show_default=True,
               help="hf format: safetensors shards of at most this size, with an index (e.g. 5GB, 500MiB)")
+@click.option("--force", is_flag=True, help="replace a previous checkpoint in DIR (atomically)")
 @user_errors
-def new(output, preset_name, fmt, seed, dtype, max_shard_size):
+def new(output, preset_name, fmt, seed, dtype, max_shard_size, force):
     """Write a random checkpoint (either on-disk format) to DIR, generated tensor by tensor."""
+    from .atomic import check_target
     from .checkpoint import parse_size, write_random_checkpoint
+    from .config import CONFIG_FILE
     from .presets import preset
 
-    path = write_random_checkpoint(preset(preset_name), output, fmt, seed, dtype, parse_size(max_shard_size))
+    cfg = preset(preset_name)
+    shard = parse_size(max_shard_size)
+    check_target(output, force, CONFIG_FILE)
+    path = write_random_checkpoint(cfg, output, fmt, seed, dtype, shard, force=force)
     click.echo(f"wrote {fmt} checkpoint ({preset_name}, {dtype}, seed {seed}) to {path}")
 
 
@@ -73,6 +79,14 @@ def export_options(fn):
         click.option("--prefill", type=Choice(CHOICES["prefill"], "prefill"), default=None,
                      help="ort flavor: calls of more than one token on LinearAttention, or on the portable chunked "
                           "scan (faster on ONNX Runtime's CUDA provider)  [default: contrib]"),
+        click.option("--quant", type=Choice(CHOICES["quant"], "quantization"), default=None,
+                     help="weight-only quantization of in_proj, out_proj and lm_head (docs/quantization.md)  "
+                          "[default: none]"),
+        click.option("--quant-block", type=int, default=None,
+                     help=f"weights per scale along K: {' | '.join(map(str, QUANT_BLOCKS))}  [default: 128]"),
+        click.option("--quant-format", type=Choice(CHOICES["quant_format"], "quant format"), default=None,
+                     help="ONNX Runtime's MatMulNBits, or block-wise DequantizeLinear for TensorRT  "
+                          "[default: auto = dq for the trt flavor]"),
     ]):
         fn = opt(fn)
     return fn
@@ -82,13 +96,14 @@ def export_options(fn):
 @checkpoint_argument
 @output_option("DIR", "export directory to write (model.onnx and its weights)")
 @export_options
+@click.option("--force", is_flag=True, help="replace a previous export in DIR (atomically)")
 @user_errors
-def export(ckpt, output, recipe, **flags):
+def export(ckpt, output, recipe, force, **flags):
     """Export checkpoint directory CKPT to ONNX in DIR."""
     from .interface import model_path, read_metadata
 
     # checked before any work starts; what the flags changed in the recipe is said, not silently applied
-    out = api.export(ckpt, output, recipe, notify=lambda line: click.echo(line, err=True), **flags)
+    out = api.export(ckpt, output, recipe, force=force, notify=lambda line: click.echo(line, err=True), **flags)
     meta = read_metadata(out)
     click.echo(f"exported {ckpt} ({meta.flavor}, {meta.dtype}) to {model_path(out)}")
 
@@ -209,9 +224,11 @@ def _ints(text: str, what: str, least: int = 1) -> list[int]:
 @click.option("--seed", type=int, default=None)
 @click.option("--eos-id", type=int, default=None, help="default: the tokenizer's end-of-text token, if any")
 @json_option("the generated ids (instead of streaming them)")
+@click.option("--verify-weights", is_flag=True, help="hash an export's weight files whatever their size (they are "
+                                                     "always size-checked, and hashed up to 1 GiB)")
 @user_errors
 def run(model, backend, provider, engine, plugins, url, served_model, prompt, input_ids, batch_file, tokenizer,
-        max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json):
+        max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json, verify_weights):
     """Generate from MODEL: the prompt prefilled in one call, then token by token with carried states."""
     from .generate import SamplingOptions, default_eos, find_tokenizer
 
@@ -238,6 +255,10 @@ def run(model, backend, provider, engine, plugins, url, served_model, prompt, in
     opts = SamplingOptions(max_new_tokens, temperature, top_k, top_p, seed,
                            eos_id if eos_id is not None else default_eos(tok))
     opts.check()
+    if verify_weights and backend not in ("torch", "triton"):
+        from .interface import verify_weights as verify
+
+        verify(model, always_hash=True)
     if backend == "triton":  # one server-side sequence per prompt, run concurrently
         backend_obj = None
     else:
@@ -374,21 +395,29 @@ def plugins_build(build_dir, archs):
 
 @main.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
-              help="where to write the checkpoint and export (default: a new temporary directory)")
+              help="where to write the export (default: a new temporary directory)")
+@click.option("--prompt", default="def ", show_default=True, help="text to continue")
 @user_errors
-def demo(workdir):
-    """Tiny random Mamba-2 → portable ONNX → ONNX Runtime, validated against PyTorch."""
-    from .checkpoint import random_model, write_checkpoint
-    from .presets import preset
+def demo(workdir, prompt):
+    """The tiny Mamba-2 trained on Python's standard library (shipped) → portable ONNX → validated against PyTorch
+    on ONNX Runtime → greedy text from PROMPT."""
+    import shutil
+
+    from .corpus import TRAINED_MODEL
+    from .generate import SamplingOptions, default_eos, find_tokenizer, generate
     from .validate import format_report
 
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ssd-deploy-demo-"))
-    ckpt = write_checkpoint(random_model(preset("tiny"), seed=0), work / "checkpoint", "hf")
-    click.echo(f"checkpoint: {ckpt}")
-    out = api.export(ckpt, work / "export")
+    click.echo(f"checkpoint: {TRAINED_MODEL} (trained by benchmarks/train_tiny.py)")
+    out = api.export(TRAINED_MODEL, work / "export", logits="last")
+    shutil.copy(TRAINED_MODEL / "tokenizer.json", out)  # `ssd-deploy run` on the export then speaks text
     click.echo(f"export:     {out}")
-    report = api.validate(out, ckpt, steps=4, seed=0)
+    report = api.validate(out, TRAINED_MODEL, steps=4, seed=0)
     click.echo(format_report(report))
+    tok = find_tokenizer(out, None)
+    new = generate(api.open_backend(out), [tok.encode(prompt).ids],
+                   SamplingOptions(max_new_tokens=32, eos_id=default_eos(tok)))[0]
+    click.echo(f"greedy, ONNX Runtime:\n{prompt}{tok.decode(new)}")
     sys.exit(0 if report.ok else 1)
 
 

@@ -8,7 +8,9 @@ The metadata is everything a runtime needs without the checkpoint, stored as ONN
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,10 @@ CU_SEQLENS = "cu_seqlens"  # packed graphs (graph = "packed"): [n+1] int64 offse
 # docs/graph-interface.md layouts; a flavor whose ops want another layout says so here and every runner honours it
 LAYOUT_CONV = "b,d,k-1"
 LAYOUT_SSM = "b,h,p,n"
+LAYOUT_SSM_NP = "b,h,n,p"  # the ort flavor's (LinearAttention's native layout)
+
+INLINE_WEIGHTS = "initializers"  # key of the weights record for weights stored inside model.onnx
+HASH_LIMIT = 1 << 30  # weight files up to this size are hashed before every build/run; larger ones on request
 
 
 def state_names(n_layer: int) -> list[tuple[str, str]]:
@@ -80,14 +86,6 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
-class DataFile:
-    """A weights file beside the graph, as the export wrote it (size and sha256 computed while streaming)."""
-    name: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
 class ExportMetadata:
     config: Mamba2Config
     flavor: str
@@ -96,12 +94,47 @@ class ExportMetadata:
     exporter: str
     checkpoint_sha256: str
     logits: str = "all"  # "all" positions or "last" position only
-    graph: str = "unified"  # "unified" (prefill and decode) | "prefill" | "decode" | "packed" (cu_seqlens input)
+    graph: str = "unified"  # "unified" (prefill and decode) | "decode" | "packed" (cu_seqlens input)
     state_dtype: str = "fp32"
     ssm_layout: str = LAYOUT_SSM
     prefill: str | None = None  # ort flavor: the scan of calls longer than one token, "contrib" | "chunked"
     recipe: dict = field(default_factory=dict)
-    data_files: tuple[DataFile, ...] = ()  # the external-data file(s); () for weights inside the graph
+    # {file name or INLINE_WEIGHTS: {"bytes": n, "sha256": hex}}, recorded after the weights were written
+    weights: dict = field(default_factory=dict)
+    quant: str = "none"  # weight-only quantization of the large linear layers: none | int8 | int4
+    quant_block: int | None = None  # weights per scale along K (quantized exports)
+    quant_format: str | None = None  # matmulnbits | dq (quantized exports)
+    quantization: dict = field(default_factory=dict)  # what was quantized and by what (ssd_deploy/quantize.py)
+
+    def check(self):
+        """Every field within the vocabulary: metadata read from a file (tampered, foreign) is refused here, not
+        deep in a runtime."""
+        from .onnx import options  # the export options' value tables (imported here: options imports this module)
+
+        for what, value, allowed in [("flavor", self.flavor, options.FLAVORS), ("dtype", self.dtype, tuple(DTYPES)),
+                                     ("state dtype", self.state_dtype, tuple(DTYPES)),
+                                     ("graph", self.graph, options.GRAPHS), ("logits", self.logits, options.LOGITS),
+                                     ("ssm layout", self.ssm_layout, (LAYOUT_SSM, LAYOUT_SSM_NP)),
+                                     ("prefill", self.prefill, (None, *options.PREFILLS))]:
+            if value not in allowed:
+                raise UserError(f"metadata: {what} {value!r} is not one of {', '.join(map(str, allowed))}")
+        if not isinstance(self.opset, int) or isinstance(self.opset, bool):
+            raise UserError(f"metadata: opset must be an integer, got {self.opset!r}")
+        if not isinstance(self.checkpoint_sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", self.checkpoint_sha256):
+            raise UserError(f"metadata: checkpoint_sha256 is not a sha256 digest: {self.checkpoint_sha256!r}")
+        if not isinstance(self.recipe, dict):
+            raise UserError("metadata: recipe must be a JSON object")
+        if self.quant not in options.QUANTS:
+            raise UserError(f"metadata: quant {self.quant!r} is not one of {', '.join(options.QUANTS)}")
+        if self.quant != "none" and (self.quant_block not in options.QUANT_BLOCKS
+                                     or self.quant_format not in options.QUANT_FORMATS[1:]
+                                     or not isinstance(self.quantization, dict)):
+            raise UserError(f"metadata: malformed quantization record (block {self.quant_block!r}, format "
+                            f"{self.quant_format!r})")
+        for name, rec in self.weights.items() if isinstance(self.weights, dict) else [(None, None)]:
+            if not (isinstance(rec, dict) and isinstance(rec.get("bytes"), int) and isinstance(rec.get("sha256"), str)
+                    and (name == INLINE_WEIGHTS or name == Path(str(name)).name)):
+                raise UserError(f"metadata: malformed weights record {name!r}: {rec!r}")
 
     @property
     def states(self) -> list[StateSpec]:
@@ -124,10 +157,14 @@ class ExportMetadata:
             "chunk_size": str(self.config.chunk_size),
             "states": json.dumps([s.__dict__ for s in self.states]),
             "recipe": json.dumps(self.recipe, sort_keys=True),
-            "data_files": json.dumps([f.__dict__ for f in self.data_files]),
         }
         if self.prefill is not None:
             props["prefill"] = self.prefill
+        if self.weights:
+            props["weights"] = json.dumps(self.weights, sort_keys=True)
+        if self.quant != "none":
+            props.update(quant=self.quant, quant_block=str(self.quant_block), quant_format=str(self.quant_format),
+                         quantization=json.dumps(self.quantization, sort_keys=True))
         return {PREFIX + k: v for k, v in props.items()}
 
     @classmethod
@@ -137,14 +174,28 @@ class ExportMetadata:
             raise UserError(f"{where}: not exported by ssd-deploy (no {PREFIX}config metadata)")
         try:
             states = json.loads(p["states"])
-            return cls(config=Mamba2Config.from_dict(json.loads(p["config"])), flavor=p["flavor"], dtype=p["dtype"],
+            meta = cls(config=Mamba2Config.from_dict(json.loads(p["config"])), flavor=p["flavor"], dtype=p["dtype"],
                        opset=int(p["opset"]), exporter=p["exporter"], checkpoint_sha256=p["checkpoint_sha256"],
                        logits=p["logits"], graph=p["graph"], state_dtype=states[0]["dtype"] if states else "fp32",
                        ssm_layout=states[1]["layout"] if len(states) > 1 else LAYOUT_SSM, prefill=p.get("prefill"),
-                       recipe=json.loads(p.get("recipe", "{}")),
-                       data_files=tuple(DataFile(**f) for f in json.loads(p.get("data_files", "[]"))))
-        except (KeyError, ValueError, IndexError, TypeError) as e:
-            raise UserError(f"{where}: malformed ssd-deploy metadata ({e})") from None
+                       recipe=json.loads(p.get("recipe", "{}")), weights=json.loads(p.get("weights", "{}")),
+                       quant=p.get("quant", "none"),
+                       quant_block=int(p["quant_block"]) if "quant_block" in p else None,
+                       quant_format=p.get("quant_format"), quantization=json.loads(p.get("quantization", "{}")))
+            meta.check()
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        except (KeyError, ValueError, IndexError, TypeError, AttributeError, RecursionError) as e:
+            raise UserError(f"{where}: malformed ssd-deploy metadata ({type(e).__name__}: {e})") from None
+        # what the metadata derives (state specs, chunk size) must be what it states
+        stored = [{**s, "shape": tuple(s["shape"])} if isinstance(s, dict) and isinstance(s.get("shape"), list)
+                  else s for s in states] if isinstance(states, list) else states
+        if stored != [s.__dict__ for s in meta.states]:
+            raise UserError(f"{where}: metadata states disagree with its config (names, shapes, dtypes or layouts)")
+        if p.get("chunk_size") != str(meta.config.chunk_size):
+            raise UserError(f"{where}: metadata chunk_size {p.get('chunk_size')!r} disagrees with its config "
+                            f"({meta.config.chunk_size})")
+        return meta
 
 
 def model_path(export_dir: Path) -> Path:
@@ -164,15 +215,144 @@ def load_graph(export_dir: Path) -> onnx.ModelProto:
         raise UserError(f"{path}: not a readable ONNX model ({e})") from None
 
 
+def _elem_type(vi: onnx.ValueInfoProto) -> int:
+    return vi.type.tensor_type.elem_type
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list:
+    """Static dims as ints, dynamic ones as their names (or None)."""
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim]
+
+
+def expected_inputs(meta: ExportMetadata) -> list[str]:
+    return [INPUT_IDS] + ([CU_SEQLENS] if meta.graph == "packed" else []) + [s.name for s in meta.states]
+
+
+def check_graph(meta: ExportMetadata, proto: onnx.ModelProto, where: str = "model"):
+    """The metadata against the graph it describes: opset, input/output names, element types and static shapes
+    (which the config determines). One place, used by every consumer through ``read_metadata``."""
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset != meta.opset:
+        raise UserError(f"{where}: the metadata says opset {meta.opset}, the graph imports opset {opset}")
+    inputs = {i.name: i for i in proto.graph.input}
+    outputs = {o.name: o for o in proto.graph.output}
+    names_in = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    want_in = expected_inputs(meta)
+    want_out = [LOGITS] + [s.output for s in meta.states]
+    if names_in != want_in or [o.name for o in proto.graph.output] != want_out:
+        raise UserError(f"{where}: the graph's inputs/outputs are not the interface its metadata describes "
+                        f"({len(names_in)} inputs, {len(outputs)} outputs; expected {len(want_in)} and "
+                        f"{len(want_out)}: {', '.join(want_in[:3])}, ...)")
+    problems = []
+    if _elem_type(inputs[INPUT_IDS]) != onnx.TensorProto.INT64:
+        problems.append(f"{INPUT_IDS} is not int64")
+    logits = outputs[LOGITS]
+    if _elem_type(logits) != DTYPES[meta.dtype].onnx:
+        problems.append(f"{LOGITS} is {onnx.TensorProto.DataType.Name(_elem_type(logits))}, the metadata says "
+                        f"{meta.dtype}")
+    vocab = _dims(logits)[-1:] or [None]
+    if isinstance(vocab[0], int) and vocab[0] != meta.config.padded_vocab_size:
+        problems.append(f"{LOGITS} has {vocab[0]} columns, the config a vocabulary of {meta.config.padded_vocab_size}")
+    want_type = DTYPES[meta.state_dtype].onnx
+    for s in meta.states:
+        for name, vi in ((s.name, inputs[s.name]), (s.output, outputs[s.output])):
+            dims = _dims(vi)
+            if _elem_type(vi) != want_type:
+                problems.append(f"{name} is {onnx.TensorProto.DataType.Name(_elem_type(vi))}, the metadata says "
+                                f"{s.dtype}")
+            elif len(dims) != len(s.shape) or tuple(dims[1:]) != tuple(s.shape[1:]):
+                problems.append(f"{name} has shape {dims}, the metadata (config) says {list(s.shape)}")
+    if problems:
+        raise UserError(f"{where}: the graph disagrees with its metadata: {'; '.join(problems[:4])}"
+                        + (f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""))
+
+
 def read_metadata(export_dir: Path) -> ExportMetadata:
+    """The export's metadata, checked against its own values and against the graph."""
     proto = load_graph(export_dir)
-    return ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(model_path(export_dir)))
+    where = str(model_path(export_dir))
+    meta = ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props}, where)
+    check_graph(meta, proto, where)
+    return meta
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _inline_digest(proto: onnx.ModelProto) -> dict:
+    h, n = hashlib.sha256(), 0
+    for t in proto.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            b = t.SerializeToString()
+            h.update(b)
+            n += len(b)
+    return {"bytes": n, "sha256": h.hexdigest()}
+
+
+def weights_record(model_file: Path) -> dict:
+    """Size and sha256 of the weights of a just-written model: its external data file(s), or the initializers
+    held inside model.onnx."""
+    proto = onnx.load(str(model_file), load_external_data=False)
+    record = {}
+    files = sorted({e.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                    for e in t.external_data if e.key == "location"})
+    for name in files:
+        path = Path(model_file).parent / name
+        record[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    inline = _inline_digest(proto)
+    if inline["bytes"]:
+        record[INLINE_WEIGHTS] = inline
+    return record
+
+
+def record_weights(model_file: Path):
+    """Stores ``weights_record`` in the model's metadata (``ssd_deploy.weights``); the file is rewritten without
+    touching external data, which is why this runs after the weights were written (onnx/export.py)."""
+    proto = onnx.load(str(model_file), load_external_data=False)
+    record = weights_record(model_file)
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != PREFIX + "weights"]
+    del proto.metadata_props[:]
+    for k, v in kept + [(PREFIX + "weights", json.dumps(record, sort_keys=True))]:
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(model_file))
+
+
+def verify_weights(export_dir: Path, meta: ExportMetadata | None = None, always_hash: bool = False):
+    """Before building or running: every recorded weight file has its recorded size, and its sha256 where it is at
+    most HASH_LIMIT bytes (all of them with ``always_hash``). Exports made before the record check nothing."""
+    meta = meta or read_metadata(export_dir)
+    directory = model_path(export_dir).parent
+    for name, rec in meta.weights.items():
+        if name == INLINE_WEIGHTS:
+            got = _inline_digest(load_graph(export_dir))
+            if got != rec:
+                raise UserError(f"{model_path(export_dir)}: its weights differ from those written at export "
+                                f"(sha256 {got['sha256'][:12]}..., recorded {rec['sha256'][:12]}...): the file was "
+                                f"modified or corrupted; export again")
+            continue
+        path = directory / name
+        if not path.is_file():
+            raise UserError(f"{path}: missing (the export's weights); export again")
+        size = path.stat().st_size
+        if size != rec["bytes"]:
+            raise UserError(f"{path}: {size} bytes, the export wrote {rec['bytes']}: truncated or replaced; export "
+                            f"again")
+        if (size <= HASH_LIMIT or always_hash) and file_sha256(path) != rec["sha256"]:
+            raise UserError(f"{path}: its sha256 differs from the one recorded at export: the weights were modified "
+                            f"or corrupted; export again")
 
 
 def summary(meta: ExportMetadata) -> dict[str, Any]:
     cfg = meta.config
     prefill = {} if meta.prefill is None else {"prefill": meta.prefill}
-    return {"flavor": meta.flavor, "dtype": meta.dtype, "graph": meta.graph, "logits": meta.logits, **prefill,
+    quant = {} if meta.quant == "none" else {"quant": meta.quant, "quant_block": meta.quant_block,
+                                              "quant_format": meta.quant_format, "quantization": meta.quantization}
+    return {"flavor": meta.flavor, "dtype": meta.dtype, "graph": meta.graph, "logits": meta.logits, **prefill, **quant,
             "opset": meta.opset, "exporter": meta.exporter, "checkpoint_sha256": meta.checkpoint_sha256,
             "layers": cfg.n_layer, "d_model": cfg.d_model, "heads": cfg.nheads, "headdim": cfg.headdim,
             "d_state": cfg.d_state, "ngroups": cfg.ngroups, "chunk_size": cfg.chunk_size,

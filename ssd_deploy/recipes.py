@@ -162,6 +162,10 @@ def check(r: Recipe):
         if r.target != "tensorrt" or dtype not in DEVICES[r.device].dtypes:
             raise UserError(f"{where}: device {r.device} runs TensorRT engines in {', '.join(DEVICES[r.device].dtypes)}"
                             f" (target tensorrt), not target {r.target} in {dtype}")
+    quant, fmt = r.export.get("quant", "none"), r.export.get("quant_format", "auto")
+    if r.target == "tensorrt" and quant != "none" and not (fmt == "dq" or (fmt == "auto" and flavor == "trt")):
+        raise UserError(f"{where}: TensorRT has no MatMulNBits: quantized weights for it need "
+                        f"export.quant_format = \"dq\" (block-wise DequantizeLinear)")
     for label, (lo, hi) in (("shapes.batch", r.batch), ("shapes.prefill", r.prefill)):
         if not 1 <= lo <= hi:
             raise UserError(f"{where}: {label} = [{lo}, {hi}] must satisfy 1 <= min <= max")

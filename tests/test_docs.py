@@ -48,3 +48,18 @@ def test_no_citation_of_documents_outside_the_repository():
     found = [f"{rel}:{i + 1}" for path, rel in text_files() if path.name != "test_docs.py"
              for i, line in enumerate(path.read_text(errors="replace").splitlines()) if pattern.search(line)]
     assert not found, found
+
+
+def test_graph_interface_lists_every_metadata_key():
+    """docs/graph-interface.md's metadata table names exactly the keys an export writes."""
+    from conftest import TINY
+    from ssd_deploy.interface import ExportMetadata
+
+    meta = ExportMetadata(config=TINY, flavor="ort", dtype="fp32", opset=18, exporter="x", checkpoint_sha256="0" * 64,
+                          prefill="contrib", weights={"initializers": {"bytes": 1, "sha256": "0" * 64}},
+                          quant="int4", quant_block=128, quant_format="matmulnbits")
+    text = (ROOT / "docs" / "graph-interface.md").read_text()
+    section = text[text.index("## Metadata"):]
+    section = section[:section.index("\n## ", 1)]
+    documented = set(re.findall(r"^\| `(ssd_deploy\.\w+)`", section, re.M))
+    assert documented == set(meta.to_props())

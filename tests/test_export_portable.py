@@ -129,7 +129,7 @@ def test_failed_export_leaves_nothing(tiny_ckpt, tmp_path, monkeypatch):
 @pytest.mark.parametrize("opts,message", [
     (ExportOptions(flavor="tflite"), "unknown flavor"),
     (ExportOptions(dtype="int4"), "unknown dtype"),
-    (ExportOptions(opset=13), "too old"),
+    (ExportOptions(opset=13), "opset 13 is not supported"),
 ])
 def test_bad_options(tiny_ckpt, tmp_path, opts, message):
     with pytest.raises(UserError, match=message):

@@ -19,14 +19,14 @@ from ssd_deploy.tensorrt.profiles import (DEFAULT_BATCH, DEFAULT_SEQ, Profile, R
 from ssd_deploy.tensorrt.runner import NEEDS, TensorSpec, TrtRunner, check_feed
 
 CFG = Mamba2Config(d_model=64, n_layer=2, vocab_size=250, d_state=16, headdim=16, ngroups=2, chunk_size=32)
-META = ExportMetadata(config=CFG, flavor="portable", dtype="fp16", opset=18, exporter="test", checkpoint_sha256="c0")
+META = ExportMetadata(config=CFG, flavor="portable", dtype="fp16", opset=18, exporter="test", checkpoint_sha256="c" * 64)
 PROFILES = [Profile("decode", Range(1, 2, 8), Range(1, 1, 1)), Profile("prefill", Range(1, 2, 8), Range(1, 64, 512))]
 
 
 def record(**kw) -> sc.Sidecar:
     base = dict(tensorrt="tensorrt", tensorrt_version="10.13.0.35", compute_capability="8.9", compute_targets=[],
                 profiles=PROFILES, export=META.to_props(), onnx_sha256="a" * 64, onnx_dir="/exports/tiny",
-                engine_sha256="e" * 64)
+                engine_sha256="e" * 64, engine_file="model.engine")
     return sc.Sidecar(**{**base, **kw})
 
 
@@ -95,10 +95,82 @@ def test_missing_malformed_or_foreign_sidecars_are_user_errors(tmp_path):
     side = sc.sidecar_path(engine)
     for text, match in [("{not json", "unreadable sidecar"), ("[]", "not a JSON object"),
                         (json.dumps({"format": 99}), "format 99"),
-                        (json.dumps({"format": sc.FORMAT, "tensorrt": {}}), "malformed engine sidecar")]:
+                        (json.dumps({"format": sc.FORMAT, "tensorrt": {}, "sidecar_sha256":
+                                     sc.digest({"format": sc.FORMAT, "tensorrt": {}})}), "malformed engine sidecar")]:
         side.write_text(text)
         with pytest.raises(UserError, match=match):
             sc.load(engine)
+
+
+def _edit_targets(d):
+    d["gpu"]["targets"] = ["9.0"]
+
+
+def _edit_profile(d):
+    d["profiles"][1]["seq"][2] = 4096
+
+
+def _edit_metadata(d):
+    d["export"]["metadata"]["ssd_deploy.dtype"] = "fp32"
+
+
+def _edit_engine_hash(d):
+    d["engine_sha256"] = "d" * 64
+
+
+def _edit_onnx_hash(d):
+    d["onnx"]["sha256"] = "b" * 64
+
+
+def _edit_plugins(d):
+    d["plugins"] = None
+
+
+def _edit_version(d):
+    d["tensorrt"]["version"] = "10.8.0.43"
+
+
+def _drop_digest(d):
+    del d["sidecar_sha256"]
+
+
+@pytest.mark.parametrize("change", [_edit_targets, _edit_profile, _edit_metadata, _edit_engine_hash, _edit_onnx_hash,
+                                    _edit_plugins, _edit_version, _drop_digest])
+def test_every_field_of_the_sidecar_is_covered(tmp_path, change):
+    """Edits of metadata, profiles, targets or hashes (no field is outside the digest) are refused at load."""
+    engine = tmp_path / "model.engine"
+    side = sc.sidecar_path(engine)
+    side.write_bytes(record(plugins={"path": "/p/lib.so", "sha256": "f" * 64}).to_json())
+    sc.load(engine)  # as written: fine
+    d = json.loads(side.read_text())
+    change(d)
+    side.write_text(json.dumps(d, indent=2))
+    with pytest.raises(UserError, match="edited after the build"):
+        sc.load(engine)
+
+
+def test_engine_and_sidecar_are_bound(tmp_path):
+    """New engine bytes with the engine hash recomputed in the sidecar: the digest no longer matches; a consistent
+    sidecar of another engine file: refused by name; other bytes under the recorded hash: refused at the check."""
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine")
+    side = sc.sidecar_path(engine)
+    side.write_bytes(record(engine_sha256=sc.sha256_bytes(b"engine")).to_json())
+    car = sc.load(engine)
+    assert sc.problems(car, env(engine_sha256=sc.sha256_bytes(engine.read_bytes()))) == []
+    engine.write_bytes(b"other engine")
+    d = json.loads(side.read_text())
+    d["engine_sha256"] = sc.sha256_bytes(b"other engine")
+    side.write_text(json.dumps(d))
+    with pytest.raises(UserError, match="edited after the build"):
+        sc.load(engine)
+    side.write_bytes(record(engine_sha256=sc.sha256_bytes(b"engine")).to_json())
+    assert "the engine was replaced" in sc.problems(sc.load(engine), env(engine_sha256=sc.sha256_bytes(
+        engine.read_bytes())))[0]
+    other = tmp_path / "other.engine"
+    sc.sidecar_path(other).write_bytes(record().to_json())  # the sidecar of model.engine, renamed
+    with pytest.raises(UserError, match="the sidecar of engine 'model.engine', not of 'other.engine'"):
+        sc.load(other)
 
 
 def test_sha256_files_covers_names_and_bytes(tmp_path):

@@ -13,7 +13,6 @@ import torch
 
 from conftest import TINY, VARIANTS, rel_err
 from ssd_deploy.checkpoint import Weights, load_model, random_model, write_checkpoint, write_random_checkpoint
-from ssd_deploy.interface import DataFile
 from ssd_deploy.onnx import export as export_mod
 from ssd_deploy.onnx import weights as streamed
 from ssd_deploy.onnx.export import DTYPES, ExportOptions, check_model, export, strip_trace_metadata, trace
@@ -94,15 +93,13 @@ def test_write_external_reports_size_and_hash(tmp_path, tiny_ckpt):
     graph = trace(model, ExportOptions(dtype="fp16"), bind=lambda m: (streamed.bind(m, w), streamed.fold_transposes(m)))
     info = streamed.write_external(graph, tmp_path / DATA_FILE)
     data = (tmp_path / DATA_FILE).read_bytes()
-    assert info == DataFile(DATA_FILE, len(data), hashlib.sha256(data).hexdigest())
+    assert info == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def test_export_records_its_data_file(tmp_path, tiny_ckpt):
     out = export(tiny_ckpt, tmp_path / "o", ExportOptions(external_data="always")).parent
     data = (out / DATA_FILE).read_bytes()
-    assert read_metadata(out).data_files == (DataFile(DATA_FILE, len(data), hashlib.sha256(data).hexdigest()),)
-    inline = export(tiny_ckpt, tmp_path / "i", ExportOptions(external_data="never")).parent
-    assert read_metadata(inline).data_files == ()
+    assert read_metadata(out).weights == {DATA_FILE: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
 
 
 @pytest.mark.slow

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, check_target
 from ..checkpoint import Weights, checkpoint_hash, expected_shapes, param_dtype
-from .. import plan, recipes
+from .. import plan, quantize, recipes
 from ..errors import UserError
 from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata,
-                         state_names)
+                         read_metadata, record_weights, state_names)
 from ..model import Mamba2LM
 from . import ort, portable, trt
 from .options import ExportOptions
@@ -108,16 +108,34 @@ def _use_external(weights: Weights, dtype: torch.dtype, mode: str) -> bool:
     return size > EXTERNAL_AUTO_BYTES
 
 
+def save_atomically(model: onnx_ir.Model, out_dir: Path, external: bool, check: Callable[[Path], None],
+                    force: bool = False) -> Path:
+    """Writes and checks the model in a temporary sibling directory, then renames it: a failure leaves nothing.
+    External weights are streamed one at a time (onnx/weights.py); inline ones are serialised with the graph."""
+    with atomic_dir(out_dir, force, MODEL_FILE) as tmp:
+        if external:
+            streamed.write_external(model, tmp / DATA_FILE)
+        onnx_ir.save(model, tmp / MODEL_FILE)  # external tensors stay references
+        record_weights(tmp / MODEL_FILE)  # sizes and sha256 of the weights as written, checked before build/run
+        check(tmp / MODEL_FILE)
+        read_metadata(tmp)  # the metadata describes the graph written (opset, interface, dtypes, shapes)
+    return Path(out_dir) / MODEL_FILE
+
+
 def check_model(path: Path):
     """ONNX checker and strict shape inference over the saved file (path-based: works past 2 GiB)."""
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(), recipe: dict | None = None) -> Path:
+def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(), recipe: dict | None = None,
+           force: bool = False) -> Path:
     """Streams the checkpoint into the export: the model is traced with meta parameters, then each weight is read,
     converted and written into the data file on its own (onnx/weights.py); memory holds one weight at a time, never
-    the model (benchmarks/RESULTS.md, "Streaming export")."""
+    the model (benchmarks/RESULTS.md, "Streaming export"). A quantized export reads every weight into ONNX Runtime's
+    quantizer, which works on a whole ModelProto. ``force`` replaces a previous export in ``out_dir``
+    (atomically); otherwise it must be absent or empty."""
     opts.check()
+    check_target(out_dir, force, MODEL_FILE)  # before the minutes of reading and tracing
     weights = Weights(ckpt_dir)  # names, shapes, dtypes against the config: headers only
     cfg = weights.cfg
     plan.require(cfg, recipe or {}, str(ckpt_dir))  # a recipe for a Jetson device: the model must fit it
@@ -126,22 +144,25 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
     weights.check_finite()  # NaN/Inf refused before any work, naming the tensor
     with torch.device("meta"):
         model = Mamba2LM(cfg).cast(dtype).eval()
+    flavor = FLAVORS[opts.flavor]
     graph = trace(model, opts, bind=lambda m: (streamed.bind(m, weights), streamed.fold_transposes(m)))
     strip_trace_metadata(graph)
     graph.ir_version = IR_VERSION
-    flavor = FLAVORS[opts.flavor]
-    meta = dict(
+    record = {}
+    if opts.quant != "none":  # ONNX Runtime's quantizer works on a ModelProto
+        proto, record = quantize.quantize(onnx_ir.serde.serialize_model(graph), cfg, opts.quant, opts.quant_block,
+                                          opts.resolved_quant_format)
+        graph = onnx_ir.serde.deserialize_model(proto)
+    meta = ExportMetadata(
         config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opts.opset,
         exporter=f"ssd-deploy {__version__}; torch {torch.__version__}; onnx {onnx.__version__}",
         checkpoint_sha256=checkpoint_hash(ckpt_dir), logits=opts.logits,
         graph=opts.graph, prefill=opts.flavor_options().get("prefill"),
-        recipe=recipe or {}, ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM))
-    with atomic_dir(out_dir) as tmp:
-        data = (streamed.write_external(graph, tmp / DATA_FILE),) if external else ()
-        graph.metadata_props.update(ExportMetadata(**meta, data_files=data).to_props())
-        onnx_ir.save(graph, tmp / MODEL_FILE)  # external tensors stay references; inline ones are read here
-        check_model(tmp / MODEL_FILE)
-    return Path(out_dir) / MODEL_FILE
+        recipe=recipe or {}, ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM), quant=opts.quant,
+        quant_block=opts.quant_block if record else None, quant_format=opts.resolved_quant_format,
+        quantization=record)
+    graph.metadata_props.update(meta.to_props())
+    return save_atomically(graph, out_dir, external, check_model, force)
 
 
 def resolve_options(recipe: str | Path | None = None, notify: Callable[[str], None] | None = None,

@@ -21,10 +21,23 @@ LOGITS = ("all", "last")  # logits of every position, or of the last one only
 GRAPHS = ("unified", "decode", "packed")  # prefill and decode in one graph; a single-token graph on ssd_step;
 # sequences of several lengths end to end in one call (cu_seqlens)
 PREFILLS = ("contrib", "chunked")  # ort flavor: calls of more than one token on LinearAttention, or the chunked scan
+QUANTS = ("none", "int8", "int4")  # weight-only quantization of in_proj, out_proj, lm_head (quantize.py)
+QUANT_BLOCKS = (32, 64, 128)  # weights per scale along K
+QUANT_FORMATS = ("auto", "matmulnbits", "dq")  # ONNX Runtime's MatMulNBits | block-wise DequantizeLinear (TensorRT);
+# auto: dq for the trt flavor, matmulnbits otherwise
+
+
+
+def max_opset() -> int:
+    """The newest standard opset the installed onnx knows (the exporter cannot target a newer one)."""
+    import onnx
+
+    return onnx.defs.onnx_opset_version()
+
 
 # option → its choices (options not listed take any value of their type)
 CHOICES = {"flavor": FLAVORS, "dtype": DTYPES, "external_data": EXTERNAL_DATA, "logits": LOGITS, "graph": GRAPHS,
-           "prefill": PREFILLS}
+           "prefill": PREFILLS, "quant": QUANTS, "quant_format": QUANT_FORMATS}
 
 
 @dataclass(frozen=True)
@@ -36,17 +49,35 @@ class ExportOptions:
     logits: str = "all"
     graph: str = "unified"
     prefill: str = "contrib"
+    quant: str = "none"
+    quant_block: int = 128
+    quant_format: str = "auto"
 
     def check(self):
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
                 raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-        if self.opset < MIN_OPSET:
-            raise UserError(f"opset {self.opset} is too old; ssd-deploy needs opset >= {MIN_OPSET}")
+        if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= max_opset():
+            raise UserError(f"opset {self.opset} is not supported; choose one of {MIN_OPSET}..{max_opset()} (the "
+                            f"newest the installed onnx knows)")
         if self.prefill != "contrib" and self.flavor != "ort":
             raise UserError(f"prefill {self.prefill!r} is an option of the ort flavor (the {self.flavor} flavor's "
                             f"scan is chunked already)")
+        if self.quant_block not in QUANT_BLOCKS:
+            raise UserError(f"quant block {self.quant_block} not supported; choose one of "
+                            f"{', '.join(map(str, QUANT_BLOCKS))}")
+        if self.quant != "none" and self.dtype == "bf16":
+            raise UserError("quantized exports take fp32 or fp16 activations (ONNX Runtime's MatMulNBits has no "
+                            "bf16 kernel on the CPU)")
+
+    @property
+    def resolved_quant_format(self) -> str | None:
+        """The quantization's format (None for float weights): auto is dq for the trt flavor (TensorRT has no
+        MatMulNBits), matmulnbits otherwise."""
+        if self.quant == "none":
+            return None
+        return self.quant_format if self.quant_format != "auto" else "dq" if self.flavor == "trt" else "matmulnbits"
 
     def flavor_options(self) -> dict:
         """The options the flavor's lowerings take besides the model's sizes."""

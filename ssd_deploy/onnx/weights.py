@@ -30,7 +30,6 @@ import torch
 from onnx_ir.tensor_adapters import TorchTensor
 
 from ..checkpoint import Weights
-from ..interface import DataFile
 
 # What onnx_ir.save keeps inline by default (size_threshold_bytes); smaller tensors gain nothing from a side file
 INLINE_BYTES = 256
@@ -104,16 +103,15 @@ def _bytes(tensor) -> memoryview:
     return memoryview(np.ascontiguousarray(tensor.numpy())).cast("B")
 
 
-def write_external(model: onnx_ir.Model, data_path: Path,
-                   progress: Callable[[int, int], None] | None = None) -> DataFile:
+def write_external(model: onnx_ir.Model, data_path: Path) -> dict:
     """Writes the initializers of at least INLINE_BYTES to ``data_path`` (aligned offsets, one tensor in memory at a
-    time) and points the graph at them; returns the file's size and sha256."""
+    time) and points the graph at them; returns the file's size and sha256 as the export's weights record holds
+    them ({"bytes", "sha256"}; interface.record_weights)."""
     data_path = Path(data_path)
     values = [v for v in model.graph.initializers.values()
               if v.const_value is not None and v.const_value.nbytes >= INLINE_BYTES]
-    total = sum(v.const_value.nbytes for v in values)
     h = hashlib.sha256()
-    offset = written = 0
+    offset = 0
     with open(data_path, "wb") as f:
         for value in values:
             tensor = value.const_value
@@ -131,7 +129,4 @@ def write_external(model: onnx_ir.Model, data_path: Path,
                                                        shape=tensor.shape, name=value.name,
                                                        base_dir=str(data_path.parent))
             del data
-            written += tensor.nbytes
-            if progress:
-                progress(written, total)
-    return DataFile(data_path.name, offset, h.hexdigest())
+    return {"bytes": offset, "sha256": h.hexdigest()}

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import UserError
 from ..config import Mamba2Config
-from ..interface import CU_SEQLENS, DTYPES, INPUT_IDS, LOGITS, dtype_of, read_metadata
+from ..interface import CU_SEQLENS, DTYPES, INPUT_IDS, LOGITS, dtype_of, read_metadata, verify_weights
 from .feeds import carried_states, zero_states
 from .kinds import BACKENDS
 
@@ -130,6 +130,7 @@ class OrtBackend(Backend):
         from .validation_copy import validation_model
 
         self.meta = read_metadata(export_dir)
+        verify_weights(export_dir, self.meta)  # sizes always, sha256 up to interface.HASH_LIMIT
         self.config, self.recipe = self.meta.config, self.meta.recipe
         self.one_token_per_call = self.meta.graph == "decode"
         with validation_model(export_dir) as path:  # trt exports run through their standard-op validation copy

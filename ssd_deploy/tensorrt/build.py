@@ -17,7 +17,7 @@ from rich.console import Console
 
 from .. import plan as memory_plan, recipes
 from ..errors import UserError
-from ..interface import model_path, read_metadata
+from ..interface import model_path, read_metadata, verify_weights
 from . import api as trt_api
 from .profiles import Profile, plan, recipe_ranges
 from .progress import build_progress
@@ -147,6 +147,7 @@ def build(export_dir: Path, opts: BuildOptions = BuildOptions(), api: trt_api.Tr
     onnx_path = model_path(export_dir)
     export_dir = onnx_path.parent
     meta = read_metadata(export_dir)
+    verify_weights(export_dir, meta)  # a corrupted weight file must not become an engine
     api = api or trt_api.load()
     console = console or Console(stderr=True)
     notes: list[str] = []
@@ -212,7 +213,7 @@ def build(export_dir: Path, opts: BuildOptions = BuildOptions(), api: trt_api.Tr
         compute_capability=AHEAD_OF_TIME if api.builds_ahead_of_time else gpu,
         compute_targets=api.compute_targets(config), build_gpu=gpu, profiles=profiles, export=meta.to_props(),
         onnx_sha256=onnx_sha256, onnx_dir=str(export_dir.resolve()), onnx_files=[f.name for f in sources],
-        engine_sha256=sha256_bytes(data), build_seconds=round(seconds, 3),
+        engine_file=engine_path.name, engine_sha256=sha256_bytes(data), build_seconds=round(seconds, 3),
         plugins={"path": str(plugins), "sha256": sha256_files([plugins])} if plugins else None)
     files = {engine_path: data, sidecar_path(engine_path): record.to_json()}
     if cache is not None:

@@ -31,16 +31,21 @@ from .profiles import CHOICES as PROFILE_CHOICES
               help="builder workspace limit  [default: the recipe's workspace_mib, else TensorRT's]")
 @output_option("ENGINE", "engine file  [default: EXPORT/model.engine; the sidecar is ENGINE.json]", required=False)
 @click.option("-v", "--verbose", is_flag=True, help="show TensorRT's log while building")
+@click.option("--verify-weights", is_flag=True, help="hash the export's weight files whatever their size (they are "
+                                                     "always size-checked, and hashed up to 1 GiB)")
 @json_option("the sidecar")
 @user_errors
 def build(export_dir, recipe, plugins, profile, batch_range, seq_range, timing_cache, workspace_mib, output, verbose,
-          as_json):
+          verify_weights, as_json):
     """Build a TensorRT engine (and its JSON sidecar) from the export in EXPORT.
 
     Uses TensorRT, or TensorRT-RTX where TensorRT is not installed (it builds without a GPU); set
     SSD_DEPLOY_TENSORRT=tensorrt|tensorrt_rtx to choose."""
     import ssd_deploy as api
+    from ..interface import verify_weights as verify
 
+    if verify_weights:
+        verify(export_dir, always_hash=True)
     result = api.build(export_dir, output, recipe=recipe, plugins=plugins, profile=profile, batch_range=batch_range,
                        seq_range=seq_range, timing_cache=timing_cache, workspace_mib=workspace_mib, verbose=verbose)
     for note in result.notes:

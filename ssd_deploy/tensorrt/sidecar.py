@@ -5,6 +5,11 @@ A serialized TensorRT engine only runs with the exact TensorRT version that buil
 built for (TensorRT-RTX: one of its ahead-of-time targets), with the same plugin library; and it is only the model
 the user means if it came from that ONNX. TensorRT's own failures for these are late and cryptic (or silent, for a
 rebuilt plugin library); the sidecar turns each into one sentence before the engine is deserialized.
+
+The sidecar covers itself and is bound to its engine: ``sidecar_sha256`` is a digest over its whole canonical JSON,
+which holds the engine's file name and sha256. An edit of any field (metadata, profiles, targets, hashes) without
+the digest, or an engine whose bytes differ from the hash, is refused before anything runs. (It detects accidents
+and naive edits; it is no signature: whoever can write both files can also recompute the digest.)
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from ..interface import DATA_FILE, MODEL_FILE, ExportMetadata
 from . import api as trt_api
 from .profiles import Profile
 
-FORMAT = 1
+FORMAT = 2  # 2: sidecar_sha256 and engine_file
 AHEAD_OF_TIME = "none (ahead-of-time)"
 PLUGIN_LIBRARY = "plugins/build/libssd_trt_plugins.so"  # CMake target ssd_trt_plugins (plugins/cmake)
 
@@ -79,6 +84,7 @@ class Sidecar:
     ssd_deploy: str = __version__
     built_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     build_seconds: float | None = None
+    engine_file: str = ""  # the engine's file name: a sidecar describes one engine
 
     @property
     def metadata(self) -> ExportMetadata:
@@ -100,17 +106,21 @@ class Sidecar:
             "export": {"flavor": meta.flavor, "dtype": meta.dtype, "graph": meta.graph, "metadata": self.export},
             "plugins": self.plugins,
             "onnx": {"dir": self.onnx_dir, "files": self.onnx_files, "sha256": self.onnx_sha256},
-            "engine_sha256": self.engine_sha256,
+            "engine_file": self.engine_file, "engine_sha256": self.engine_sha256,
         }
 
     def to_json(self) -> bytes:
-        return (json.dumps(self.to_dict(), indent=2) + "\n").encode()
+        d = self.to_dict()
+        return (json.dumps({**d, "sidecar_sha256": digest(d)}, indent=2) + "\n").encode()
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Sidecar":
         if d.get("format") != FORMAT:
             raise UserError(f"{where}: sidecar format {d.get('format')!r} is not {FORMAT} (written by another "
                             f"ssd-deploy); rebuild the engine")
+        if d.get("sidecar_sha256") != digest({k: v for k, v in d.items() if k != "sidecar_sha256"}):
+            raise UserError(f"{where}: the sidecar was edited after the build (its contents do not match its "
+                            f"sidecar_sha256); rebuild the engine")
         try:
             return cls(tensorrt=d["tensorrt"]["package"], tensorrt_version=d["tensorrt"]["version"],
                        compute_capability=d["gpu"]["compute_capability"], compute_targets=list(d["gpu"]["targets"]),
@@ -119,9 +129,14 @@ class Sidecar:
                        onnx_dir=d["onnx"].get("dir", ""), onnx_files=list(d["onnx"].get("files", [MODEL_FILE])),
                        engine_sha256=d["engine_sha256"], plugins=d.get("plugins"),
                        ssd_deploy=d.get("ssd_deploy", ""), built_at=d.get("built_at", ""),
-                       build_seconds=d.get("build_seconds"))
+                       build_seconds=d.get("build_seconds"), engine_file=d["engine_file"])
         except (KeyError, TypeError, ValueError, UserError) as e:
             raise UserError(f"{where}: malformed engine sidecar ({type(e).__name__}: {e})") from None
+
+
+def digest(d: dict) -> str:
+    """sha256 of a sidecar's canonical JSON (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def load(engine: Path) -> Sidecar:
@@ -135,7 +150,11 @@ def load(engine: Path) -> Sidecar:
         raise UserError(f"{path}: unreadable sidecar ({e})") from None
     if not isinstance(d, dict):
         raise UserError(f"{path}: malformed engine sidecar (not a JSON object)")
-    return Sidecar.from_dict(d, str(path))
+    car = Sidecar.from_dict(d, str(path))
+    if car.engine_file != Path(engine).name:
+        raise UserError(f"{path}: the sidecar of engine {car.engine_file!r}, not of {Path(engine).name!r}; rebuild "
+                        f"the engine")
+    return car
 
 
 @dataclass(frozen=True)
