@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx_ir
