@@ -22,9 +22,9 @@ from .runtime.torch_runner import TorchRunner
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}  # end to end, docs/verification.md
 # weight-only quantized exports (docs/quantization.md): about twice the worst that validate measured on the trained
-# tiny model (ssd_deploy/data/tiny-stdlib), blocks 32 and 128: int8 1.2e-2, int4 1.9e-1, both on the ssm states
-# (benchmarks/RESULTS.md, "Weight-only quantization")
-QUANT_TOLERANCE = {"int8": 3e-2, "int4": 4e-1}
+# tiny model (ssd_deploy/data/tiny-stdlib), blocks 32 and 128, MatMulNBits accuracy level 4: int8 3.3e-2, int4
+# 1.9e-1, both on the ssm states (benchmarks/RESULTS.md, "Weight-only quantization")
+QUANT_TOLERANCE = {"int8": 6e-2, "int4": 4e-1}
 
 
 def tolerance(meta: ExportMetadata) -> float:
