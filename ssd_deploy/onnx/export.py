@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata,
                          read_metadata, record_weights, state_names)
 from ..model import Mamba2LM
+from ..progress import QUIET, Reporter
 from . import ort, portable, trt
 from .options import ExportOptions
 from .tracing import batch_dim, seq_dim, to_onnx
@@ -116,31 +117,37 @@ def check_model(path: Path):
 
 
 def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(), recipe: dict | None = None,
-           force: bool = False) -> Path:
+           force: bool = False, progress: Reporter = QUIET) -> Path:
     """``force`` replaces a previous export in ``out_dir`` (atomically); otherwise it must be absent or empty."""
     opts.check()
     check_target(out_dir, force, MODEL_FILE)  # before the minutes of loading and tracing
-    model = load_model(ckpt_dir, DTYPES[opts.dtype].torch)
+    with progress.step(f"loading {ckpt_dir}"):
+        model = load_model(ckpt_dir, DTYPES[opts.dtype].torch)
     cfg = model.cfg
     flavor = FLAVORS[opts.flavor]
-    graph = trace(model, opts)
+    with progress.step(f"tracing and lowering to the {opts.flavor} flavor ({opts.dtype})"):
+        graph = trace(model, opts)
     strip_trace_metadata(graph)
     graph.ir_version = IR_VERSION
     record = {}
     if opts.quant != "none":  # ONNX Runtime's quantizer works on a ModelProto
-        proto, record = quantize.quantize(onnx_ir.serde.serialize_model(graph), cfg, opts.quant, opts.quant_block,
-                                          opts.resolved_quant_format)
+        with progress.step(f"quantizing ({opts.quant})"):
+            proto, record = quantize.quantize(onnx_ir.serde.serialize_model(graph), cfg, opts.quant, opts.quant_block,
+                                              opts.resolved_quant_format)
         graph = onnx_ir.serde.deserialize_model(proto)
+    with progress.step(f"hashing {ckpt_dir}"):
+        sha256 = checkpoint_hash(ckpt_dir)
     meta = ExportMetadata(
         config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opts.opset,
         exporter=f"ssd-deploy {__version__}; torch {torch.__version__}; onnx {onnx.__version__}",
-        checkpoint_sha256=checkpoint_hash(ckpt_dir), logits=opts.logits,
+        checkpoint_sha256=sha256, logits=opts.logits,
         graph=opts.graph, prefill=opts.flavor_options().get("prefill"),
         recipe=recipe or {}, ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM), quant=opts.quant,
         quant_block=opts.quant_block if record else None, quant_format=opts.resolved_quant_format,
         quantization=record)
     graph.metadata_props.update(meta.to_props())
-    return save_atomically(graph, out_dir, _use_external(graph, opts.external_data), check_model, force)
+    with progress.step(f"saving and checking {Path(out_dir) / MODEL_FILE}"):
+        return save_atomically(graph, out_dir, _use_external(graph, opts.external_data), check_model, force)
 
 
 def resolve_options(recipe: str | Path | None = None, notify: Callable[[str], None] | None = None,
