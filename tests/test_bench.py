@@ -89,8 +89,8 @@ def test_rows_have_distinct_labels_dtype_and_spread(tiny_ckpt, tiny_export, make
     import shutil
 
     shutil.copytree(tiny_export, again, dirs_exist_ok=True)
-    points = bench.benchmark(tiny_ckpt, ["portable"], [tiny_export, again], batches=[1], lengths=[8], steps=3,
-                             repeats=3, display=recorder)
+    points, _ = bench.benchmark(tiny_ckpt, ["portable"], [tiny_export, again], batches=[1], lengths=[8], steps=3,
+                                repeats=3, display=recorder)
     labels = [p.backend for p in points]
     assert len(set(labels)) == 3 and labels[0] == "ort-portable-cpu"
     assert labels[1:] == [f"ort-portable-cpu ({tiny_export.name})", "ort-portable-cpu (again)"]
