@@ -28,11 +28,10 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
+from .plugin_contracts import PLUGINS_DIR  # the CMake project (plugins/), in a source tree or installed
 from .interface import DTYPES
 
 ENV_LIB = "SSD_DEPLOY_KERNELS_LIB"
-# the CMake project: plugins/ of a source tree through this symlink, or its copy in an installed package
-PLUGINS_DIR = (Path(__file__).parent / "plugins_src").resolve()
 SOURCE_TREE = PLUGINS_DIR == Path(__file__).resolve().parent.parent / "plugins"
 LIB_NAME = "libssd_kernels.so"
 TRT_PLUGINS_GLOB = "libssd_trt_plugins*.so"

@@ -89,8 +89,8 @@ def test_rows_have_distinct_labels_dtype_and_spread(tiny_ckpt, tiny_export, make
     import shutil
 
     shutil.copytree(tiny_export, again, dirs_exist_ok=True)
-    points, _ = bench.benchmark(tiny_ckpt, ["portable"], [tiny_export, again], batches=[1], lengths=[8], steps=3,
-                                repeats=3, display=recorder)
+    points = bench.compare(tiny_ckpt, ["portable"], [tiny_export, again], batches=[1], lengths=[8], steps=3,
+                           repeats=3, display=recorder).points
     labels = [p.backend for p in points]
     assert len(set(labels)) == 3 and labels[0] == "ort-portable-cpu"
     assert labels[1:] == [f"ort-portable-cpu ({tiny_export.name})", "ort-portable-cpu (again)"]
@@ -116,6 +116,6 @@ def test_plot_without_matplotlib_fails_before_measuring(tiny_ckpt, tmp_path, mon
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    monkeypatch.setattr(bench, "benchmark", lambda *a, **k: pytest.fail("measured before checking matplotlib"))
+    monkeypatch.setattr(bench, "compare", lambda *a, **k: pytest.fail("measured before checking matplotlib"))
     r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--plot", str(tmp_path / "b.png")])
     assert r.exit_code == 2 and "--plot needs matplotlib" in r.output
