@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .generate import SamplingOptions
     from .bench import Comparison, Point
     from .onnx.options import ExportOptions
+    from .progress import Reporter
     from .runtime.backends import Backend
     from .tensorrt.build import BuildResult
     from .validate import Report
@@ -44,7 +45,8 @@ __all__ = ["export", "validate", "open_backend", "generate", "benchmark", "build
 
 
 def export(ckpt: str | Path, out_dir: str | Path, recipe: str | Path | None = None, *, force: bool = False,
-           notify: Callable[[str], None] | None = None, **options: Any) -> Path:
+           notify: Callable[[str], None] | None = None, progress: Reporter | None = None,
+           **options: Any) -> Path:
     """Exports checkpoint directory ``ckpt`` to ONNX in ``out_dir``; returns the export directory.
 
     ``recipe``: a shipped recipe's name (``"cpu-fp32"``, ``"trt-datacenter-bf16"``, ...; ``export/README.md``) or a
@@ -52,27 +54,30 @@ def export(ckpt: str | Path, out_dir: str | Path, recipe: str | Path | None = No
     ``logits``, ``graph``, ``prefill``, ``quant``, ``quant_block``, ``quant_format``); they override the recipe's
     values (None = not given). Everything is checked
     before any work starts; the directory appears whole or not at all (``force`` replaces a previous export there,
-    atomically). ``notify`` gets one line per recipe value an option changed.
+    atomically). ``notify`` gets one line per recipe value an option changed; ``progress``
+    (``ssd_deploy.progress.Reporter``) shows each step (load, trace, save) as it runs.
     """
     from .onnx.export import export as export_model, resolve_options
+    from .progress import QUIET
 
     opts, resolved = resolve_options(recipe, notify, **options)
-    return export_model(Path(ckpt), Path(out_dir), opts, resolved, force=force).parent
+    return export_model(Path(ckpt), Path(out_dir), opts, resolved, force=force, progress=progress or QUIET).parent
 
 
 def validate(export_dir: str | Path, ckpt: str | Path, *, backend: str = "ort", provider: str = "cpu",
              engine: str | Path | None = None, plugins: str | Path | None = None, steps: int = 4, batch: int = 2,
-             prompt_len: int | None = None, seed: int | None = None) -> Report:
+             prompt_len: int | None = None, seed: int | None = None, progress: Reporter | None = None) -> Report:
     """Proves an export against the PyTorch model of ``ckpt``: a random prompt (default 1.5 chunks + 3 tokens)
     prefilled, then ``steps`` decode steps, each side carrying its own states; every call's logits and states
     compared by relative error (docs/verification.md). ``report.ok`` says whether all are within tolerance.
 
     ``backend``: ``"ort"`` (ONNX Runtime on ``provider`` ``"cpu"`` or ``"cuda"``; a ``trt``-flavor export runs
     through its validation copy) or ``"trt"`` (the TensorRT ``engine``, default ``export_dir/model.engine``, with
-    the ``plugins`` library for ``trt`` graphs).
+    the ``plugins`` library for ``trt`` graphs). ``progress`` shows each runner's prefill and steps as they run.
     """
     import contextlib
 
+    from .progress import QUIET
     from .runtime.validation_copy import validation_model
     from .validate import validate as validate_export
 
@@ -88,7 +93,7 @@ def validate(export_dir: str | Path, ckpt: str | Path, *, backend: str = "ort", 
 
             runner = ort_runner(Path(export_dir), provider, stack.enter_context(validation_model(Path(export_dir))))
         return validate_export(Path(export_dir), Path(ckpt), runner, steps=steps, batch=batch,
-                               prompt_len=prompt_len, seed=seed)
+                               prompt_len=prompt_len, seed=seed, progress=progress or QUIET)
 
 
 def open_backend(model: str | Path, backend: str = "ort", provider: str = "cpu", *, engine: str | Path | None = None,
@@ -130,7 +135,8 @@ def generate(backend: Backend, prompts: Sequence[Sequence[int]], options: Sampli
 def benchmark(ckpt: str | Path, backends: Sequence[str] = ("torch", "portable", "ort"), *,
               exports: Sequence[str | Path] = (), provider: str = "cpu", dtype: str = "fp32",
               batches: Sequence[int] = (1,), lengths: Sequence[int] = (128, 512), steps: int = 8, repeats: int = 3,
-              packed: bool = False, progress: Callable[[Point], None] | None = None) -> Comparison:
+              packed: bool = False, progress: Callable[[Point], None] | None = None,
+              display: Reporter | None = None) -> Comparison:
     """Prefill tokens/s and decode ms/token of each backend, side by side on the same random prompts (one point per
     backend, batch and length; median of ``repeats`` prefills and ``steps`` decode steps, after a warm-up), each
     point with its parity: relative errors of the logits after the prefill and after one decode step against the
@@ -140,12 +146,14 @@ def benchmark(ckpt: str | Path, backends: Sequence[str] = ("torch", "portable", 
     ``torch-triton-graphs`` (CUDA: Triton kernels, CUDA-graph decode), ``portable`` and ``ort`` (ONNX Runtime on
     exports of ``ckpt`` made for the run, in ``dtype``, last-token logits); ``exports``: further export directories
     run on ONNX Runtime. ``packed``: also prompts of each length one call each vs one packed call. ``progress(point)``
-    is called as each point is measured.
+    is called as each point is measured; ``display`` (a ``Reporter``) shows each point before it runs. Rows are
+    labelled by backend name, with the export's folder where two would read the same.
     """
     from .bench import compare
+    from .progress import QUIET
 
     return compare(Path(ckpt), list(backends), [Path(e) for e in exports], provider, dtype, list(batches),
-                   list(lengths), steps, repeats, packed, progress)
+                   list(lengths), steps, repeats, packed, progress, display or QUIET)
 
 
 def build(export_dir: str | Path, engine: str | Path | None = None, *, recipe: str | Path | None = None,
@@ -158,7 +166,8 @@ def build(export_dir: str | Path, engine: str | Path | None = None, *, recipe: s
     where neither is installed.
 
     Shape ranges come from the export's recipe unless given: ``profile`` ``"decode"``, ``"prefill"`` or ``"both"``,
-    ``batch_range`` and ``seq_range`` as ``"MIN,OPT,MAX"`` (the CLI's ``--batch-range``/``--seq-range``); ``recipe`` replaces the stored one. ``plugins``: the plugin library
+    ``batch_range`` and ``seq_range`` as ``"MIN,OPT,MAX"`` (the CLI's ``--batch-range``/``--seq-range``);
+    ``recipe`` replaces the stored one. ``plugins``: the plugin library
     a ``trt``-flavor graph needs.
     """
     from .tensorrt.build import BuildOptions, build as build_engine, read_recipe
@@ -171,7 +180,9 @@ def build(export_dir: str | Path, engine: str | Path | None = None, *, recipe: s
 
 
 def inspect(path: str | Path) -> dict:
-    """What an export holds, read without loading its weights: metadata, opsets, inputs and outputs, op histogram."""
+    """What an artifact of ssd-deploy holds, read without loading weights or TensorRT (``kind``): an export
+    (metadata, stored recipe, opsets, inputs and outputs, op histogram), a TensorRT engine with its sidecar, or a
+    Triton model repository."""
     from .inspect import describe
 
     return describe(Path(path))

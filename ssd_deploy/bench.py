@@ -14,19 +14,27 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .progress import QUIET, Reporter
 from .runtime.backends import Backend
+from .runtime.kinds import EXPORTED_HERE, TORCH_VARIANTS
 
 
 @dataclass
 class Point:
-    backend: str
+    backend: str  # the row's label: the backend's name, with the export's folder where two would read the same
+    dtype: str
     batch: int
     length: int
-    prefill_ms: float
+    prefill_ms: float  # median of the repeats
     prefill_tok_s: float
-    decode_ms: float
+    decode_ms: float  # median of the steps
     prefill_err: float  # relative error of the last-position logits against the reference
     decode_err: float  # the same after one decode step with the carried states
+    # the spread: a busy machine swings timings, and a median alone hides it
+    prefill_ms_min: float = 0.0
+    prefill_ms_max: float = 0.0
+    decode_ms_min: float = 0.0
+    decode_ms_max: float = 0.0
 
 
 def _timed(backend: Backend, fn):
@@ -41,8 +49,8 @@ def _rel(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
 
-def measure(backend: Backend, ids: np.ndarray, steps: int, repeats: int):
-    """(median prefill seconds, median decode-step seconds)."""
+def timings(backend: Backend, ids: np.ndarray, steps: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of each timed prefill and of each decode step (warm-up calls first, not counted)."""
     backend.forward(ids, backend.zero_states(ids.shape[0]))  # warm-up: sessions, kernels, allocator
     prefill_times, logits, states = [], None, None
     for _ in range(repeats):
@@ -55,6 +63,12 @@ def measure(backend: Backend, ids: np.ndarray, steps: int, repeats: int):
         t, (step_logits, states) = _timed(backend, lambda: backend.forward(token, states))
         step_times.append(t)
         token = step_logits.argmax(-1)[:, None]
+    return prefill_times, step_times
+
+
+def measure(backend: Backend, ids: np.ndarray, steps: int, repeats: int):
+    """(median prefill seconds, median decode-step seconds)."""
+    prefill_times, step_times = timings(backend, ids, steps, repeats)
     return statistics.median(prefill_times), statistics.median(step_times)
 
 
@@ -71,21 +85,42 @@ def reference_logits(reference: Backend, ids: np.ndarray) -> tuple[np.ndarray, n
     return logits, reference.forward(logits.argmax(-1)[:, None], states)[0]
 
 
+def labels(backends: list[Backend], folders: list[Path | None]) -> list[str]:
+    """Row labels: each backend's name; where two would read the same, the export's folder is added (and a count
+    where even that repeats)."""
+    names = [b.name for b in backends]
+    out = [n if names.count(n) == 1 or f is None else f"{n} ({Path(f).name})" for n, f in zip(names, folders)]
+    return [lab if out.count(lab) == 1 else f"{lab} #{out[:i + 1].count(lab)}" for i, lab in enumerate(out)]
+
+
 def run(backends: list[Backend], reference: Backend, batches: list[int], lengths: list[int], steps: int = 8,
-        repeats: int = 3, seed: int = 0, progress=None) -> list[Point]:
+        repeats: int = 3, seed: int = 0, progress=None, names: list[str] | None = None,
+        display: Reporter = QUIET) -> list[Point]:
+    """Every backend on the same prompts, point by point. ``progress`` is called with each finished Point;
+    ``names`` label the rows (default: the backends' names); ``display`` shows the point being measured."""
     vocab = reference.config.vocab_size
     rng = np.random.default_rng(seed)
+    names = names or [b.name for b in backends]
     points = []
-    for b in batches:
-        for length in lengths:
-            ids = rng.integers(0, vocab, (b, length))
-            expected = reference_logits(reference, ids)
-            for backend in backends:
-                t_pre, t_step = measure(backend, ids, steps, repeats)
-                points.append(Point(backend.name, b, length, t_pre * 1e3, b * length / t_pre, t_step * 1e3,
-                                    *parity(backend, ids, expected)))
-                if progress:
-                    progress(points[-1])
+    with display.bar("bench", total=len(batches) * len(lengths) * len(backends)) as advance:
+        for b in batches:
+            for length in lengths:
+                ids = rng.integers(0, vocab, (b, length))
+                advance(f"reference logits, batch {b}, length {length}", 0)
+                expected = reference_logits(reference, ids)
+                for name, backend in zip(names, backends):
+                    advance(f"{name}, batch {b}, length {length}", 0)  # said before the point runs
+                    pre, step = timings(backend, ids, steps, repeats)
+                    t_pre, t_step = statistics.median(pre), statistics.median(step)
+                    err_pre, err_step = parity(backend, ids, expected)
+                    points.append(Point(
+                        backend=name, dtype=backend.dtype, batch=b, length=length, prefill_ms=t_pre * 1e3,
+                        prefill_tok_s=b * length / t_pre, decode_ms=t_step * 1e3, prefill_err=err_pre,
+                        decode_err=err_step, prefill_ms_min=min(pre) * 1e3, prefill_ms_max=max(pre) * 1e3,
+                        decode_ms_min=min(step) * 1e3, decode_ms_max=max(step) * 1e3))
+                    advance()
+                    if progress:
+                        progress(points[-1])
     return points
 
 
@@ -135,18 +170,18 @@ class Comparison:
 
 def compare(ckpt: Path, names: list[str], exports: list[Path] = (), provider: str = "cpu", dtype: str = "fp32",
             batches: list[int] = (1,), lengths: list[int] = (128, 512), steps: int = 8, repeats: int = 3,
-            packed: bool = False, progress=None) -> Comparison:
+            packed: bool = False, progress=None, display: Reporter = QUIET) -> Comparison:
     """The backends ``names`` (``runtime.kinds.TORCH_VARIANTS`` on the checkpoint, ``portable`` and ``ort`` on
     exports made here) and ONNX Runtime on each of ``exports``, measured side by side against the float32 PyTorch
-    listings; with ``packed``, also one call per prompt vs one packed call."""
+    listings; with ``packed``, also one call per prompt vs one packed call. Rows are labelled by ``labels``;
+    ``display`` shows each export and point as it runs."""
     from .onnx.export import export
     from .onnx.options import ExportOptions
     from .runtime.backends import OrtBackend, TorchBackend
-    from .runtime.kinds import TORCH_VARIANTS
 
-    unknown = set(names) - {*TORCH_VARIANTS, "portable", "ort"}
+    unknown = set(names) - {*TORCH_VARIANTS, *EXPORTED_HERE}
     if unknown or not (names or exports):
-        raise UserError(f"backends: choose among {', '.join(TORCH_VARIANTS)}, portable, ort "
+        raise UserError(f"backends: choose among {', '.join([*TORCH_VARIANTS, *EXPORTED_HERE])} "
                         f"(got {', '.join(names) or 'none'})")
     if provider != "cuda" and any(any(TORCH_VARIANTS.get(n, ())) for n in names):
         raise UserError("Triton kernels and CUDA graphs need --provider cuda")
@@ -154,23 +189,26 @@ def compare(ckpt: Path, names: list[str], exports: list[Path] = (), provider: st
         raise UserError(f"{ckpt}: not a checkpoint directory (no config.json)")
     if not batches or not lengths or min(*batches, *lengths) < 1:
         raise UserError("batches and lengths: expected positive integers")
-    flavors = [f for f in names if f in ("portable", "ort")]
+    flavors = [f for f in names if f in EXPORTED_HERE]
     with tempfile.TemporaryDirectory(prefix="ssd-deploy-bench-") as tmp:
         # last-position logits only, as generation needs: all-position logits would time a [b, l, vocab] copy
-        made = [export(ckpt, Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype, logits="last")).parent
-                for f in flavors]
+        made = [export(ckpt, Path(tmp) / f, ExportOptions(flavor=f, dtype=dtype, logits="last"),
+                       progress=display).parent for f in flavors]
         runners = [TorchBackend(ckpt, provider, dtype, *TORCH_VARIANTS[n]) for n in names if n in TORCH_VARIANTS]
+        folders = [None] * (len(runners) + len(made)) + [Path(e) for e in exports]
         runners += [OrtBackend(e, provider) for e in [*made, *exports]]
         reference = next((r for r in runners if r.name == f"torch-{provider}" and dtype == "fp32"), None) \
             or TorchBackend(ckpt, provider, "fp32", triton=False)
-        points = run(runners, reference, list(batches), list(lengths), steps, repeats, progress=progress)
+        points = run(runners, reference, list(batches), list(lengths), steps, repeats, progress=progress,
+                     names=labels(runners, folders), display=display)
         packed_points = []
         if packed:  # each flavor's unified export one prompt at a time, its packed export in one call
             pairs = [(r, r) for r in runners if r.packed]
             for flavor, unified in zip(flavors, made):
                 opts = ExportOptions(flavor=flavor, dtype=dtype, logits="last", graph="packed")
                 pairs.append((OrtBackend(unified, provider),
-                              OrtBackend(export(ckpt, Path(tmp) / f"{flavor}-packed", opts).parent, provider)))
+                              OrtBackend(export(ckpt, Path(tmp) / f"{flavor}-packed", opts, progress=display).parent,
+                                         provider)))
             packed_points = run_packed(pairs, list(lengths), repeats)
     return Comparison(points, packed_points)
 
@@ -185,11 +223,14 @@ def packed_table(points: list[PackedPoint]) -> str:
 
 
 def table(points: list[Point]) -> str:
-    lines = [f"{'backend':<22} {'batch':>5} {'length':>6} {'prefill ms':>11} {'tokens/s':>10} {'decode ms':>10} "
-             f"{'err pre':>8} {'err step':>8}"]
+    """One row per point; timings as median [min-max] over the repeats (prefill) and steps (decode)."""
+    lines = [f"{'backend':<26} {'dtype':<5} {'batch':>5} {'length':>6} {'prefill ms [min-max]':>24} "
+             f"{'tokens/s':>10} {'decode ms [min-max]':>22} {'err pre':>8} {'err step':>8}"]
     for p in points:
-        lines.append(f"{p.backend:<22} {p.batch:>5} {p.length:>6} {p.prefill_ms:>11.2f} {p.prefill_tok_s:>10.1f} "
-                     f"{p.decode_ms:>10.2f} {p.prefill_err:>8.1e} {p.decode_err:>8.1e}")
+        pre = f"{p.prefill_ms:.2f} [{p.prefill_ms_min:.2f}-{p.prefill_ms_max:.2f}]"
+        dec = f"{p.decode_ms:.2f} [{p.decode_ms_min:.2f}-{p.decode_ms_max:.2f}]"
+        lines.append(f"{p.backend:<26} {p.dtype:<5} {p.batch:>5} {p.length:>6} {pre:>24} {p.prefill_tok_s:>10.1f} "
+                     f"{dec:>22} {p.prefill_err:>8.1e} {p.decode_err:>8.1e}")
     return "\n".join(lines)
 
 
@@ -197,26 +238,45 @@ def to_json(points: list[Point]) -> list[dict]:
     return [asdict(p) for p in points]
 
 
-def plot(points: list[Point], path) -> None:
-    """tokens/s against prompt length, one line per backend and batch."""
+def require_matplotlib():
+    """--plot's dependency, checked before anything is measured."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
-        from .errors import UserError
-
         raise UserError("--plot needs matplotlib (pip install 'ssd-deploy[bench]')") from None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key in sorted({(p.backend, p.batch) for p in points}):
-        pts = sorted((p.length, p.prefill_tok_s) for p in points if (p.backend, p.batch) == key)
-        ax.plot(*zip(*pts), marker="o", label=f"{key[0]} (batch {key[1]})")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("prompt length (tokens)")
-    ax.set_ylabel("prefill tokens/s")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+
+
+def plot(points: list[Point], path, title: str = "") -> None:
+    """Two panels against prompt length, one line per backend and batch: prefill tokens/s and decode ms/token,
+    each with its min-max spread; the title says what was measured (dtype, provider, checkpoint)."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (pre, dec) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for key in sorted({(p.backend, p.dtype, p.batch) for p in points}):
+        pts = sorted((p for p in points if (p.backend, p.dtype, p.batch) == key), key=lambda p: p.length)
+        label = f"{key[0]} {key[1]} (batch {key[2]})"
+        x = [p.length for p in pts]
+        tok = [p.prefill_tok_s for p in pts]  # tokens/s of the slowest and fastest prefill
+        tok_lo = [p.batch * p.length / (p.prefill_ms_max / 1e3) if p.prefill_ms_max else t for p, t in zip(pts, tok)]
+        tok_hi = [p.batch * p.length / (p.prefill_ms_min / 1e3) if p.prefill_ms_min else t for p, t in zip(pts, tok)]
+        line, = pre.plot(x, tok, marker="o", label=label)
+        pre.fill_between(x, tok_lo, tok_hi, color=line.get_color(), alpha=0.15)
+        dec.plot(x, [p.decode_ms for p in pts], marker="o", color=line.get_color(), label=label)
+        dec.fill_between(x, [p.decode_ms_min for p in pts], [p.decode_ms_max for p in pts], color=line.get_color(),
+                         alpha=0.15)
+    for ax, ylabel, what in ((pre, "prefill tokens/s", "prefill"), (dec, "decode ms/token", "decode")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(what)
+        ax.grid(True, alpha=0.3)
+    dec.legend(fontsize=8)
+    dtypes = ", ".join(sorted({p.dtype for p in points}))
+    fig.suptitle(f"ssd-deploy bench ({dtypes}{'; ' + title if title else ''}); median, band: min-max")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

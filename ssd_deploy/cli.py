@@ -3,6 +3,7 @@ and exit status 2, a failed validation exit status 1."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -12,13 +13,14 @@ import click
 
 import ssd_deploy as api
 from . import recipes
-from .cli_vocabulary import (Choice, checkpoint_argument, engine_options, export_argument, json_option,
+from .cli_vocabulary import (Choice, CommaList, checkpoint_argument, engine_options, export_argument, json_option,
                              output_option, provider_option)
 from .config import FORMATS
 from .errors import UserError, user_errors
 from .onnx.options import CHOICES, DTYPES, FLAVORS, MIN_OPSET, QUANT_BLOCKS
 from .presets import PRESETS
-from .runtime.kinds import BACKENDS, PROVIDERS, RUN_BACKENDS
+from .progress import for_command
+from .runtime.kinds import BACKENDS, EXPORTED_HERE, PROVIDERS, RUN_BACKENDS, TORCH_VARIANTS
 from .serving.pbtxt import BACKENDS as SERVE_BACKENDS, RUNTIMES, STRATEGIES
 from .targets import TARGETS
 from .tensorrt.cli import build
@@ -103,7 +105,8 @@ def export(ckpt, output, recipe, force, **flags):
     from .interface import model_path, read_metadata
 
     # checked before any work starts; what the flags changed in the recipe is said, not silently applied
-    out = api.export(ckpt, output, recipe, force=force, notify=lambda line: click.echo(line, err=True), **flags)
+    out = api.export(ckpt, output, recipe, force=force, notify=lambda line: click.echo(line, err=True),
+                     progress=for_command(), **flags)
     meta = read_metadata(out)
     click.echo(f"exported {ckpt} ({meta.flavor}, {meta.dtype}) to {model_path(out)}")
 
@@ -130,7 +133,8 @@ def validate(export_dir, ckpt, backend, provider, engine, plugins, steps, batch,
     from .validate import format_report
 
     report = api.validate(export_dir, ckpt, backend=backend, provider=provider, engine=engine, plugins=plugins,
-                          steps=steps, batch=batch, prompt_len=prompt_len, seed=seed)
+                          steps=steps, batch=batch, prompt_len=prompt_len, seed=seed,
+                          progress=for_command(as_json))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
     sys.exit(0 if report.ok else 1)
 
@@ -180,14 +184,15 @@ def plan(ckpt, target_name, recipe, dtype, batch, prefill_len, logits, workspace
 
 
 @main.command()
-@export_argument
+@click.argument("artifact", metavar="ARTIFACT", type=click.Path(path_type=Path))
 @json_option("the description")
 @user_errors
-def inspect(export_dir, as_json):
-    """Print an export's metadata, inputs/outputs and op histogram."""
+def inspect(artifact, as_json):
+    """Describe ARTIFACT, anything ssd-deploy writes, without loading weights: an export directory (metadata,
+    stored recipe, interface, op histogram), a TensorRT engine with its sidecar, or a Triton model repository."""
     from .inspect import format_description
 
-    info = api.inspect(export_dir)
+    info = api.inspect(artifact)
     click.echo(json.dumps(info, indent=2) if as_json else format_description(info))
 
 
@@ -335,7 +340,8 @@ def serve_repo(model, output, backend, engine, plugins, name, instances, max_bat
 
 @main.command()
 @checkpoint_argument
-@click.option("--backends", default="torch,portable,ort", show_default=True,
+@click.option("--backends", type=CommaList([*TORCH_VARIANTS, *EXPORTED_HERE], "backend"),
+              default="torch,portable,ort", show_default=True,
               help="comma-separated: torch (the PyTorch model on the ops' PyTorch listings), torch-triton (on our "
                    "Triton kernels; CUDA), either with -graphs (CUDA: decode steps replayed from CUDA graphs), "
                    "portable and ort (ONNX Runtime on exports made here)")
@@ -359,14 +365,14 @@ def bench(ckpt, backends, exports, provider, dtype, batches, lengths, steps, rep
     the float32 PyTorch listings (err pre: logits after the prefill; err step: after one decode step)."""
     from . import bench as b
 
-    result = api.benchmark(ckpt, [n.strip() for n in backends.split(",") if n.strip()], exports=exports,
-                           provider=provider, dtype=dtype, batches=_ints(batches, "--batches"),
-                           lengths=_ints(lengths, "--lengths"), steps=steps, repeats=repeats, packed=packed,
-                           progress=None if as_json else lambda p: click.echo(f"  measured {p.backend} batch "
-                                                                             f"{p.batch} length {p.length}", err=True))
+    if plot:
+        b.require_matplotlib()  # before minutes of measuring, not after
+    result = api.benchmark(ckpt, backends, exports=exports, provider=provider, dtype=dtype,
+                           batches=_ints(batches, "--batches"), lengths=_ints(lengths, "--lengths"), steps=steps,
+                           repeats=repeats, packed=packed, display=for_command(as_json))
     points, packed_points = result.points, result.packed
     if plot:
-        b.plot(points, plot)
+        b.plot(points, plot, f"{provider}; {Path(ckpt).name}; batches {batches}")
     if as_json:
         click.echo(json.dumps(b.to_json(points) if not packed else
                               {"points": b.to_json(points), "packed": b.to_json(packed_points)}, indent=2))
@@ -380,22 +386,30 @@ def plugins():
 
 
 @plugins.command("build")
-@click.option("--build-dir", type=click.Path(path_type=Path), default=None, help="default: plugins/build")
-@click.option("--arch", "archs", multiple=True, help="SM architecture, e.g. 90 (repeatable; default: all supported)")
+@click.option("--build-dir", type=click.Path(path_type=Path), default=None,
+              help="default: plugins/build in a source tree, else ~/.cache/ssd-deploy/kernels-VERSION")
+@click.option("--arch", "archs", multiple=True,
+              help="SM architecture, e.g. 90 (repeatable; default: every one plugins/CMakeLists.txt lists that nvcc "
+                   "supports, whatever an earlier run chose)")
 @user_errors
 def plugins_build(build_dir, archs):
     """Build libssd_kernels (and the TensorRT plugin library where TensorRT headers are found) with CMake."""
-    from .kernels import build as build_kernels
+    from .kernels import TRT_HEADERS_HINT, build_all
 
-    lib = build_kernels(build_dir, list(archs) or None)
-    click.echo(f"built {lib}")
-    for extra in sorted(lib.parent.glob("libssd_trt_plugins*.so")):
-        click.echo(f"built {extra}")
+    with for_command().step("plugins build (CMake)") as say:
+        built = build_all(build_dir, list(archs) or None, log=lambda line: say(line.strip()[:100]))
+    click.echo(f"built {built.kernels}")
+    if built.trt_plugins is not None:
+        click.echo(f"built {built.trt_plugins}")
+    else:
+        hint = f"; {TRT_HEADERS_HINT}" if "header" in built.trt_status.lower() else ""
+        click.echo(f"skipped the TensorRT plugin library (what `ssd-deploy build --plugins` needs): "
+                   f"{built.trt_status}{hint}")
 
 
 @main.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
-              help="where to write the export (default: a new temporary directory)")
+              help="where to write and keep the export (default: a temporary directory, removed afterwards)")
 @click.option("--prompt", default="def ", show_default=True, help="text to continue")
 @user_errors
 def demo(workdir, prompt):
@@ -407,17 +421,22 @@ def demo(workdir, prompt):
     from .generate import SamplingOptions, default_eos, find_tokenizer, generate
     from .validate import format_report
 
-    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ssd-deploy-demo-"))
-    click.echo(f"checkpoint: {TRAINED_MODEL} (trained by benchmarks/train_tiny.py)")
-    out = api.export(TRAINED_MODEL, work / "export", logits="last")
-    shutil.copy(TRAINED_MODEL / "tokenizer.json", out)  # `ssd-deploy run` on the export then speaks text
-    click.echo(f"export:     {out}")
-    report = api.validate(out, TRAINED_MODEL, steps=4, seed=0)
-    click.echo(format_report(report))
-    tok = find_tokenizer(out, None)
-    new = generate(api.open_backend(out), [tok.encode(prompt).ids],
-                   SamplingOptions(max_new_tokens=32, eos_id=default_eos(tok)))[0]
-    click.echo(f"greedy, ONNX Runtime:\n{prompt}{tok.decode(new)}")
+    progress = for_command()
+    with contextlib.ExitStack() as stack:
+        work = Path(workdir) if workdir else \
+            Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ssd-deploy-demo-")))
+        click.echo(f"checkpoint: {TRAINED_MODEL} (trained by benchmarks/train_tiny.py)")
+        out = api.export(TRAINED_MODEL, work / "export", logits="last", progress=progress)
+        shutil.copy(TRAINED_MODEL / "tokenizer.json", out)  # `ssd-deploy run` on the export then speaks text
+        click.echo(f"export:     {out}")
+        report = api.validate(out, TRAINED_MODEL, steps=4, seed=0, progress=progress)
+        click.echo(format_report(report))
+        tok = find_tokenizer(out, None)
+        new = generate(api.open_backend(out), [tok.encode(prompt).ids],
+                       SamplingOptions(max_new_tokens=32, eos_id=default_eos(tok)))[0]
+        click.echo(f"greedy, ONNX Runtime:\n{prompt}{tok.decode(new)}")
+        if not workdir:
+            click.echo(f"(removed {work}; keep the export with --workdir DIR)")
     sys.exit(0 if report.ok else 1)
 
 

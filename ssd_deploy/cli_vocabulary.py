@@ -31,6 +31,27 @@ class Choice(click.Choice):
             self.fail(f"unknown {self.what} {value!r}; choose one of {', '.join(self.choices)}", param, ctx)
 
 
+class CommaList(click.ParamType):
+    """A comma-separated list of choices (bench --backends): each item checked, the list returned."""
+    name = "list"
+
+    def __init__(self, values, what: str):
+        self.choices, self.what = list(values), what
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [v for v in items if v not in self.choices]
+        if bad or not items:
+            self.fail(f"unknown {self.what} {', '.join(map(repr, bad)) or '(none given)'}; choose among "
+                      f"{', '.join(self.choices)}", param, ctx)
+        return items
+
+    def get_metavar(self, param, ctx=None):
+        return f"{self.what.upper()}[,{self.what.upper()}...]"
+
+
 def export_argument(fn):
     return click.argument("export_dir", metavar="EXPORT", type=PATH)(fn)
 

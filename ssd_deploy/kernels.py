@@ -4,8 +4,10 @@
 dtypes of the op contract (docs/op-contracts.md) and have the signatures of the reference listings (``ssd/reference.py``),
 plus a keyword-only ``out`` for preallocated outputs (CUDA graphs; ``ssd_step(..., out=(y, state))`` updates the
 state in place). Every argument is checked before the library is loaded or CUDA is touched: a mistake raises
-``ValueError`` naming the tensor. The library is found through ``SSD_DEPLOY_KERNELS_LIB``, else in
-``plugins/build/``; ``build()`` compiles it with CMake.
+``ValueError`` naming the tensor. The library is found through ``SSD_DEPLOY_KERNELS_LIB``, else where ``build()``
+puts it: ``plugins/build/`` in a source tree, else a user cache directory (``~/.cache/ssd-deploy/kernels-VERSION``).
+The CMake sources ship inside the package (``ssd_deploy/plugins_src``, a symlink to ``plugins/`` in the source tree,
+copied by ``pip install``), so an installed package builds its kernels too.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import functools
 import math
 import os
 import shutil
+import re
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -24,12 +28,27 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
+from .plugin_contracts import PLUGINS_DIR  # the CMake project (plugins/), in a source tree or installed
 from .interface import DTYPES
 
 ENV_LIB = "SSD_DEPLOY_KERNELS_LIB"
-PLUGINS_DIR = Path(__file__).resolve().parent.parent / "plugins"
-DEFAULT_BUILD_DIR = PLUGINS_DIR / "build"
+SOURCE_TREE = PLUGINS_DIR == Path(__file__).resolve().parent.parent / "plugins"
 LIB_NAME = "libssd_kernels.so"
+TRT_PLUGINS_GLOB = "libssd_trt_plugins*.so"
+TRT_HEADERS_HINT = ("put NVIDIA/TensorRT's include/ in third_party/TensorRT/include of a source tree, or point "
+                    "TensorRT_INCLUDE_DIR (or TensorRT_ROOT) at it")
+
+
+def _cache_dir() -> Path:
+    from . import __version__
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ssd-deploy" / f"kernels-{__version__}"
+
+
+# where build() puts the library by default: beside the sources in a source tree, else a user cache (an installed
+# package's directory is often not writable, and is replaced by every upgrade)
+DEFAULT_BUILD_DIR = PLUGINS_DIR / "build" if SOURCE_TREE else _cache_dir()
 MAX_STATE_SIZE = 512  # n beyond this is refused by the library (kRecurrentMaxN)
 MAX_CONV_WIDTH = 8  # kMaxK of causal_conv1d.cu (Mamba-2 uses 4)
 
@@ -45,7 +64,7 @@ class _DtParams(ctypes.Structure):
 # --------------------------------------------------------------------------------------------------- the library
 
 def library_path() -> Path:
-    """The shared library to load: ``$SSD_DEPLOY_KERNELS_LIB``, else ``plugins/build/libssd_kernels.so``."""
+    """The shared library to load: ``$SSD_DEPLOY_KERNELS_LIB``, else ``DEFAULT_BUILD_DIR/libssd_kernels.so``."""
     env = os.environ.get(ENV_LIB)
     if env:
         path = Path(env)
@@ -297,18 +316,48 @@ def _arch_list(archs) -> str:
     return ";".join(out)
 
 
-def _run(cmd: list) -> None:
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def default_archs() -> str:
+    """The architectures plugins/CMakeLists.txt builds by default (its SSD_CUDA_ARCHS), read from the file so that
+    the list lives in one place."""
+    text = (PLUGINS_DIR / "CMakeLists.txt").read_text()
+    found = re.search(r'set\(SSD_CUDA_ARCHS\s+"([0-9;]+)"\s+CACHE', text)
+    if not found:
+        raise UserError(f"{PLUGINS_DIR / 'CMakeLists.txt'}: no default SSD_CUDA_ARCHS")
+    return found.group(1)
+
+
+def _run(cmd: list, log: Callable[[str], None]) -> list[str]:
+    """Runs ``cmd``, handing each output line to ``log`` as it comes; returns the lines."""
+    lines = []
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    except OSError as e:
+        raise UserError(f"`{cmd[0]}` cannot run ({e})") from None
+    with proc:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            log(lines[-1])
     if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-30:])
+        tail = "\n".join(lines[-30:])
         raise UserError(f"`{' '.join(map(str, cmd))}` failed (exit {proc.returncode}):\n{tail}")
+    return lines
 
 
-def build(build_dir: Optional[os.PathLike] = None, archs: Optional[Iterable] = None) -> Path:
-    """Configure and build ``plugins/`` with CMake; returns the path of ``libssd_kernels.so``.
+@dataclass(frozen=True)
+class Built:
+    kernels: Path  # libssd_kernels.so
+    trt_plugins: Path | None  # the TensorRT plugin library, where it was built
+    trt_status: str  # CMake's word on the plugin library (built, or why not)
 
-    ``archs`` narrows the SM architectures (e.g. ``["90"]``); by default every one of sm_80..sm_120 that the
-    installed nvcc supports. The TensorRT plugin library is built too when TensorRT headers are found.
+
+def build_all(build_dir: Optional[os.PathLike] = None, archs: Optional[Iterable] = None,
+              log: Callable[[str], None] = lambda line: None) -> Built:
+    """Configure and build the CMake project (``PLUGINS_DIR``): ``libssd_kernels.so`` always, the TensorRT plugin
+    library where TensorRT headers are found. ``log`` gets CMake's and the compiler's lines as they come.
+
+    ``archs`` narrows the SM architectures (e.g. ``["90"]``); by default ``default_archs()``, of which CMake keeps
+    those the installed nvcc supports. The list is passed on every run: a build directory configured earlier with
+    other architectures never keeps them silently.
     """
     cmake = shutil.which("cmake")
     if cmake is None:
@@ -318,17 +367,25 @@ def build(build_dir: Optional[os.PathLike] = None, archs: Optional[Iterable] = N
     if nvcc is None:
         raise UserError("nvcc not found (looked at $CUDACXX, PATH, $CUDA_HOME/bin, /usr/local/cuda/bin): "
                         "install the CUDA toolkit to build the CUDA kernels")
+    if not (PLUGINS_DIR / "CMakeLists.txt").is_file():
+        raise UserError(f"{PLUGINS_DIR}: the kernels' CMake sources are missing from this installation")
     build_dir = Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR
-    configure = [cmake, "-S", str(PLUGINS_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"]
+    configure = [cmake, "-S", str(PLUGINS_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DSSD_CUDA_ARCHS={_arch_list(archs) if archs is not None else default_archs()}"]
     if not (build_dir / "CMakeCache.txt").exists():  # compiler and generator are fixed once a build dir exists
         configure.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
         if shutil.which("ninja"):
             configure += ["-G", "Ninja"]
-    if archs is not None:
-        configure.append(f"-DSSD_CUDA_ARCHS={_arch_list(archs)}")
-    _run(configure)
-    _run([cmake, "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2)])
+    status = [ln for ln in _run(configure, log) if "ssd TensorRT plugins:" in ln]
+    _run([cmake, "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2)], log)
     lib = build_dir / LIB_NAME
     if not lib.is_file():
         raise UserError(f"the build finished without producing {lib}")
-    return lib
+    trt = next(iter(sorted(build_dir.glob(TRT_PLUGINS_GLOB))), None)
+    said = status[-1].split("ssd TensorRT plugins:", 1)[1].strip() if status else "no word from CMake"
+    return Built(lib, trt, said)
+
+
+def build(build_dir: Optional[os.PathLike] = None, archs: Optional[Iterable] = None) -> Path:
+    """``build_all``, returning the path of ``libssd_kernels.so``."""
+    return build_all(build_dir, archs).kernels

@@ -17,14 +17,15 @@ from polygraphy.logger import G_LOGGER
 from .checkpoint import checkpoint_hash, load_model
 from .errors import UserError
 from .interface import CU_SEQLENS, LOGITS, ExportMetadata, read_metadata, verify_weights
+from .progress import QUIET, Reporter
 from .runtime.feeds import carried_states, feed, zero_states
 from .runtime.torch_runner import TorchRunner
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}  # end to end, docs/verification.md
 # weight-only quantized exports (docs/quantization.md): about twice the worst that validate measured on the trained
-# tiny model (ssd_deploy/data/tiny-stdlib), blocks 32 and 128: int8 1.2e-2, int4 1.9e-1, both on the ssm states
-# (benchmarks/RESULTS.md, "Weight-only quantization")
-QUANT_TOLERANCE = {"int8": 3e-2, "int4": 4e-1}
+# tiny model (ssd_deploy/data/tiny-stdlib), blocks 32 and 128, MatMulNBits accuracy level 4: int8 3.3e-2, int4
+# 1.9e-1, both on the ssm states (benchmarks/RESULTS.md, "Weight-only quantization")
+QUANT_TOLERANCE = {"int8": 6e-2, "int4": 4e-1}
 
 
 def tolerance(meta: ExportMetadata) -> float:
@@ -117,20 +118,23 @@ def _calls(meta: ExportMetadata, prompt: np.ndarray, steps: np.ndarray, lengths:
     return [(packed, cu)] + [(steps[:, i][None], one_each) for i in range(steps.shape[1])]
 
 
-def _run(runner, meta: ExportMetadata, calls) -> list[IterationResult]:
+def _run(runner, meta: ExportMetadata, calls, advance) -> list[IterationResult]:
     results = []
     states = zero_states(meta, len(calls[0][1]) - 1 if calls[0][1] is not None else calls[0][0].shape[0])
     with runner:
-        for ids, cu in calls:
+        for i, (ids, cu) in enumerate(calls):
+            advance(f"{runner.name}: {'prefill' if i == 0 else f'step {i}'}", 0)  # said before the call runs
             out = runner.infer({**feed(ids, states), **({} if cu is None else {CU_SEQLENS: cu})})
+            advance()
             results.append(IterationResult({k: np.asarray(v) for k, v in out.items()}, runner_name=runner.name))
             states = {k: np.asarray(v, dtype=np.float32) for k, v in carried_states(meta, out).items()}
     return results
 
 
 def validate(export_dir: Path, ckpt_dir: Path, backend_runner, steps: int = 4, batch: int = 2,
-             prompt_len: int | None = None, seed: int | None = None) -> Report:
-    """``backend_runner``: a Polygraphy runner for the exported model (ONNX Runtime, TensorRT, ...)."""
+             prompt_len: int | None = None, seed: int | None = None, progress: Reporter = QUIET) -> Report:
+    """``backend_runner``: a Polygraphy runner for the exported model (ONNX Runtime, TensorRT, ...); ``progress``
+    shows each runner's prefill and steps as they run."""
     quiet_polygraphy()
     if steps < 0 or batch < 1 or (prompt_len is not None and prompt_len < 1):
         raise UserError("steps must be >= 0, batch >= 1 and the prompt length >= 1")
@@ -158,8 +162,9 @@ def validate(export_dir: Path, ckpt_dir: Path, backend_runner, steps: int = 4, b
     lengths = [max(1, prompt_len * (batch - i) // batch) for i in range(batch)] if meta.graph == "packed" else None
     calls = _calls(meta, prompt, step_ids, lengths)
     ref_runner = TorchRunner(reference, ssm_layout=meta.ssm_layout, packed=meta.graph == "packed")
-    ref_results = _run(ref_runner, meta, calls)
-    out_results = _run(backend_runner, meta, calls)
+    with progress.bar(f"validating {export_dir}", total=2 * len(calls)) as advance:
+        ref_results = _run(ref_runner, meta, calls, advance)
+        out_results = _run(backend_runner, meta, calls, advance)
     if meta.logits == "last":  # each sequence's last position
         for r, (_, cu) in zip(ref_results, calls):
             r[LOGITS] = r[LOGITS][:, -1:] if cu is None else r[LOGITS][0, cu[1:] - 1][:, None]

@@ -3,6 +3,7 @@ of docs/verification.md."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -123,3 +124,25 @@ def tiny_export(tiny_ckpt, tmp_path_factory):
     from ssd_deploy.onnx.export import export
 
     return export(tiny_ckpt, tmp_path_factory.mktemp("export") / "portable").parent
+
+
+class RecordingReporter:
+    """A progress reporter (ssd_deploy.progress.Reporter's interface) that records what long work says, in order."""
+
+    def __init__(self):
+        self.said: list[str] = []
+
+    @contextlib.contextmanager
+    def step(self, text):
+        self.said.append(text)
+        yield lambda more: self.said.append(f"{text}: {more}")
+
+    @contextlib.contextmanager
+    def bar(self, text, total):
+        self.said.append(f"{text} (0/{total})")
+        yield lambda description=None, by=1: self.said.append(description if description else "+1")
+
+
+@pytest.fixture
+def recorder():
+    return RecordingReporter()

@@ -78,3 +78,44 @@ def test_bench_packed(tiny_ckpt):
     for p in packed:
         assert p["lengths"] == [5, 40, 17] and p["one_by_one_ms"] > 0 and p["packed_ms"] > 0
         assert p["err"] < 1e-4  # NaN fails
+
+
+def test_rows_have_distinct_labels_dtype_and_spread(tiny_ckpt, tiny_export, make_export, recorder):
+    """An --export of the same flavor as a built-in row gets its folder in the label; each point carries its dtype
+    and the min-max spread around the median; the display names each point before it runs."""
+    from ssd_deploy import bench
+
+    again = tiny_export.parent / "again"  # another export that would also read ort-portable-cpu
+    import shutil
+
+    shutil.copytree(tiny_export, again, dirs_exist_ok=True)
+    points = bench.compare(tiny_ckpt, ["portable"], [tiny_export, again], batches=[1], lengths=[8], steps=3,
+                           repeats=3, display=recorder).points
+    labels = [p.backend for p in points]
+    assert len(set(labels)) == 3 and labels[0] == "ort-portable-cpu"
+    assert labels[1:] == [f"ort-portable-cpu ({tiny_export.name})", "ort-portable-cpu (again)"]
+    for p in points:
+        assert p.dtype == "fp32"
+        assert p.prefill_ms_min <= p.prefill_ms <= p.prefill_ms_max and p.decode_ms_min <= p.decode_ms <= p.decode_ms_max
+    said = [s for s in recorder.said if "batch 1, length 8" in s]
+    assert said == ["reference logits, batch 1, length 8"] + [f"{lab}, batch 1, length 8" for lab in labels]
+    table = bench.table(points)
+    assert "dtype" in table.splitlines()[0] and "[min-max]" in table and all(lab in table for lab in labels)
+
+
+def test_plot_without_matplotlib_fails_before_measuring(tiny_ckpt, tmp_path, monkeypatch):
+    import builtins
+
+    from ssd_deploy import bench
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setattr(bench, "compare", lambda *a, **k: pytest.fail("measured before checking matplotlib"))
+    r = CliRunner().invoke(main, ["bench", str(tiny_ckpt), "--plot", str(tmp_path / "b.png")])
+    assert r.exit_code == 2 and "--plot needs matplotlib" in r.output

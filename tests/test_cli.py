@@ -39,10 +39,27 @@ def test_export_ort_with_chunked_prefill(cli, tmp_path):
     assert info["metadata"]["prefill"] == "chunked" and info["ops"]["If"] == 2  # one per layer
 
 
-def test_demo(cli):
+def test_demo(cli, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo's temporary folder goes
     r = cli("demo")
     assert r.exit_code == 0, r.output
     assert "PASS" in r.output and "export:" in r.output
+    assert "(removed " in r.output and not list(tmp_path.glob("ssd-deploy-demo-*")), "the demo left its folder"
+    r = cli("demo", "--workdir", tmp_path / "kept")
+    assert r.exit_code == 0 and (tmp_path / "kept" / "export" / "model.onnx").is_file()
+
+
+def test_plugins_build_says_what_it_skipped(cli, monkeypatch, tmp_path):
+    from ssd_deploy import kernels
+
+    lib = tmp_path / kernels.LIB_NAME
+    monkeypatch.setattr(kernels, "build_all", lambda build_dir, archs, log: kernels.Built(
+        lib, None, "no TensorRT headers (set TensorRT_INCLUDE_DIR or TensorRT_ROOT); not built"))
+    r = cli("plugins", "build")
+    assert r.exit_code == 0 and f"built {lib}" in r.output
+    assert "skipped the TensorRT plugin library" in r.output and "third_party/TensorRT/include" in r.output
 
 
 @pytest.mark.parametrize("args,message", [

@@ -101,7 +101,7 @@ def test_one_form_per_word():
         for p in cmd.params:
             assert "--out" not in p.opts, name
             if isinstance(p, click.Argument):
-                assert p.metavar in ("EXPORT", "CKPT", "MODEL"), f"{name}: argument {p.name} named {p.metavar}"
+                assert p.metavar in ("EXPORT", "CKPT", "MODEL", "ARTIFACT"), f"{name}: argument {p.name} named {p.metavar}"
         if "export_dir" in ps:
             assert ps["export_dir"].metavar == "EXPORT", name
         if "ckpt" in ps:

@@ -192,6 +192,58 @@ def test_conv_and_norm_argument_checks(no_library):
         kernels.gated_rmsnorm(y, z, torch.ones(12), 1e-5, 4)
 
 
+def test_build_passes_the_architectures_every_time(monkeypatch, tmp_path):
+    """A run without --arch configures the default list again instead of keeping an earlier --arch from CMake's
+    cache; the default is plugins/CMakeLists.txt's own."""
+    calls = []
+
+    def fake_run(cmd, log):
+        calls.append(cmd)
+        if "--build" in cmd:
+            (tmp_path / kernels.LIB_NAME).write_bytes(b"")
+        return ["-- ssd TensorRT plugins: no TensorRT headers (set TensorRT_INCLUDE_DIR or TensorRT_ROOT); not built"]
+
+    monkeypatch.setattr(kernels, "_run", fake_run)
+    monkeypatch.setattr(kernels.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(kernels, "_find_nvcc", lambda: "/usr/bin/nvcc")
+    first = kernels.build_all(tmp_path, ["90"])
+    (tmp_path / "CMakeCache.txt").write_text("SSD_CUDA_ARCHS:STRING=90\n")
+    kernels.build_all(tmp_path)
+    configures = [c for c in calls if "-S" in c]
+    assert "-DSSD_CUDA_ARCHS=90" in configures[0]
+    cmake_default = kernels.default_archs()
+    assert f"-DSSD_CUDA_ARCHS={cmake_default}" in configures[1] and "90" in cmake_default.split(";")
+    assert first.trt_plugins is None and "no TensorRT headers" in first.trt_status
+
+
+@pytest.mark.slow
+def test_installed_package_finds_the_kernel_sources(tmp_path):
+    """A regular (non-editable) pip install ships plugins/ as package data: the installed kernels module builds
+    from its own copy of the CMake project and puts the library in a user cache, not in site-packages."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src, target = tmp_path / "src", tmp_path / "site"  # a copy: setuptools writes build/ into the tree it builds
+    shutil.copytree(root, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", "third_party", "*.engine", "*.onnx*"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), str(src)], check=True, cwd=tmp_path)
+    installed = target / "ssd_deploy" / "plugins_src"
+    assert (installed / "CMakeLists.txt").is_file() and not installed.is_symlink()
+    assert (installed / "kernels" / "ssd_kernels.h").is_file() and (installed / "cmake" / "trt_plugins.cmake").is_file()
+    assert not (installed / "build").exists()
+    probe = ("from ssd_deploy import kernels; "
+             "print(kernels.PLUGINS_DIR, kernels.SOURCE_TREE, kernels.DEFAULT_BUILD_DIR, kernels.default_archs())")
+    env = {**os.environ, "PYTHONPATH": str(target), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", probe], check=True, cwd=tmp_path, env=env, capture_output=True,
+                         text=True).stdout.split()
+    assert Path(out[0]) == installed.resolve() and out[1] == "False"
+    assert Path(out[2]).is_relative_to(tmp_path / "cache" / "ssd-deploy") and out[3] == kernels.default_archs()
+
+
 def test_missing_library_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setenv(kernels.ENV_LIB, str(tmp_path / "nope.so"))
     with pytest.raises(UserError, match=kernels.ENV_LIB):

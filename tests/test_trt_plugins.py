@@ -155,3 +155,55 @@ def test_gpu_parity(tmp_path):
                            str(tmp_path / "cases"), "--trt-include", str(include), "--no-timing"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-6000:]
+
+
+# --- the contracts as data (plugins/<Plugin>/contract.toml): everything derived from them agrees ---------------------
+
+def test_every_plugin_has_one_contract_and_the_derived_files_are_current():
+    from ssd_deploy import plugin_contracts
+
+    all_contracts = plugin_contracts.contracts()
+    folders = sorted(p.parent.name for p in (REPO / "plugins").glob("*/README.md") if p.parent.name[0].isupper())
+    assert sorted(all_contracts) == folders == ["CausalConv1d", "GatedRmsNorm", "SsdChunkScan", "SsdStateUpdate"]
+    stale = plugin_contracts.stale(REPO / "plugins")
+    assert not stale, f"out of date (python -m ssd_deploy.plugin_contracts --write): {sorted(map(str, stale))}"
+
+
+def test_the_trt_lowering_and_the_harness_read_the_contracts():
+    from ssd_deploy import plugin_contracts
+    from ssd_deploy.onnx import trt
+
+    for name, c in plugin_contracts.contracts().items():
+        p = trt.PLUGINS[name]
+        assert p.inputs == tuple(t.name for t in c.inputs) and p.outputs == tuple(t.name for t in c.outputs)
+        assert p.attributes == {a.name: a.python_type for a in c.attributes} and p.op == c.op
+        assert c.domain == trt.DOMAIN and c.version == "1"
+    sys.path.insert(0, str(REPO / "plugins" / "harness"))
+    try:
+        import parity_cases
+    finally:
+        sys.path.pop(0)
+    case = parity_cases.norm_case("f16", 1, 2, 8, 4, gen=torch.Generator().manual_seed(0))
+    assert [(t.name, t.dtype) for t in case.inputs] == [("y", "f16"), ("z", "f16"), ("weight", "f32")]
+    assert case.attrs == [("eps", "f32", 1e-5), ("group_size", "i32", 4)]
+    with pytest.raises(ValueError, match="not in GatedRmsNorm's contract"):
+        parity_cases._case("bad", "GatedRmsNorm", "f32", {"colour": 1}, {}, {}, 0)
+
+
+def test_adding_an_input_is_one_edit(tmp_path):
+    """An optional input added to a contract file reaches the README tables and the harness header on regeneration
+    (what packed sequences' cu_seqlens will need), and a hand-edited README table is caught."""
+    from ssd_deploy import plugin_contracts
+
+    plugins = tmp_path / "plugins"
+    shutil.copytree(REPO / "plugins", plugins, ignore=shutil.ignore_patterns("build"))
+    contract = plugins / "SsdChunkScan" / "contract.toml"
+    contract.write_text(contract.read_text() + '\n[[inputs]]\nname = "cu_seqlens"\nshape = "[n + 1]"\n'
+                                               'dtype = "float32"\noptional = true\n')
+    stale = plugin_contracts.stale(plugins)
+    assert set(stale) == {plugins / "harness" / "contracts.h", plugins / "SsdChunkScan" / "README.md"}
+    assert '{"SsdChunkScan", 9, "AAFAAFFFF" "AF"' in stale[plugins / "harness" / "contracts.h"]
+    assert "| 8 | cu_seqlens | [n + 1] (optional) | float32 |" in stale[plugins / "SsdChunkScan" / "README.md"]
+    readme = plugins / "GatedRmsNorm" / "README.md"
+    readme.write_text(readme.read_text().replace("| 0 | y | [b, l, d] | T |", "| 0 | y | [b, d] | T |"))
+    assert readme in plugin_contracts.stale(plugins)

@@ -1,5 +1,6 @@
-// The node contracts of plugins/<Plugin>/README.md, restated independently of the library so that the harness
-// checks the library against the documents rather than against itself.
+// GENERATED from plugins/<Plugin>/contract.toml by `python -m ssd_deploy.plugin_contracts --write`: do not edit.
+// The node contracts, read from the contract files rather than from the library's own specs, so that the harness
+// checks the library against the contracts rather than against itself.
 #pragma once
 #include "NvInferRuntime.h"
 #include <string>
@@ -27,12 +28,10 @@ inline std::vector<Contract> const& contracts()
 {
     using T = nvinfer1::PluginFieldType;
     static std::vector<Contract> const all{
-        {"SsdChunkScan", 8, "AAFAAFFF" "AF",
-            {{"chunk_size", T::kINT32}, {"dt_softplus", T::kINT32}, {"dt_min", T::kFLOAT32}, {"dt_max", T::kFLOAT32}}},
-        {"SsdStateUpdate", 8, "FAAFAAFF" "AF",
-            {{"dt_softplus", T::kINT32}, {"dt_min", T::kFLOAT32}, {"dt_max", T::kFLOAT32}}},
         {"CausalConv1d", 4, "AFFF" "AF", {{"silu", T::kINT32}}},
         {"GatedRmsNorm", 3, "AAF" "A", {{"eps", T::kFLOAT32}, {"group_size", T::kINT32}}},
+        {"SsdChunkScan", 8, "AAFAAFFF" "AF", {{"chunk_size", T::kINT32}, {"dt_softplus", T::kINT32}, {"dt_min", T::kFLOAT32}, {"dt_max", T::kFLOAT32}}},
+        {"SsdStateUpdate", 8, "FAAFAAFF" "AF", {{"dt_softplus", T::kINT32}, {"dt_min", T::kFLOAT32}, {"dt_max", T::kFLOAT32}}},
     };
     return all;
 }

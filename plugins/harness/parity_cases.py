@@ -1,5 +1,6 @@
-"""GPU cases of the plugin harness: random inputs for each plugin's node contract, the harness's case files, and the
-float64 reference answer from ``ssd_deploy.ssd.reference``.
+"""GPU cases of the plugin harness: random inputs for each plugin's node contract (``plugins/<Plugin>/contract.toml``:
+names, order, wire dtypes and attribute types come from it), the harness's case files, and the float64 reference
+answer from ``ssd_deploy.ssd.reference``.
 
 Inputs are drawn as the model sees them (A = -exp(U(log 1, log 16)), dt' around 0.001..0.1 after softplus, non-zero
 states); activations are rounded to the case's dtype first, and the reference runs in float64 on those rounded
@@ -15,7 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssd_deploy.plugin_contracts import contracts
 from ssd_deploy.ssd import reference
+
+CONTRACTS = contracts()  # plugins/<Plugin>/contract.toml: names, order, dtype roles and attribute types
+WIRE_ATTR = {"int": "i32", "float": "f32"}
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 # docs/verification.md: relative error against float64; the fp32 bound is the math one (the plugins add no arithmetic).
@@ -39,6 +44,28 @@ class Case:
     inputs: list[Tensor]
     outputs: list[Tensor]
     time_repeats: int = 0
+
+
+def _case(name: str, plugin: str, dtype: str, attrs: dict, inputs: dict, outputs: dict, time_repeats: int) -> Case:
+    """A case in the contract's terms: inputs and outputs (name -> (value, dynamic axes)) put in the contract's order
+    with the wire dtype of their role (the case's dtype for activations, f32 otherwise); attributes typed by it. An
+    input or output the contract lacks, or a required one missing, is a mistake in the case."""
+    c = CONTRACTS[plugin]
+
+    def tensors(specs, given):
+        unknown = set(given) - {t.name for t in specs}
+        missing = {t.name for t in specs if not t.optional} - set(given)
+        if unknown or missing:
+            raise ValueError(f"{name}: tensors {sorted(unknown)} are not in {plugin}'s contract, {sorted(missing)} "
+                             f"are missing")
+        return [Tensor(t.name, given[t.name][0], dtype if t.role == "A" else "f32", given[t.name][1])
+                for t in specs if t.name in given]
+
+    types = {a.name: WIRE_ATTR[a.type] for a in c.attributes}
+    if set(attrs) - set(types):
+        raise ValueError(f"{name}: attributes {sorted(set(attrs) - set(types))} are not in {plugin}'s contract")
+    return Case(name, plugin, dtype, [(a, types[a], v) for a, v in attrs.items()], tensors(c.inputs, inputs),
+                tensors(c.outputs, outputs), time_repeats)
 
 
 def _act(t: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -74,18 +101,14 @@ def scan_case(dtype, b, l, h, p, gr, n, chunk, *, d_hdim=False, softplus=1, dt_m
     s0 = torch.randn(b, h, p, n, generator=gen) * 0.5
     y, s = reference.ssd_sequential(*_f64([x, dt, A, B, C, D, dt_bias, s0]), dt_softplus=bool(softplus),
                                     dt_min=dt_min, dt_max=dt_max)
-    bl = {0: "b", 1: "l"}
-    return Case(
+    bl, b_ = {0: "b", 1: "l"}, {0: "b"}
+    return _case(
         f"SsdChunkScan-{dtype}-b{b}l{l}h{h}p{p}g{gr}n{n}Q{chunk}" + ("-Dhp" if d_hdim else "") +
         ("-nosoftplus" if not softplus else "") + ("-clamp" if dt_min > 0 or dt_max < math.inf else ""),
-        "SsdChunkScan", dtype,
-        [("chunk_size", "i32", chunk), ("dt_softplus", "i32", softplus), ("dt_min", "f32", dt_min),
-         ("dt_max", "f32", dt_max)],
-        [Tensor("x", x, dtype, bl), Tensor("dt", dt, dtype, bl), Tensor("A", A, "f32"), Tensor("B", B, dtype, bl),
-         Tensor("C", C, dtype, bl), Tensor("D", D, "f32"), Tensor("dt_bias", dt_bias, "f32"),
-         Tensor("initial_state", s0, "f32", {0: "b"})],
-        [Tensor("y", y, dtype, bl), Tensor("final_state", s, "f32", {0: "b"})],
-        time_repeats)
+        "SsdChunkScan", dtype, {"chunk_size": chunk, "dt_softplus": softplus, "dt_min": dt_min, "dt_max": dt_max},
+        {"x": (x, bl), "dt": (dt, bl), "A": (A, {}), "B": (B, bl), "C": (C, bl), "D": (D, {}),
+         "dt_bias": (dt_bias, {}), "initial_state": (s0, b_)},
+        {"y": (y, bl), "final_state": (s, b_)}, time_repeats)
 
 
 def step_case(dtype, b, h, p, gr, n, *, d_hdim=False, dt_min=0.0, dt_max=math.inf, gen, time_repeats=0) -> Case:
@@ -100,16 +123,13 @@ def step_case(dtype, b, h, p, gr, n, *, d_hdim=False, dt_min=0.0, dt_max=math.in
     y, new = reference.ssd_step(*_f64([state, x, dt, A, B, C, D, dt_bias]), dt_softplus=True, dt_min=dt_min,
                                 dt_max=dt_max)
     bb = {0: "b"}
-    return Case(
+    return _case(
         f"SsdStateUpdate-{dtype}-b{b}h{h}p{p}g{gr}n{n}" + ("-Dhp" if d_hdim else "") +
         ("-clamp" if dt_min > 0 or dt_max < math.inf else ""),
-        "SsdStateUpdate", dtype,
-        [("dt_softplus", "i32", 1), ("dt_min", "f32", dt_min), ("dt_max", "f32", dt_max)],
-        [Tensor("state", state, "f32", bb), Tensor("x", x, dtype, bb), Tensor("dt", dt, dtype, bb),
-         Tensor("A", A, "f32"), Tensor("B", B, dtype, bb), Tensor("C", C, dtype, bb), Tensor("D", D, "f32"),
-         Tensor("dt_bias", dt_bias, "f32")],
-        [Tensor("y", y, dtype, bb), Tensor("new_state", new, "f32", bb)],
-        time_repeats)
+        "SsdStateUpdate", dtype, {"dt_softplus": 1, "dt_min": dt_min, "dt_max": dt_max},
+        {"state": (state, bb), "x": (x, bb), "dt": (dt, bb), "A": (A, {}), "B": (B, bb), "C": (C, bb),
+         "D": (D, {}), "dt_bias": (dt_bias, {})},
+        {"y": (y, bb), "new_state": (new, bb)}, time_repeats)
 
 
 def conv_case(dtype, b, l, d, k, silu, *, gen, time_repeats=0) -> Case:
@@ -119,12 +139,10 @@ def conv_case(dtype, b, l, d, k, silu, *, gen, time_repeats=0) -> Case:
     state = torch.randn(b, d, k - 1, generator=gen)
     y, new = reference.causal_conv1d(*_f64([x, w, bias, state]), silu=bool(silu))
     bl = {0: "b", 1: "l"}
-    return Case(
-        f"CausalConv1d-{dtype}-b{b}l{l}d{d}k{k}-silu{silu}", "CausalConv1d", dtype, [("silu", "i32", silu)],
-        [Tensor("x", x, dtype, bl), Tensor("weight", w, "f32"), Tensor("bias", bias, "f32"),
-         Tensor("conv_state", state, "f32", {0: "b"})],
-        [Tensor("y", y, dtype, bl), Tensor("conv_state_out", new, "f32", {0: "b"})],
-        time_repeats)
+    return _case(
+        f"CausalConv1d-{dtype}-b{b}l{l}d{d}k{k}-silu{silu}", "CausalConv1d", dtype, {"silu": silu},
+        {"x": (x, bl), "weight": (w, {}), "bias": (bias, {}), "conv_state": (state, {0: "b"})},
+        {"y": (y, bl), "conv_state_out": (new, {0: "b"})}, time_repeats)
 
 
 def norm_case(dtype, b, l, d, group, *, eps=1e-5, gen, time_repeats=0) -> Case:
@@ -133,12 +151,9 @@ def norm_case(dtype, b, l, d, group, *, eps=1e-5, gen, time_repeats=0) -> Case:
     w = 1.0 + 0.1 * torch.randn(d, generator=gen)
     out = reference.gated_rmsnorm(*_f64([y, z, w]), eps, group)
     bl = {0: "b", 1: "l"}
-    return Case(
-        f"GatedRmsNorm-{dtype}-b{b}l{l}d{d}group{group}", "GatedRmsNorm", dtype,
-        [("eps", "f32", eps), ("group_size", "i32", group)],
-        [Tensor("y", y, dtype, bl), Tensor("z", z, dtype, bl), Tensor("weight", w, "f32")],
-        [Tensor("out", out, dtype, bl)],
-        time_repeats)
+    return _case(
+        f"GatedRmsNorm-{dtype}-b{b}l{l}d{d}group{group}", "GatedRmsNorm", dtype, {"eps": eps, "group_size": group},
+        {"y": (y, bl), "z": (z, bl), "weight": (w, {})}, {"out": (out, bl)}, time_repeats)
 
 
 def all_cases(seed: int, *, timed: bool) -> list[Case]:

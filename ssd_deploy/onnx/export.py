@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata,
                          read_metadata, record_weights, state_names)
 from ..model import Mamba2LM
+from ..progress import QUIET, Reporter
 from . import ort, portable, trt
 from .options import ExportOptions
 from . import weights as streamed
@@ -128,7 +129,7 @@ def check_model(path: Path):
 
 
 def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(), recipe: dict | None = None,
-           force: bool = False) -> Path:
+           force: bool = False, progress: Reporter = QUIET) -> Path:
     """Streams the checkpoint into the export: the model is traced with meta parameters, then each weight is read,
     converted and written into the data file on its own (onnx/weights.py); memory holds one weight at a time, never
     the model (benchmarks/RESULTS.md, "Streaming export"). A quantized export reads every weight into ONNX Runtime's
@@ -141,28 +142,34 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
     plan.require(cfg, recipe or {}, str(ckpt_dir))  # a recipe for a Jetson device: the model must fit it
     dtype = DTYPES[opts.dtype].torch
     external = _use_external(weights, dtype, opts.external_data)
-    weights.check_finite()  # NaN/Inf refused before any work, naming the tensor
+    with progress.step(f"checking {ckpt_dir}'s weights for NaN/Inf"):
+        weights.check_finite()  # refused before any work, naming the tensor
     with torch.device("meta"):
         model = Mamba2LM(cfg).cast(dtype).eval()
     flavor = FLAVORS[opts.flavor]
-    graph = trace(model, opts, bind=lambda m: (streamed.bind(m, weights), streamed.fold_transposes(m)))
+    with progress.step(f"tracing and lowering to the {opts.flavor} flavor ({opts.dtype})"):
+        graph = trace(model, opts, bind=lambda m: (streamed.bind(m, weights), streamed.fold_transposes(m)))
     strip_trace_metadata(graph)
     graph.ir_version = IR_VERSION
     record = {}
     if opts.quant != "none":  # ONNX Runtime's quantizer works on a ModelProto
-        proto, record = quantize.quantize(onnx_ir.serde.serialize_model(graph), cfg, opts.quant, opts.quant_block,
-                                          opts.resolved_quant_format)
+        with progress.step(f"quantizing ({opts.quant})"):
+            proto, record = quantize.quantize(onnx_ir.serde.serialize_model(graph), cfg, opts.quant, opts.quant_block,
+                                              opts.resolved_quant_format)
         graph = onnx_ir.serde.deserialize_model(proto)
+    with progress.step(f"hashing {ckpt_dir}"):
+        sha256 = checkpoint_hash(ckpt_dir)
     meta = ExportMetadata(
         config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opts.opset,
         exporter=f"ssd-deploy {__version__}; torch {torch.__version__}; onnx {onnx.__version__}",
-        checkpoint_sha256=checkpoint_hash(ckpt_dir), logits=opts.logits,
+        checkpoint_sha256=sha256, logits=opts.logits,
         graph=opts.graph, prefill=opts.flavor_options().get("prefill"),
         recipe=recipe or {}, ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM), quant=opts.quant,
         quant_block=opts.quant_block if record else None, quant_format=opts.resolved_quant_format,
         quantization=record)
     graph.metadata_props.update(meta.to_props())
-    return save_atomically(graph, out_dir, external, check_model, force)
+    with progress.step(f"streaming the weights, saving and checking {Path(out_dir) / MODEL_FILE}"):
+        return save_atomically(graph, out_dir, external, check_model, force)
 
 
 def resolve_options(recipe: str | Path | None = None, notify: Callable[[str], None] | None = None,

@@ -2,14 +2,9 @@
 ``plugins/`` (node spec in ``plugins/<Plugin>/README.md``), and the validation copy that proves such a graph
 without TensorRT.
 
-Node spec (inputs, outputs and attributes in this exact order and spelling; T = the activation dtype):
-
-* ``SsdChunkScan``   (x T, dt T, A f32, B T, C T, D f32, dt_bias f32, initial_state f32) → (y T, final_state f32);
-  chunk_size, dt_softplus (0/1), dt_min, dt_max (may be +inf)
-* ``SsdStateUpdate`` (state f32, x T, dt T, A f32, B T, C T, D f32, dt_bias f32) → (y T, new_state f32);
-  dt_softplus, dt_min, dt_max (split decode graphs only; the unified graph decodes through SsdChunkScan at l = 1)
-* ``CausalConv1d``   (x T, weight [d,k] f32, bias [d] f32, conv_state f32) → (y T, conv_state_out f32); silu
-* ``GatedRmsNorm``   (y T, z T, weight f32) → out T; eps, group_size
+Node spec: ``plugins/<Plugin>/contract.toml`` (inputs, outputs and attributes in that exact order and spelling),
+read into ``PLUGINS`` here. ``SsdStateUpdate`` serves split decode graphs only; the unified graph decodes through
+``SsdChunkScan`` at l = 1.
 
 No ``plugin_version``/``plugin_namespace`` attributes: the ONNX parser of TensorRT defaults them to "1" and "" (what
 the plugins register), and every attribute a node carries is offered to the creator as a plugin field.
@@ -32,6 +27,7 @@ import torch
 from onnxscript import opset18 as op
 
 from ..config import Mamba2Config
+from .. import plugin_contracts
 from ..errors import UserError
 from . import portable
 from .custom import custom_op
@@ -40,28 +36,24 @@ from .tracing import trace_op
 
 __all__ = ["OPSET", "DOMAIN", "PLUGINS", "lowerings", "bodies"]
 
-DOMAIN = "trt.plugins"
-
 
 @dataclass(frozen=True)
 class Plugin:
     op: str  # the ssd_deploy op it implements
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    attributes: dict
+    attributes: dict  # name -> int | float
+    optional: tuple[str, ...] = ()  # inputs a node may leave out
 
 
-PLUGINS = {
-    "SsdChunkScan": Plugin("ssd_scan", ("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state"),
-                           ("y", "final_state"),
-                           {"chunk_size": int, "dt_softplus": int, "dt_min": float, "dt_max": float}),
-    "SsdStateUpdate": Plugin("ssd_step", ("state", "x", "dt", "A", "B", "C", "D", "dt_bias"), ("y", "new_state"),
-                             {"dt_softplus": int, "dt_min": float, "dt_max": float}),
-    "CausalConv1d": Plugin("causal_conv1d", ("x", "weight", "bias", "conv_state"), ("y", "conv_state_out"),
-                           {"silu": int}),
-    "GatedRmsNorm": Plugin("gated_rmsnorm", ("y", "z", "weight"), ("out",), {"eps": float, "group_size": int}),
-}
-_OPS = {name: custom_op(DOMAIN, name, list(p.inputs), list(p.outputs), p.attributes) for name, p in PLUGINS.items()}
+# the node table, from the plugins' contract files (plugins/<Plugin>/contract.toml, ssd_deploy/plugin_contracts.py)
+CONTRACTS = plugin_contracts.contracts()
+DOMAIN, = {c.domain for c in CONTRACTS.values()}  # one domain for the library
+PLUGINS = {name: Plugin(c.op, tuple(t.name for t in c.inputs), tuple(t.name for t in c.outputs),
+                        {a.name: a.python_type for a in c.attributes}, tuple(t.name for t in c.inputs if t.optional))
+           for name, c in CONTRACTS.items()}
+_OPS = {name: custom_op(DOMAIN, name, list(p.inputs), list(p.outputs), p.attributes, p.optional)
+        for name, p in PLUGINS.items()}
 
 
 def lowerings(dims: Dims) -> dict:

@@ -28,6 +28,7 @@ class Backend(ABC):
     name: str
     config: Mamba2Config
     recipe: dict  # the export recipe the model was made with ({} for none): its shape ranges bound the calls
+    dtype: str  # of weights and activations (the dtype vocabulary's name)
     device: str = "cpu"  # where states live between calls
     one_token_per_call: bool = False  # a decode-only export (--graph decode): prompts are fed token by token
     packed: bool = False  # prefills prompts of different lengths in one call (forward_packed)
@@ -84,7 +85,7 @@ class TorchBackend(Backend):
             if not reg:
                 raise UserError(reg.reason)
         self.model = load_model(ckpt_dir, DTYPES[dtype].torch).to(self.device)
-        self.config, self.recipe = self.model.cfg, {}
+        self.config, self.recipe, self.dtype = self.model.cfg, {}, dtype
         self.graphs = None
         if cuda_graphs and self.device == "cuda":
             from .cuda_graphs import DecodeGraphs
@@ -131,7 +132,7 @@ class OrtBackend(Backend):
 
         self.meta = read_metadata(export_dir)
         verify_weights(export_dir, self.meta)  # sizes always, sha256 up to interface.HASH_LIMIT
-        self.config, self.recipe = self.meta.config, self.meta.recipe
+        self.config, self.recipe, self.dtype = self.meta.config, self.meta.recipe, self.meta.dtype
         self.one_token_per_call = self.meta.graph == "decode"
         with validation_model(export_dir) as path:  # trt exports run through their standard-op validation copy
             self.session = ort_session(export_dir, provider, path)
@@ -216,7 +217,7 @@ class TrtBackend(Backend):
         self.runner = trt_runner(export_dir, engine, plugins)
         self.runner.activate()
         self.meta = self.runner.metadata
-        self.config, self.recipe = self.meta.config, self.meta.recipe
+        self.config, self.recipe, self.dtype = self.meta.config, self.meta.recipe, self.meta.dtype
         self.one_token_per_call = self.meta.graph == "decode"
         self.name = f"trt-{self.meta.flavor}"
 

@@ -9,3 +9,4 @@ PROVIDERS = ("cpu", "cuda")
 # bench names of the PyTorch model → (Triton kernels, CUDA graphs); both need CUDA
 TORCH_VARIANTS = {"torch": (False, False), "torch-triton": (True, False), "torch-graphs": (False, True),
                   "torch-triton-graphs": (True, True)}
+EXPORTED_HERE = ("portable", "ort")  # bench names that export the checkpoint for the run and time it on ONNX Runtime

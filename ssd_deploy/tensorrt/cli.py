@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..cli_vocabulary import PATH, Choice, export_argument, json_option, output_option
+from ..cli_vocabulary import PATH, Choice, export_argument, output_option
 from ..errors import user_errors
 from .profiles import CHOICES as PROFILE_CHOICES
 
@@ -33,7 +33,9 @@ from .profiles import CHOICES as PROFILE_CHOICES
 @click.option("-v", "--verbose", is_flag=True, help="show TensorRT's log while building")
 @click.option("--verify-weights", is_flag=True, help="hash the export's weight files whatever their size (they are "
                                                      "always size-checked, and hashed up to 1 GiB)")
-@json_option("the sidecar")
+@click.option("--json", "as_json", is_flag=True,
+              help="print the new engine's sidecar as JSON (no progress display); this builds: to describe an "
+                   "existing engine, `ssd-deploy inspect ENGINE --json`")
 @user_errors
 def build(export_dir, recipe, plugins, profile, batch_range, seq_range, timing_cache, workspace_mib, output, verbose,
           verify_weights, as_json):

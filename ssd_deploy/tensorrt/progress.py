@@ -1,4 +1,5 @@
-"""Engine-build progress: TensorRT's IProgressMonitor phases as rich progress bars (nested phases indented).
+"""Engine-build progress: TensorRT's IProgressMonitor phases as bars of the shared display (ssd_deploy/progress.py;
+nested phases indented).
 
 Builds of real models take minutes; TensorRT reports phases (name, parent, step count) from its builder threads.
 """
@@ -9,8 +10,8 @@ import contextlib
 import threading
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..progress import display
 from .api import TrtApi
 
 
@@ -21,8 +22,7 @@ def build_progress(api: TrtApi, console: Console | None = None):
     if base is None:
         yield None
         return
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console or Console(stderr=True), transient=True)
+    progress = display(console)
 
     class Monitor(base):
         def __init__(self):
