@@ -99,7 +99,7 @@ def test_write_external_reports_size_and_hash(tmp_path, tiny_ckpt):
 def test_export_records_its_data_file(tmp_path, tiny_ckpt):
     out = export(tiny_ckpt, tmp_path / "o", ExportOptions(external_data="always")).parent
     data = (out / DATA_FILE).read_bytes()
-    assert read_metadata(out).weights == {DATA_FILE: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
+    assert read_metadata(out).weights[DATA_FILE] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 @pytest.mark.slow
