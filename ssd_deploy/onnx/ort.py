@@ -38,7 +38,7 @@ cost nothing measurable.
 from __future__ import annotations
 
 import onnx_ir
-import onnxscript.optimizer
+import numpy as np
 from onnxscript import opset18 as op
 from onnxscript.rewriter import pattern
 
@@ -144,37 +144,52 @@ def gated_rmsnorm(y, z, weight, eps: float, group_size: int, dims: Dims):
     return op.CastLike(op.Mul(op.Div(v, op.Sqrt(op.Add(ms, scalar(eps)))), weight), y)
 
 
-def _rms(op, x, weight, eps):
+def _rms(op, x, weight, eps, two, axes):
     """model.py's RMSNorm as traced in fp32: x · 1/sqrt(mean(x², -1) + eps) · weight."""
-    ms = op.ReduceMean(op.Pow(x, 2.0), [-1], keepdims=1)
+    ms = op.ReduceMean(op.Pow(x, two), axes, keepdims=1)
     return op.Mul(op.Mul(x, op.Reciprocal(op.Sqrt(op.Add(ms, eps)))), weight)
 
 
-def _residual_rms(op, a, b, weight, eps):
+def _residual_rms(op, a, b, weight, eps, two, axes):
     total = op.Add(a, b)
-    return _rms(op, total, weight, eps), total
+    return _rms(op, total, weight, eps, two, axes), total
 
 
-def _skip_rms(op, a, b, weight, eps):
+def _skip_rms(op, a, b, weight, eps, **_):
     normed, _mean, _inv_std, total = op.SkipSimplifiedLayerNormalization(
-        a, b, weight, epsilon=onnx_ir.convenience.get_const_tensor(eps).numpy().item(), _domain=DOMAIN, _outputs=4)
+        a, b, weight, epsilon=float(_const(eps)), _domain=DOMAIN, _outputs=4)
     return normed, total
 
 
-def _div_rms(op, x, weight, eps):
-    ms = op.ReduceMean(op.Pow(x, op.Constant(value_float=2.0)), op.Constant(value_ints=[-1]), keepdims=1)
+def _div_rms(op, x, weight, eps, two, axes):
+    ms = op.ReduceMean(op.Pow(x, two), axes, keepdims=1)
     return op.Mul(op.Div(x, op.Sqrt(op.Add(ms, eps))), weight)
 
 
-def _fp32_rms(context, weight, eps, **values) -> bool:
-    """fp32 throughout, a scalar eps, one weight per channel of the last axis (3-D activations, the same shape
-    on both sides of the residual sum)."""
+def _const(value) -> np.ndarray | None:
+    """The value of a constant as traced (before constant folding): an initializer, a Constant, or a Reshape of
+    those (how the exporter writes reduction axes)."""
+    tensor = onnx_ir.convenience.get_const_tensor(value)
+    if tensor is not None:
+        return tensor.numpy()
+    node = value.producer()
+    if node is not None and node.op_type == "Reshape":
+        data, shape = (_const(v) for v in node.inputs[:2])
+        if data is not None and shape is not None:
+            return data.reshape(shape)
+    return None
+
+
+def _fp32_rms(context, weight, eps, two, axes, **values) -> bool:
+    """fp32 throughout, x², the mean over the last axis, a scalar eps, one weight per channel (3-D activations, the
+    same shape on both sides of the residual sum)."""
     tensors = list(values.values())
     shapes = {None if v.shape is None else tuple(v.shape) for v in tensors}
+    consts = [_const(v) for v in (eps, two, axes)]
     return (all(v.dtype == onnx_ir.DataType.FLOAT for v in (*tensors, weight)) and len(shapes) == 1
             and None not in shapes and len(next(iter(shapes))) == 3 and weight.shape is not None
-            and len(weight.shape) == 1 and onnx_ir.convenience.get_const_tensor(eps) is not None
-            and onnx_ir.convenience.get_const_tensor(eps).size == 1)
+            and len(weight.shape) == 1 and all(c is not None and c.size == 1 for c in consts)
+            and float(consts[1]) == 2.0 and int(consts[2]) in (-1, 2))
 
 
 # module docstring, "RMSNorm"
@@ -210,7 +225,6 @@ def finalize(model: onnx_ir.Model, cfg) -> onnx_ir.Model:
             for value, typed in zip(node.attributes["then_branch"].as_graph().outputs, node.outputs):
                 if value.type is None:
                     value.type, value.shape = typed.type, typed.shape
-    onnxscript.optimizer.fold_constants(model)  # the rules match constants (the exporter computes some by Reshape)
     for rule in NORM_RULES:
         rule.apply_to_model(model)
     return model
