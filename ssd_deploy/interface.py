@@ -312,7 +312,9 @@ def weights_record(model_file: Path) -> dict:
 
 def record_weights(model_file: Path):
     """Stores ``weights_record`` in the model's metadata (``ssd_deploy.weights``); the file is rewritten without
-    touching external data, which is why this runs after the weights were written (onnx/export.py)."""
+    touching external data, which is why this runs after the weights were written (onnx/export.py
+    ``save_atomically``: any writer of an export, a streaming one included, calls it once every weight file is
+    complete, before the export is checked and renamed into place)."""
     proto = onnx.load(str(model_file), load_external_data=False)
     record = weights_record(model_file)
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key != PREFIX + "weights"]

@@ -151,16 +151,17 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
         graph = trace(model, opts, bind=lambda m: (streamed.bind(m, weights), streamed.fold_transposes(m)))
     strip_trace_metadata(graph)
     graph.ir_version = IR_VERSION
-    record = {}
+    record, opset = {}, opts.opset
     if opts.quant != "none":  # ONNX Runtime's quantizer works on a ModelProto
         with progress.step(f"quantizing ({opts.quant})"):
             proto, record = quantize.quantize(onnx_ir.serde.serialize_model(graph), cfg, opts.quant, opts.quant_block,
                                               opts.resolved_quant_format)
         graph = onnx_ir.serde.deserialize_model(proto)
+        opset = graph.opset_imports[""]  # the dq format needs opset 21
     with progress.step(f"hashing {ckpt_dir}"):
         sha256 = checkpoint_hash(ckpt_dir)
     meta = ExportMetadata(
-        config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opts.opset,
+        config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opset,
         exporter=f"ssd-deploy {__version__}; torch {torch.__version__}; onnx {onnx.__version__}",
         checkpoint_sha256=sha256, logits=opts.logits,
         graph=opts.graph, prefill=opts.flavor_options().get("prefill"),

@@ -14,8 +14,13 @@ Semantics of each contrib op, checked numerically against ONNX Runtime 1.32 (CPU
 * ``CausalConvWithState``: depthwise causal conv with a k-1 carry and fused SiLU. ``channels_last=1`` takes x as
   [b, l, d] as the model has it, but then wants the carry as [b, k-1, d]: transposing the tiny carry is cheaper
   than transposing the activations. On the CPU provider it is slower than the standard Conv over long prompts
-  (8.5 vs 1.5 ms per 130m layer at 512 tokens) and faster at decode (0.2 vs 1.9 ms at batch 8); in the whole 130m
-  model the prefill showed no difference beyond noise and a batch-8 decode step 47 vs 65 ms, so the contrib op stays.
+  (8.5 vs 1.5 ms per 130m layer at 512 tokens) and faster at decode (0.2 vs 1.9 ms at batch 8). So each layer's
+  conv is an ``If`` on the sequence length: the contrib op for one token, the standard Conv (portable's lowering)
+  for longer calls; the ``If`` costs about 5 µs per call (benchmarks/RESULTS.md, CPU against mobius).
+* RMSNorm: the block's residual sum and pre-norm become ``SkipSimplifiedLayerNormalization`` (``finalize``); the
+  norms without a sum before them and the one-group gated norm are written in the form ONNX Runtime's session
+  fuses into ``SimplifiedLayerNormalization`` (that op's name is ONNX Runtime's own in the ONNX domain, which the
+  ONNX checker refuses in a file).
 * ``GatedRMSNorm`` normalises *before* gating (x·rsqrt(mean(x²)+eps)·w·silu(z)), not rmsnorm(y·silu(z)) as the
   contract wants (relative difference ≈ 0.5 on random data): the gated norm keeps the portable lowering.
 
@@ -33,12 +38,16 @@ cost nothing measurable.
 from __future__ import annotations
 
 import onnx_ir
+import numpy as np
 from onnxscript import opset18 as op
+from onnxscript.rewriter import pattern
 
 from .custom import custom_op
 from .options import PREFILLS  # what calls of more than one token run: LinearAttention, or the portable scan
-from .portable import (OPSET, Dims, d_skip, f32, gated_rmsnorm, if_one_token, ints, packed_lowerings, process_dt,
+from .portable import (OPSET, Dims, d_skip, f32, if_one_token, ints, packed_lowerings, process_dt, scalar, silu,
                        ssd_chunked)
+from .portable import causal_conv1d as portable_conv
+from .portable import gated_rmsnorm as portable_gated_rmsnorm
 
 __all__ = ["OPSET", "PREFILLS", "SSM_LAYOUT", "finalize", "lowerings"]
 
@@ -113,11 +122,79 @@ def ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus: bool, dt_min: float
     return op.Squeeze(y, one), new
 
 
-def causal_conv1d(x, weight, bias, conv_state, silu: bool):
-    y, carry = CausalConvWithState(f32(x), op.Unsqueeze(weight, ints(1)), bias,
-                                   op.Transpose(conv_state, perm=[0, 2, 1]),
-                                   activation="silu" if silu else "none", channels_last=1)
-    return op.CastLike(y, x), op.Transpose(carry, perm=[0, 2, 1])
+def causal_conv1d(x, weight, bias, conv_state, silu: bool, dims: Dims):
+    """If(l == 1) the contrib op, else the standard Conv (portable.causal_conv1d): see the module docstring."""
+
+    def one_token():
+        y, carry = CausalConvWithState(f32(x), op.Unsqueeze(weight, ints(1)), bias,
+                                       op.Transpose(conv_state, perm=[0, 2, 1]),
+                                       activation="silu" if silu else "none", channels_last=1)
+        return op.CastLike(y, x), op.Transpose(carry, perm=[0, 2, 1])
+
+    return if_one_token(x, one_token, lambda: portable_conv(x, weight, bias, conv_state, silu, dims))
+
+
+def gated_rmsnorm(y, z, weight, eps: float, group_size: int, dims: Dims):
+    """One group (the usual case): written as ONNX Runtime's SimplifiedLayerNormFusion expects it (Pow, ReduceMean,
+    Add, Sqrt, Div, Mul), so that the session runs it as one SimplifiedLayerNormalization; otherwise portable's."""
+    if group_size != dims.h * dims.p:
+        return portable_gated_rmsnorm(y, z, weight, eps, group_size)
+    v = op.Mul(f32(y), silu(f32(z)))
+    ms = op.ReduceMean(op.Pow(v, scalar(2.0)), ints(-1), keepdims=1)
+    return op.CastLike(op.Mul(op.Div(v, op.Sqrt(op.Add(ms, scalar(eps)))), weight), y)
+
+
+def _rms(op, x, weight, eps, two, axes):
+    """model.py's RMSNorm as traced in fp32: x · 1/sqrt(mean(x², -1) + eps) · weight."""
+    ms = op.ReduceMean(op.Pow(x, two), axes, keepdims=1)
+    return op.Mul(op.Mul(x, op.Reciprocal(op.Sqrt(op.Add(ms, eps)))), weight)
+
+
+def _residual_rms(op, a, b, weight, eps, two, axes):
+    total = op.Add(a, b)
+    return _rms(op, total, weight, eps, two, axes), total
+
+
+def _skip_rms(op, a, b, weight, eps, **_):
+    normed, _mean, _inv_std, total = op.SkipSimplifiedLayerNormalization(
+        a, b, weight, epsilon=float(_const(eps)), _domain=DOMAIN, _outputs=4)
+    return normed, total
+
+
+def _div_rms(op, x, weight, eps, two, axes):
+    ms = op.ReduceMean(op.Pow(x, two), axes, keepdims=1)
+    return op.Mul(op.Div(x, op.Sqrt(op.Add(ms, eps))), weight)
+
+
+def _const(value) -> np.ndarray | None:
+    """The value of a constant as traced (before constant folding): an initializer, a Constant, or a Reshape of
+    those (how the exporter writes reduction axes)."""
+    tensor = onnx_ir.convenience.get_const_tensor(value)
+    if tensor is not None:
+        return tensor.numpy()
+    node = value.producer()
+    if node is not None and node.op_type == "Reshape":
+        data, shape = (_const(v) for v in node.inputs[:2])
+        if data is not None and shape is not None:
+            return data.reshape(shape)
+    return None
+
+
+def _fp32_rms(context, weight, eps, two, axes, **values) -> bool:
+    """fp32 throughout, x², the mean over the last axis, a scalar eps, one weight per channel (3-D activations, the
+    same shape on both sides of the residual sum)."""
+    tensors = list(values.values())
+    shapes = {None if v.shape is None else tuple(v.shape) for v in tensors}
+    consts = [_const(v) for v in (eps, two, axes)]
+    return (all(v.dtype == onnx_ir.DataType.FLOAT for v in (*tensors, weight)) and len(shapes) == 1
+            and None not in shapes and len(next(iter(shapes))) == 3 and weight.shape is not None
+            and len(weight.shape) == 1 and all(c is not None and c.size == 1 for c in consts)
+            and float(consts[1]) == 2.0 and int(consts[2]) in (-1, 2))
+
+
+# module docstring, "RMSNorm"
+NORM_RULES = (pattern.RewriteRule(_residual_rms, _skip_rms, _fp32_rms),
+              pattern.RewriteRule(_rms, _div_rms, _fp32_rms))
 
 
 def finalize(model: onnx_ir.Model, cfg) -> onnx_ir.Model:
@@ -126,12 +203,14 @@ def finalize(model: onnx_ir.Model, cfg) -> onnx_ir.Model:
 
     With the chunked prefill the op sits in the one-token branch of an If (reading the graph's state input from
     there) and the If returns its state: the If's output is the graph's, and the branch's output, which no shape
-    inference types (ONNX knows no contrib op), takes the same type. Runs before tracing.tidy's shape inference,
-    which then derives the shapes inside the branches from these.
+    inference types (ONNX knows no contrib op), takes the same type; so do the outputs of the conv's one-token
+    branch. Runs before tracing.tidy's shape inference, which then derives the shapes inside the branches from
+    these.
     """
     for node in model.graph:
-        if node.op_type == "If":  # ssd_scan_chunked_prefill's
-            la = next(n for n in node.attributes["then_branch"].as_graph() if n.op_type == "LinearAttention")
+        la = next((n for n in node.attributes["then_branch"].as_graph() if n.op_type == "LinearAttention"), None) \
+            if node.op_type == "If" else None
+        if la is not None:  # ssd_scan_chunked_prefill's If
             state_in, state_out = la.inputs[3], node.outputs[1]
         elif node.op_type == "LinearAttention" and node.domain == DOMAIN:
             la, state_in, state_out = node, node.inputs[3], node.outputs[1]
@@ -141,6 +220,13 @@ def finalize(model: onnx_ir.Model, cfg) -> onnx_ir.Model:
             b, h, p, n = value.shape
             value.shape = onnx_ir.Shape([b, h, n, p])
         la.outputs[1].type, la.outputs[1].shape = state_out.type, state_out.shape  # (itself outside an If)
+    for node in model.graph:  # the conv's If: its one-token branch returns the contrib op's (cast) outputs
+        if node.op_type == "If":
+            for value, typed in zip(node.attributes["then_branch"].as_graph().outputs, node.outputs):
+                if value.type is None:
+                    value.type, value.shape = typed.type, typed.shape
+    for rule in NORM_RULES:
+        rule.apply_to_model(model)
     return model
 
 
@@ -160,5 +246,11 @@ def lowerings(dims: Dims, prefill: str = "contrib") -> dict:
 
     # packed: the same scan on the per-sequence layout (LinearAttention has no packed form); the packed conv stays
     # standard ops (VarlenCausalConvWithState has CUDA and WebGPU kernels only, none on the CPU provider)
-    return {"ssd_scan": scan, "ssd_step": step, "causal_conv1d": causal_conv1d, "gated_rmsnorm": gated_rmsnorm,
+    def conv(x, weight, bias, conv_state, silu):
+        return causal_conv1d(x, weight, bias, conv_state, silu, dims)
+
+    def norm(y, z, weight, eps, group_size):
+        return gated_rmsnorm(y, z, weight, eps, group_size, dims)
+
+    return {"ssd_scan": scan, "ssd_step": step, "causal_conv1d": conv, "gated_rmsnorm": norm,
             **packed_lowerings(dims, scan)}
