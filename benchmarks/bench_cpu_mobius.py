@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from collections import defaultdict
@@ -38,20 +37,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from bench_cpu_flavors import _commit
 from ssd_deploy.checkpoint import load_model, random_model, write_checkpoint
 from ssd_deploy.onnx.export import export, resolve_options
 from ssd_deploy.presets import preset
 
 MAX_REL_ERR = 1e-4  # fp32 end to end (docs/verification.md)
 GREEDY_STEPS = 16
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _machine() -> dict:

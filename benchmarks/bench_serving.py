@@ -23,7 +23,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import threading
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from bench_cpu_flavors import _commit
 from ssd_deploy.checkpoint import random_model, write_checkpoint
 from ssd_deploy.presets import preset
 from ssd_deploy.serving import server as triton
@@ -41,14 +41,6 @@ from ssd_deploy.serving.repository import write_repository
 
 PROMPT = 16
 IDLE_TIMEOUT_S = 3600.0  # sequences wait at the barrier until all C prompts are in: never release them meanwhile
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _stats(lat_s: list[float], tokens: int, wall_s: float) -> dict:

@@ -16,14 +16,13 @@ the old ones), copied otherwise. The repository is written atomically.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
 from ..atomic import atomic_dir
 from ..errors import UserError
-from ..interface import DATA_FILE, MODEL_FILE, ExportMetadata, read_metadata
+from ..interface import DATA_FILE, MODEL_FILE, ExportMetadata, file_sha256, read_metadata
 from . import pbtxt
 from .pbtxt import ServeOptions
 
@@ -44,14 +43,6 @@ def _export_files(export_dir: Path) -> list[Path]:
     return files
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def checked_engine(export_dir: Path, engine: Path, plugins: Path | None):
     """The engine's sidecar after the checks that hold wherever it will run: the engine is the one the sidecar
     describes, built from this export's ONNX, with this plugin library, by TensorRT (not TensorRT-RTX). Its
@@ -68,7 +59,7 @@ def checked_engine(export_dir: Path, engine: Path, plugins: Path | None):
     if lib is not None and not lib.is_file():
         raise UserError(f"plugin library {lib}: no such file (pass another with --plugins)")
     env = sc.Environment(tensorrt=car.tensorrt, tensorrt_version=car.tensorrt_version, compute_capability=None,
-                         engine_sha256=_sha256(engine), plugins_sha256=_sha256_lib(lib),
+                         engine_sha256=file_sha256(engine), plugins_sha256=_sha256_lib(lib),
                          plugins_path=str(lib) if lib else None,
                          onnx_sha256=sc.sha256_files(sc.onnx_files(export_dir)), onnx_dir=str(export_dir))
     sc.check(engine, car, env)
