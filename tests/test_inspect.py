@@ -48,7 +48,8 @@ def test_engine_with_sidecar(tiny_export, tmp_path):
     car = Sidecar(tensorrt="tensorrt_rtx", tensorrt_version="1.7.0", compute_capability="8.9", compute_targets=[],
                   profiles=[Profile("decode", Range(1, 2, 4), Range(1, 1, 1))],
                   export=read_metadata(export).to_props(), onnx_sha256=sha256_files(onnx_files(export)),
-                  engine_sha256=sha256_bytes(engine.read_bytes()), onnx_dir=str(export), build_seconds=1.5)
+                  engine_sha256=sha256_bytes(engine.read_bytes()), onnx_dir=str(export), build_seconds=1.5,
+                  engine_file=engine.name)  # a format-2 sidecar names its engine
     sidecar_path(engine).write_bytes(car.to_json())
     for path in (engine, sidecar_path(engine)):  # the engine or its sidecar
         info = describe(path)
