@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 
 from .errors import UserError
-from .interface import MODEL_FILE, load_graph, read_metadata, summary
+from .interface import MODEL_FILE, file_sha256, load_graph, read_metadata, summary
 
 CONFIG_PBTXT = "config.pbtxt"  # Triton's model configuration, one per model directory
 
@@ -82,21 +82,10 @@ def describe_engine(engine: Path) -> dict:
         "kind": "engine",
         "engine": str(engine),
         "size_mib": round(engine.stat().st_size / 2**20, 1),
-        "engine_matches_sidecar": _sha256(engine) == car.engine_sha256,
+        "engine_matches_sidecar": file_sha256(engine) == car.engine_sha256,
         "export_unchanged": onnx_now,  # None: the export is not where the sidecar says
         "sidecar": car.to_dict(),
     }
-
-
-def _sha256(path: Path) -> str:
-    """Of the file's bytes, as the build hashed the engine (read in blocks: engines reach gigabytes)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def describe_repository(repo: Path) -> dict:
