@@ -1,6 +1,7 @@
 """The ssd_kernels CUDA library (``plugins/kernels``) from Python, through ctypes.
 
-``ssd_scan``, ``ssd_step``, ``causal_conv1d`` and ``gated_rmsnorm`` take torch CUDA tensors in the layouts and
+``ssd_scan``, ``ssd_step``, ``causal_conv1d``, ``gated_rmsnorm`` and the packed ``ssd_scan_packed`` and
+``causal_conv1d_packed`` take torch CUDA tensors in the layouts and
 dtypes of the op contract (docs/op-contracts.md) and have the signatures of the reference listings (``ssd/reference.py``),
 plus a keyword-only ``out`` for preallocated outputs (CUDA graphs; ``ssd_step(..., out=(y, state))`` updates the
 state in place). Every argument is checked before the library is loaded or CUDA is touched: a mistake raises
@@ -53,8 +54,9 @@ MAX_STATE_SIZE = 512  # n beyond this is refused by the library (kRecurrentMaxN)
 MAX_CONV_WIDTH = 8  # kMaxK of causal_conv1d.cu (Mamba-2 uses 4)
 
 _DTYPE_CODES = {d.torch: d.kernel_code for d in DTYPES.values()}  # the C ABI's dtype argument
-SYMBOLS = ("ssd_scan_workspace_size", "ssd_scan", "ssd_step", "ssd_causal_conv1d", "ssd_gated_rmsnorm",
-           "ssd_error_string")
+SYMBOLS = ("ssd_scan_workspace_size", "ssd_scan", "ssd_scan_packed_workspace_size", "ssd_scan_packed", "ssd_step",
+           "ssd_causal_conv1d", "ssd_causal_conv1d_packed_workspace_size", "ssd_causal_conv1d_packed",
+           "ssd_gated_rmsnorm", "ssd_error_string")
 
 
 class _DtParams(ctypes.Structure):
@@ -85,8 +87,12 @@ def _load(path: str) -> ctypes.CDLL:
     protos = {
         "ssd_scan_workspace_size": (sz, [i] * 7 + [i]),
         "ssd_scan": (i, [vp] * 6 + [i] + [vp] * 4 + [i] * 7 + [_DtParams, i, vp, sz, vp]),
+        "ssd_scan_packed_workspace_size": (sz, [i] * 7 + [i]),
+        "ssd_scan_packed": (i, [vp] * 6 + [i] + [vp] * 5 + [i] * 7 + [_DtParams, i, vp, sz, vp]),
         "ssd_step": (i, [vp] * 7 + [i] + [vp] * 3 + [i] * 5 + [_DtParams, i, vp]),
         "ssd_causal_conv1d": (i, [vp] * 6 + [i] * 6 + [vp]),
+        "ssd_causal_conv1d_packed_workspace_size": (sz, [i]),
+        "ssd_causal_conv1d_packed": (i, [vp] * 7 + [i] * 6 + [vp, sz, vp]),
         "ssd_gated_rmsnorm": (i, [vp] * 4 + [i] * 3 + [f, i, vp]),
         "ssd_error_string": (ctypes.c_char_p, [i]),
     }
@@ -200,30 +206,76 @@ def _alloc(out, shapes: tuple, dtypes: tuple, device: torch.device) -> tuple:
 
 # --------------------------------------------------------------------------------------------------- the ops
 
+def _sequences(cu_seqlens, total: int) -> int:
+    """The number of sequences n of cu_seqlens [n+1], int32 (what the kernels read) or int64 (converted on its
+    device, without a host sync). The values are the caller's promise (0 = cu[0] < ... < cu[n] = total): reading
+    them would stop the stream; the kernels clamp them into the token axis rather than follow them out of it."""
+    _need_rank("cu_seqlens", cu_seqlens, 1, "[n + 1]")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cu_seqlens has dtype {cu_seqlens.dtype}, expected int32 or int64")
+    if cu_seqlens.shape[0] < 2 or total < 1:
+        raise ValueError(f"empty packed batch: cu_seqlens {tuple(cu_seqlens.shape)}, {total} tokens")
+    return cu_seqlens.shape[0] - 1
+
+
+def _scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dt_bias: Tensor,
+          initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], chunk_size: int, dt_softplus: bool,
+          dt_min: float, dt_max: float, out: Optional[tuple]) -> tuple[Tensor, Tensor]:
+    """ssd_scan (cu_seqlens None: b rows of l tokens) or ssd_scan_packed (x [1, T, ...], states [n, ...])."""
+    _need_rank("x", x, 4, "[b, l, h, p]" if cu_seqlens is None else "[1, T, h, p]")
+    _need_rank("B", B, 4, "[b, l, g, n]" if cu_seqlens is None else "[1, T, g, n]")
+    b, l, h, p = x.shape
+    h, p, g, n, d_hdim = _ssd_params(x, dt, A, B, C, D, dt_bias, (b, l))
+    state_name = "initial_state"
+    rows = b  # states: one per batch row, or per packed sequence
+    if cu_seqlens is not None:
+        if b != 1:
+            raise ValueError(f"packed x must be [1, T, h, p], got {tuple(x.shape)}")
+        state_name = "initial_states"
+        rows = _sequences(cu_seqlens, l)
+    if initial_state is not None:
+        _need(state_name, initial_state, (rows, h, p, n), torch.float32)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    dtp = _dt_params(dt_softplus, dt_min, dt_max)
+    shapes, dtypes = ((b, l, h, p), (rows, h, p, n)), (x.dtype, torch.float32)
+    outs = _check_out(out, shapes, dtypes, ("y", "final_state" if cu_seqlens is None else "final_states"))
+    device = _placement(x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, cu_seqlens=cu_seqlens,
+                        **{state_name: initial_state}, **outs)
+    y, final = _alloc(out, shapes, dtypes, device)
+
+    code = _DTYPE_CODES[x.dtype]
+    common = (_ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _ptr(D), d_hdim, _ptr(dt_bias), _ptr(initial_state))
+    if cu_seqlens is None:
+        ws_bytes = _lib().ssd_scan_workspace_size(b, l, h, p, g, n, chunk_size, code)
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device) if ws_bytes else None
+        _call("ssd_scan", device, *common, _ptr(y), _ptr(final), b, l, h, p, g, n, chunk_size, dtp, code, _ptr(ws),
+              ws_bytes)
+    else:
+        cu = cu_seqlens.to(torch.int32)
+        ws_bytes = _lib().ssd_scan_packed_workspace_size(rows, l, h, p, g, n, chunk_size, code)
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device) if ws_bytes else None
+        _call("ssd_scan_packed", device, *common, _ptr(cu), _ptr(y), _ptr(final), rows, l, h, p, g, n, chunk_size,
+              dtp, code, _ptr(ws), ws_bytes)
+    return y, final
+
+
 def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dt_bias: Tensor,
              initial_state: Optional[Tensor] = None, *, chunk_size: int = 256, dt_softplus: bool = True,
              dt_min: float = 0.0, dt_max: float = math.inf, out: Optional[tuple] = None) -> tuple[Tensor, Tensor]:
     """Prefill: (y [b,l,h,p] in x's dtype, final_state [b,h,p,n] float32). ``out`` = (y, final_state)."""
-    _need_rank("x", x, 4, "[b, l, h, p]")
-    _need_rank("B", B, 4, "[b, l, g, n]")
-    b, l, h, p = x.shape
-    h, p, g, n, d_hdim = _ssd_params(x, dt, A, B, C, D, dt_bias, (b, l))
-    if initial_state is not None:
-        _need("initial_state", initial_state, (b, h, p, n), torch.float32)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    dtp = _dt_params(dt_softplus, dt_min, dt_max)
-    shapes, dtypes = ((b, l, h, p), (b, h, p, n)), (x.dtype, torch.float32)
-    outs = _check_out(out, shapes, dtypes, ("y", "final_state"))
-    device = _placement(x=x, dt=dt, A=A, B=B, C=C, D=D, dt_bias=dt_bias, initial_state=initial_state, **outs)
-    y, final = _alloc(out, shapes, dtypes, device)
+    return _scan(x, dt, A, B, C, D, dt_bias, initial_state, None, chunk_size, dt_softplus, dt_min, dt_max, out)
 
-    code = _DTYPE_CODES[x.dtype]
-    ws_bytes = _lib().ssd_scan_workspace_size(b, l, h, p, g, n, chunk_size, code)
-    ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device) if ws_bytes else None
-    _call("ssd_scan", device, _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _ptr(D), d_hdim, _ptr(dt_bias),
-          _ptr(initial_state), _ptr(y), _ptr(final), b, l, h, p, g, n, chunk_size, dtp, code, _ptr(ws), ws_bytes)
-    return y, final
+
+def ssd_scan_packed(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dt_bias: Tensor,
+                    initial_states: Optional[Tensor], cu_seqlens: Tensor, *, chunk_size: int = 256,
+                    dt_softplus: bool = True, dt_min: float = 0.0, dt_max: float = math.inf,
+                    out: Optional[tuple] = None) -> tuple[Tensor, Tensor]:
+    """Packed prefill (docs/op-contracts.md, "Packed sequences"): x [1,T,h,p] holds n sequences cut by
+    cu_seqlens [n+1] (on x's device); returns (y [1,T,h,p], final_states [n,h,p,n] float32).
+    ``initial_states`` None means zeros; ``out`` = (y, final_states)."""
+    return _scan(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, chunk_size, dt_softplus, dt_min, dt_max,
+                 out)
 
 
 def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, dt_bias: Tensor, *,
@@ -245,10 +297,10 @@ def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
     return y, new
 
 
-def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_state: Optional[Tensor] = None, *,
-                  silu: bool = True, out: Optional[tuple] = None) -> tuple[Tensor, Tensor]:
-    """Depthwise causal conv: (y [b,l,d] in x's dtype, new conv_state [b,d,k-1] float32)."""
-    _need_rank("x", x, 3, "[b, l, d]")
+def _conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_state: Optional[Tensor],
+          cu_seqlens: Optional[Tensor], silu: bool, out: Optional[tuple]) -> tuple[Tensor, Tensor]:
+    """causal_conv1d (cu_seqlens None) or causal_conv1d_packed (x [1, T, d], states [n, d, k-1])."""
+    _need_rank("x", x, 3, "[b, l, d]" if cu_seqlens is None else "[1, T, d]")
     _need_rank("weight", weight, 2, "[d, k]")
     b, l, d = x.shape
     k = weight.shape[1]
@@ -256,19 +308,46 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_state:
     _need("weight", weight, (d, k), torch.float32)
     if bias is not None:
         _need("bias", bias, (d,), torch.float32)
+    state_name, rows = "conv_state", b
+    if cu_seqlens is not None:
+        if b != 1:
+            raise ValueError(f"packed x must be [1, T, d], got {tuple(x.shape)}")
+        state_name = "conv_states"
+        rows = _sequences(cu_seqlens, l)
     if conv_state is not None:
-        _need("conv_state", conv_state, (b, d, k - 1), torch.float32)
+        _need(state_name, conv_state, (rows, d, k - 1), torch.float32)
     if not 1 <= k <= MAX_CONV_WIDTH:
         raise ValueError(f"conv width k = {k} is outside what the kernel supports (1..{MAX_CONV_WIDTH})")
     if min(b, l, d) < 1:
         raise ValueError(f"empty tensors: x has shape {tuple(x.shape)}")
-    shapes, dtypes = ((b, l, d), (b, d, k - 1)), (dtype, torch.float32)
-    outs = _check_out(out, shapes, dtypes, ("y", "new_conv_state"))
-    device = _placement(x=x, weight=weight, bias=bias, conv_state=conv_state, **outs)
+    shapes, dtypes = ((b, l, d), (rows, d, k - 1)), (dtype, torch.float32)
+    outs = _check_out(out, shapes, dtypes, ("y", "new_conv_state" if cu_seqlens is None else "new_conv_states"))
+    device = _placement(x=x, weight=weight, bias=bias, cu_seqlens=cu_seqlens, **{state_name: conv_state}, **outs)
     y, new = _alloc(out, shapes, dtypes, device)
-    _call("ssd_causal_conv1d", device, _ptr(x), _ptr(weight), _ptr(bias), _ptr(conv_state), _ptr(y), _ptr(new),
-          b, l, d, k, int(bool(silu)), _DTYPE_CODES[dtype])
+    head = (_ptr(x), _ptr(weight), _ptr(bias), _ptr(conv_state))
+    if cu_seqlens is None:
+        _call("ssd_causal_conv1d", device, *head, _ptr(y), _ptr(new), b, l, d, k, int(bool(silu)), _DTYPE_CODES[dtype])
+    else:
+        cu = cu_seqlens.to(torch.int32)
+        ws_bytes = _lib().ssd_causal_conv1d_packed_workspace_size(rows)
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
+        _call("ssd_causal_conv1d_packed", device, *head, _ptr(cu), _ptr(y), _ptr(new), rows, l, d, k,
+              int(bool(silu)), _DTYPE_CODES[dtype], _ptr(ws), ws_bytes)
     return y, new
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_state: Optional[Tensor] = None, *,
+                  silu: bool = True, out: Optional[tuple] = None) -> tuple[Tensor, Tensor]:
+    """Depthwise causal conv: (y [b,l,d] in x's dtype, new conv_state [b,d,k-1] float32)."""
+    return _conv(x, weight, bias, conv_state, None, silu, out)
+
+
+def causal_conv1d_packed(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_states: Optional[Tensor],
+                         cu_seqlens: Tensor, *, silu: bool = True, out: Optional[tuple] = None) -> tuple[Tensor, Tensor]:
+    """Packed depthwise causal conv (docs/op-contracts.md, "Packed sequences"): x [1,T,d] holds n sequences cut by
+    cu_seqlens [n+1]; returns (y [1,T,d] in x's dtype, new conv_states [n,d,k-1] float32). ``conv_states`` None
+    means zeros; ``out=(y, conv_states)`` updates the states in place."""
+    return _conv(x, weight, bias, conv_states, cu_seqlens, silu, out)
 
 
 def gated_rmsnorm(y: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int, *,

@@ -71,6 +71,24 @@ def test_c_abi_host_checks(built_lib):
     assert built_lib.ssd_gated_rmsnorm(None, None, None, None, 1, 8, 3, 1e-5, 2, None) == -1
 
 
+def test_packed_c_abi_host_checks(built_lib):
+    """The packed entry points: workspace sizes for the chunked path whatever the mean length (so that a size for
+    the most sequences covers fewer), and argument checks before any launch."""
+    ws = built_lib.ssd_scan_packed_workspace_size
+    nseq, total, h, p, g, n = 4, 100, 8, 64, 1, 128
+    assert ws(nseq, total, h, p, g, n, 256, 2) >= 2 * nseq * h * p * n * 4  # ring per (sequence, head)
+    assert ws(nseq, total, h, p, g, n, 256, 0) == 0  # fp32: the recurrence
+    assert ws(nseq, total, h, 48, g, n, 256, 1) == 0  # no tile for this head dim
+    assert ws(0, total, h, p, g, n, 256, 2) == 0
+    assert ws(nseq, total, h, p, g, n, 256, 2) <= ws(2 * nseq, total, h, p, g, n, 256, 2)
+    dtp = kernels._DtParams(1, 0.0, math.inf)
+    args = [None] * 6 + [0] + [None] * 5 + [nseq, total, h, p, g, n, 256, dtp, 2, None, 0, None]
+    assert built_lib.ssd_scan_packed(*args) == -1  # null tensors, cu_seqlens among them
+    conv_ws = built_lib.ssd_causal_conv1d_packed_workspace_size
+    assert conv_ws(3) >= 4 * 4 and conv_ws(0) == 0
+    assert built_lib.ssd_causal_conv1d_packed(*[None] * 7, 3, 10, 8, 4, 1, 2, None, 0, None) == -1
+
+
 def _cuobjdump() -> str | None:
     """cuobjdump from the CUDA toolkit, else the one Triton ships."""
     found = shutil.which("cuobjdump")
@@ -171,6 +189,33 @@ def test_step_argument_checks(no_library):
         kernels.ssd_step(state, x, dt, B=B, C=C, **rest, out=(torch.empty_like(x), state[:, :2]))
     with pytest.raises(ValueError, match="CUDA tensors"):
         kernels.ssd_step(state, x, dt, B=B, C=C, **rest)
+
+
+def test_packed_argument_checks(no_library):
+    a = _scan_args(l=10)
+    cu = torch.tensor([0, 3, 10])
+    with pytest.raises(ValueError, match=r"x must be \[1, T, h, p\]"):
+        kernels.ssd_scan_packed(**{**a, "x": a["x"][0]}, initial_states=None, cu_seqlens=cu)
+    with pytest.raises(ValueError, match="initial_states has shape"):
+        kernels.ssd_scan_packed(**a, initial_states=torch.zeros(3, 4, 8, 16), cu_seqlens=cu)
+    with pytest.raises(ValueError, match="cu_seqlens has dtype"):
+        kernels.ssd_scan_packed(**a, initial_states=None, cu_seqlens=cu.float())
+    with pytest.raises(ValueError, match=r"cu_seqlens must be \[n \+ 1\]"):
+        kernels.ssd_scan_packed(**a, initial_states=None, cu_seqlens=cu[None])
+    with pytest.raises(ValueError, match="empty packed batch"):
+        kernels.ssd_scan_packed(**a, initial_states=None, cu_seqlens=cu[:1])
+    with pytest.raises(ValueError, match="final_states has shape"):
+        kernels.ssd_scan_packed(**a, initial_states=None, cu_seqlens=cu,
+                                out=(torch.empty_like(a["x"]), torch.empty(1, 4, 8, 16)))
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        kernels.ssd_scan_packed(**a, initial_states=torch.zeros(2, 4, 8, 16), cu_seqlens=cu)
+    x, w = torch.randn(1, 10, 8, dtype=torch.bfloat16), torch.randn(8, 4)
+    with pytest.raises(ValueError, match="packed x must be"):
+        kernels.causal_conv1d_packed(torch.randn(2, 5, 8), w, None, None, cu)
+    with pytest.raises(ValueError, match="conv_states has shape"):
+        kernels.causal_conv1d_packed(x, w, None, torch.zeros(3, 8, 3), cu)
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        kernels.causal_conv1d_packed(x, w, None, torch.zeros(2, 8, 3), cu)
 
 
 def test_conv_and_norm_argument_checks(no_library):
@@ -474,3 +519,130 @@ def test_gated_rmsnorm_matches_reference(cuda_lib, case, dtype):
     torch.cuda.synchronize()
     ref = reference.gated_rmsnorm(y.double(), z.double(), w.double(), 1e-5, gs)
     _close("out", out, ref, TOL[dtype], rng)
+
+
+# ------------------------------------------------------------------------------------------- packed sequences
+
+def _offsets(lengths: list[int], dtype=torch.int32) -> torch.Tensor:
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=dtype)
+
+
+def _close_per_sequence(name: str, out: torch.Tensor, ref: torch.Tensor, lengths: list[int], tol: float,
+                        rng: Rng) -> None:
+    """Every sequence on its own (token axis 1): a leak into a short sequence cannot hide in a long one's norm."""
+    cu = _offsets(lengths).tolist()
+    for s in range(len(lengths)):
+        _close(f"{name} of sequence {s} (length {lengths[s]})", out[:, cu[s]:cu[s + 1]], ref[:, cu[s]:cu[s + 1]],
+               tol, rng)
+
+
+# name: (lengths, h, p, g, n, chunk_size, options). fp16/bf16 at p = 64, n ∈ {64, 128} with a mean length >= 64 run
+# the chunked kernel over its piece table; the rest (and fp32) the recurrence. Boundaries inside chunks, sequences
+# shorter than a chunk, length 1 among long ones, and rows of one warp spanning sequences of different lengths.
+PACKED_SCAN_CASES = {
+    "mixed_chunked": ([300, 1, 130, 5, 128, 257, 2], 4, 64, 1, 128, 256, {"init": True}),
+    "groups8_D_hdim": ([200, 70, 1, 129], 16, 64, 8, 128, 256, {"d_hdim": True, "init": True}),
+    "n64_long_and_short": ([1024, 3, 600], 4, 64, 2, 64, 128, {"slow": True, "init": True}),
+    "ones": ([1, 1, 1], 4, 64, 1, 128, 256, {"init": True}),
+    "short_recurrent": ([5, 1, 37, 16, 2, 20], 4, 16, 2, 16, 256, {"init": True}),
+    "warp_spans_sequences": ([7, 1, 30, 2, 11, 4], 1, 3, 1, 16, 256, {"init": True, "softplus": False}),
+    "no_initial_states": ([90, 1, 200], 4, 64, 1, 128, 256, {}),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("case", list(PACKED_SCAN_CASES))
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_ssd_scan_packed_matches_float64_per_sequence(cuda_lib, case, dtype):
+    lengths, h, p, g, n, chunk, opts = PACKED_SCAN_CASES[case]
+    total, nseq = sum(lengths), len(lengths)
+    rng = Rng()
+    r = _scan_inputs(rng, 1, total, h, p, g, n, opts)
+    act = {k: r[k].to(dtype) for k in ("x", "dt", "B", "C")}
+    init = rng.normal(nseq, h, p, n) if opts.get("init") else None
+    attrs = dict(dt_softplus=opts.get("softplus", True))
+    cu = _offsets(lengths, torch.int64 if opts.get("init") else torch.int32)
+    y, states = _poisoned(1, total, h, p, dtype=dtype), _poisoned(nseq, h, p, n, dtype=torch.float32)
+    kernels.ssd_scan_packed(*(act[k].cuda() if k in act else r[k].float().cuda() for k in
+                              ("x", "dt", "A", "B", "C", "D", "dt_bias")),
+                            None if init is None else init.float().cuda(), cu.cuda(), chunk_size=chunk,
+                            out=(y, states), **attrs)
+    torch.cuda.synchronize()
+    zeros = torch.zeros(nseq, h, p, n, dtype=torch.float64)
+    y_ref, s_ref = reference.ssd_sequential_packed(
+        act["x"].double(), act["dt"].double(), r["A"].float().double(), act["B"].double(), act["C"].double(),
+        r["D"].float().double(), r["dt_bias"].float().double(), cu, zeros if init is None else init.float().double(),
+        **attrs)
+    _close_per_sequence("y", y, y_ref, lengths, TOL[dtype], rng)
+    _close_per_sequence("final_states", states[None], s_ref[None], [1] * nseq, TOL[dtype], rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("length", [40, 300], ids=["recurrent_40", "chunked_300"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_ssd_scan_packed_equal_lengths_are_the_unpacked_kernel(cuda_lib, length, dtype):
+    """Equal lengths give bit for bit ssd_scan on [n, L] (the contract's promise; same kernel, same tiles)."""
+    nseq, h, p, g, n = 3, 8, 64, 2, 128
+    rng = Rng()
+    r = {k: v.cuda() for k, v in _scan_inputs(rng, nseq, length, h, p, g, n, {"init": True}).items()}
+    act = {k: r[k].to(dtype) for k in ("x", "dt", "B", "C")}
+    par = {k: r[k].float() for k in ("A", "D", "dt_bias", "initial_state")}
+    y, s = kernels.ssd_scan(act["x"], act["dt"], par["A"], act["B"], act["C"], par["D"], par["dt_bias"],
+                            par["initial_state"])
+    flat = {k: v.reshape(1, nseq * length, *v.shape[2:]) for k, v in act.items()}
+    yp, sp = kernels.ssd_scan_packed(flat["x"], flat["dt"], par["A"], flat["B"], flat["C"], par["D"], par["dt_bias"],
+                                     par["initial_state"], _offsets([length] * nseq).cuda())
+    assert torch.equal(yp.reshape(y.shape), y), f"y differs (seed {rng.seed})"
+    assert torch.equal(sp, s), f"final states differ (seed {rng.seed})"
+
+
+# name: (lengths, d, k, with_bias, silu); d = 256 takes the 16-byte channel groups, several token tiles per sequence
+PACKED_CONV_CASES = {
+    "mixed": ([5, 1, 37, 2, 3, 20], 40, 4, True, True),
+    "ones_no_bias": ([1, 1, 1], 24, 4, False, True),
+    "k2_no_silu": ([9, 2, 17], 33, 2, True, False),
+    "long_vectorised": ([100, 1, 64, 33, 2], 256, 4, True, True),
+    "widest_k": ([3, 70, 1, 6], 40, 8, True, True),
+}
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "in_place"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("case", list(PACKED_CONV_CASES))
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_causal_conv1d_packed_matches_per_sequence(cuda_lib, case, dtype, inplace):
+    lengths, d, k, with_bias, silu = PACKED_CONV_CASES[case]
+    total, nseq = sum(lengths), len(lengths)
+    rng = Rng()
+    x = rng.normal(1, total, d).to(dtype)
+    w, bias = rng.normal(d, k, scale=0.5).float(), rng.normal(d).float() if with_bias else None
+    st = rng.normal(nseq, d, k - 1).float()
+    cu = _offsets(lengths)
+    y_ref, s_ref = reference.causal_conv1d_sequential_packed(x.double(), w.double(),
+                                                             None if bias is None else bias.double(), st.double(), cu,
+                                                             silu=silu)
+    st_dev = st.cuda()
+    y = _poisoned(1, total, d, dtype=dtype)
+    new = st_dev if inplace else _poisoned(nseq, d, k - 1, dtype=torch.float32)
+    kernels.causal_conv1d_packed(x.cuda(), w.cuda(), None if bias is None else bias.cuda(), st_dev, cu.cuda(),
+                                 silu=silu, out=(y, new))
+    torch.cuda.synchronize()
+    _close_per_sequence("y", y, y_ref, lengths, TOL[dtype], rng)
+    _close("states", new, s_ref, 0.0, rng)  # copies of inputs: exact
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_causal_conv1d_packed_equal_lengths_are_the_unpacked_kernel(cuda_lib, dtype):
+    nseq, length, d, k = 3, 70, 256, 4
+    rng = Rng()
+    x = rng.normal(nseq, length, d).to(dtype).cuda()
+    w, bias, st = rng.normal(d, k).float().cuda(), rng.normal(d).float().cuda(), rng.normal(nseq, d, k - 1).float().cuda()
+    y, s = kernels.causal_conv1d(x, w, bias, st)
+    yp, sp = kernels.causal_conv1d_packed(x.reshape(1, nseq * length, d), w, bias, st,
+                                          _offsets([length] * nseq).cuda())
+    assert torch.equal(yp.reshape(y.shape), y) and torch.equal(sp, s), f"seed {rng.seed}"

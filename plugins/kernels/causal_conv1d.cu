@@ -7,9 +7,14 @@
 // every 16-byte shared access of a warp is contiguous (no bank conflicts); any k <= kMaxK works without register
 // arrays indexed at run time. Only the first token tile reads conv_state and only it writes the new
 // state (the last k-1 inputs, read from x or, for l < k-1, from the old state), so the update may be in place.
+// Packed sequences (ssd_causal_conv1d_packed, docs/op-contracts.md): the same kernel over a piece table
+// (packed.cuh): every sequence is cut into its own token tiles, and each tile's window starts from its own
+// sequence's state, so no window reaches into the previous sequence.
 #include <cuda_runtime.h>
 
 #include "device_utils.cuh"
+#include "packed.cuh"
+#include "ssd_internal.h"
 
 namespace ssd {
 namespace {
@@ -26,7 +31,9 @@ struct ConvArgs {
     const float* state_in;
     void* y;
     float* state_out;
-    int b, l, d, k, silu;
+    int b, l, d, k, silu;  // packed: b sequences on one axis of l tokens
+    const int* cu_seqlens;  // packed: [b+1] token offsets (else NULL)
+    const int* offsets;     // packed: first tile of each sequence [b+1] (packed.cuh)
 };
 
 template <typename T, int VEC>
@@ -79,19 +86,25 @@ __global__ void __launch_bounds__(kLanes* kRows) causal_conv1d_kernel(const Conv
     extern __shared__ __align__(16) float tile[];
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int c0 = (blockIdx.x * kLanes + tx) * VEC;  // first channel of this thread
-    const int t0 = blockIdx.y * kTokens;
-    const int b = blockIdx.z;
+    // the sequence (batch row) b and the tile's first token t0 in it; packed: tile-major over the pieces
+    int b = blockIdx.z, t0 = blockIdx.y * kTokens;
+    if (a.cu_seqlens) {
+        b = piece_seq(a.offsets, a.b, blockIdx.y);
+        if (b < 0) return;  // the whole block: past the last piece
+        t0 = (blockIdx.y - a.offsets[b]) * kTokens;
+    }
+    const SeqSpan span = seq_span(a.cu_seqlens, b, a.l);
     const int km1 = a.k - 1;
     const int rows = kTokens + km1;
     const bool live = c0 < a.d;
-    const T* x = static_cast<const T*>(a.x);
+    const T* x = static_cast<const T*>(a.x) + span.start * a.d;  // the sequence's first token
 
     for (int r = ty; r < rows; r += kRows) {
         const int tt = t0 - km1 + r;  // token of this row; negative: carried state
         float v[VEC] = {};
-        if (live && tt < a.l) {
+        if (live && tt < span.len) {
             if (tt >= 0) {
-                load_channels<T, VEC>(x + (static_cast<size_t>(b) * a.l + tt) * a.d + c0, a.d - c0, v);
+                load_channels<T, VEC>(x + static_cast<size_t>(tt) * a.d + c0, a.d - c0, v);
             } else if (a.state_in) {
 #pragma unroll
                 for (int e = 0; e < VEC; ++e)
@@ -120,8 +133,8 @@ __global__ void __launch_bounds__(kLanes* kRows) causal_conv1d_kernel(const Conv
     for (int i = 0; i < kMaxK; ++i)
         if (i < a.k) get_row<VEC>(tile, rows + i, tx, w[i]);
     get_row<VEC>(tile, rows + a.k, tx, bias);
-    T* y = static_cast<T*>(a.y);
-    for (int t = ty; t < kTokens && t0 + t < a.l; t += kRows) {
+    T* y = static_cast<T*>(a.y) + span.start * a.d;
+    for (int t = ty; t < kTokens && t0 + t < span.len; t += kRows) {
         float acc[VEC];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) acc[e] = bias[e];
@@ -137,20 +150,20 @@ __global__ void __launch_bounds__(kLanes* kRows) causal_conv1d_kernel(const Conv
         if (a.silu)
 #pragma unroll
             for (int e = 0; e < VEC; ++e) acc[e] = silu(acc[e]);
-        T* out = y + (static_cast<size_t>(b) * a.l + t0 + t) * a.d + c0;
+        T* out = y + static_cast<size_t>(t0 + t) * a.d + c0;
         if constexpr (VEC > 1)
             store_vec<T, VEC>(out, acc);
         else
             out[0] = from_f<T>(acc[0]);
     }
 
-    if (blockIdx.y == 0 && km1 > 0) {
+    if (t0 == 0 && km1 > 0) {
         for (int i = ty; i < km1; i += kRows) {
-            const int tt = a.l - km1 + i;
+            const int tt = span.len - km1 + i;
             float v[VEC];
             if (tt >= 0)
-                load_channels<T, VEC>(x + (static_cast<size_t>(b) * a.l + tt) * a.d + c0, a.d - c0, v);
-            else  // only when l < k-1: that input is among this tile's staged state rows
+                load_channels<T, VEC>(x + static_cast<size_t>(tt) * a.d + c0, a.d - c0, v);
+            else  // only when the sequence is shorter than k-1: that input is among this tile's staged state rows
                 get_row<VEC>(tile, tt + km1, tx, v);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) a.state_out[(static_cast<size_t>(b) * a.d + c0 + e) * km1 + i] = v[e];
@@ -162,7 +175,8 @@ template <typename T, int VEC>
 int launch(const ConvArgs& a, cudaStream_t stream) {
     constexpr int SPAN = kLanes * VEC;
     const dim3 block(kLanes, kRows);
-    const dim3 grid((a.d + SPAN - 1) / SPAN, (a.l + kTokens - 1) / kTokens, a.b);
+    const long tiles = a.cu_seqlens ? max_pieces(a.b, a.l, kTokens) : (a.l + kTokens - 1) / kTokens;
+    const dim3 grid((a.d + SPAN - 1) / SPAN, static_cast<unsigned>(tiles), a.cu_seqlens ? 1 : a.b);
     const size_t smem = sizeof(float) * SPAN * (kTokens + 2 * a.k);  // <= 48 KiB for k <= kMaxK
     causal_conv1d_kernel<T, VEC><<<grid, block, smem, stream>>>(a);
     return static_cast<int>(cudaGetLastError());
@@ -176,20 +190,47 @@ int launch_dtype(const ConvArgs& a, cudaStream_t stream) {
     return launch<T, 1>(a, stream);
 }
 
-}  // namespace
-}  // namespace ssd
-
-extern "C" int ssd_causal_conv1d(const void* x, const float* weight, const float* bias, const float* conv_state_in,
-                                 void* y, float* conv_state_out, int b, int l, int d, int k, int silu,
-                                 ssd_dtype_t dtype, cudaStream_t stream) {
-    if (!x || !weight || !y || b < 1 || l < 1 || d < 1 || k < 1 || k > ssd::kMaxK) return SSD_ERR_BAD_ARG;
-    if (b > 65535 || (l + ssd::kTokens - 1) / ssd::kTokens > 65535) return SSD_ERR_BAD_ARG;  // grid y/z limits
-    if (k > 1 && !conv_state_out) return SSD_ERR_BAD_ARG;
-    const ssd::ConvArgs a{x, weight, bias, conv_state_in, y, conv_state_out, b, l, d, k, silu};
+int run(const ConvArgs& a, ssd_dtype_t dtype, cudaStream_t stream) {
     switch (dtype) {
-        case SSD_F32: return ssd::launch_dtype<float>(a, stream);
-        case SSD_F16: return ssd::launch_dtype<__half>(a, stream);
-        case SSD_BF16: return ssd::launch_dtype<__nv_bfloat16>(a, stream);
+        case SSD_F32: return launch_dtype<float>(a, stream);
+        case SSD_F16: return launch_dtype<__half>(a, stream);
+        case SSD_BF16: return launch_dtype<__nv_bfloat16>(a, stream);
     }
     return SSD_ERR_BAD_ARG;
 }
+
+}  // namespace
+}  // namespace ssd
+
+extern "C" {
+
+int ssd_causal_conv1d(const void* x, const float* weight, const float* bias, const float* conv_state_in, void* y,
+                      float* conv_state_out, int b, int l, int d, int k, int silu, ssd_dtype_t dtype,
+                      cudaStream_t stream) {
+    if (!x || !weight || !y || b < 1 || l < 1 || d < 1 || k < 1 || k > ssd::kMaxK) return SSD_ERR_BAD_ARG;
+    if (b > 65535 || (l + ssd::kTokens - 1) / ssd::kTokens > 65535) return SSD_ERR_BAD_ARG;  // grid y/z limits
+    if (k > 1 && !conv_state_out) return SSD_ERR_BAD_ARG;
+    return ssd::run({x, weight, bias, conv_state_in, y, conv_state_out, b, l, d, k, silu, nullptr, nullptr}, dtype,
+                    stream);
+}
+
+size_t ssd_causal_conv1d_packed_workspace_size(int nseq) { return nseq > 0 ? ssd::piece_offsets_bytes(nseq) : 0; }
+
+int ssd_causal_conv1d_packed(const void* x, const float* weight, const float* bias, const float* conv_states_in,
+                             const int* cu_seqlens, void* y, float* conv_states_out, int nseq, int total, int d, int k,
+                             int silu, ssd_dtype_t dtype, void* workspace, size_t workspace_bytes,
+                             cudaStream_t stream) {
+    if (!x || !weight || !y || !cu_seqlens || nseq < 1 || total < 1 || d < 1 || k < 1 || k > ssd::kMaxK)
+        return SSD_ERR_BAD_ARG;
+    if (ssd::max_pieces(nseq, total, ssd::kTokens) > 65535) return SSD_ERR_BAD_ARG;  // grid y limit
+    if (k > 1 && !conv_states_out) return SSD_ERR_BAD_ARG;
+    if (workspace_bytes < ssd::piece_offsets_bytes(nseq)) return SSD_ERR_WORKSPACE;
+    if (!workspace) return SSD_ERR_BAD_ARG;
+    int* offsets = static_cast<int*>(workspace);
+    const int rc = ssd::build_piece_offsets(cu_seqlens, nseq, total, ssd::kTokens, offsets, stream);
+    if (rc != 0) return rc;
+    return ssd::run({x, weight, bias, conv_states_in, y, conv_states_out, nseq, total, d, k, silu, cu_seqlens, offsets},
+                    dtype, stream);
+}
+
+}  // extern "C"

@@ -13,12 +13,17 @@
 //      in registers and become the A operand of the next mma (no CB matrix in memory).
 // Each warp takes the row blocks w and 2W-1-w so that every warp does the same amount of causal work. Shared
 // memory holds x, B and S_in only (70 KiB), so three blocks share an SM.
+// Packed sequences (docs/op-contracts.md) are the same kernel over a piece table (packed.cuh): every sequence is cut
+// into its own chunks, tiles go piece-major over (piece, head), and a sequence's chunks chain from its own initial
+// state to its own final state. No chunk holds two sequences, so nothing is masked; equal lengths run exactly the
+// unpacked tiles.
 #include <cuda_runtime.h>
 
 #include <atomic>
 
 #include "device_utils.cuh"
 #include "mma_sm80.cuh"
+#include "packed.cuh"
 #include "ssd_internal.h"
 
 namespace ssd {
@@ -29,8 +34,43 @@ struct ChunkArgs {
     float* ring;    // [b*h][2][P][N]: S_in of the chunk being chained, by chunk parity
     int* counters;  // [b*h]: number of chunks whose entering state is published
     int* ticket;    // tile counter
-    int nchunks;
+    int nchunks;    // unpacked: chunks per batch row
+    const int* offsets;  // packed: first piece of each sequence [b+1] (packed.cuh)
 };
+
+// The chunk a tile works on: sequence (batch row) seq < 0 when the tile has none (past the last packed piece).
+struct ChunkPos {
+    int seq, hi;
+    int c, nchunks;  // chunk c of the sequence's nchunks
+    size_t tok0;     // token row of its first token
+    int nvalid;      // its tokens (<= Q)
+};
+
+// Unpacked: chunk-major over (chunk, batch row, head). Packed: piece-major over (piece, head). Either way every
+// chunk a tile waits for (the previous one of its sequence and head) has a smaller ticket.
+template <int Q>
+__device__ __forceinline__ ChunkPos locate(const ChunkArgs& a, int tile) {
+    const ScanProblem& pb = a.pb;
+    ChunkPos o{};
+    if (pb.cu_seqlens) {
+        const int piece = tile / pb.h;
+        o.hi = tile % pb.h;
+        o.seq = piece_seq(a.offsets, pb.b, piece);
+        if (o.seq < 0) return o;
+        o.c = piece - a.offsets[o.seq];
+        o.nchunks = a.offsets[o.seq + 1] - a.offsets[o.seq];
+    } else {
+        const int bhs = pb.b * pb.h;
+        o.c = tile / bhs;
+        o.seq = tile % bhs / pb.h;
+        o.hi = tile % pb.h;
+        o.nchunks = a.nchunks;
+    }
+    const SeqSpan span = seq_span(pb.cu_seqlens, o.seq, pb.l);
+    o.tok0 = span.start + static_cast<size_t>(o.c) * Q;
+    o.nvalid = min(Q, span.len - o.c * Q);
+    return o;
+}
 
 template <int Q, int P, int N>
 struct Tile {
@@ -63,12 +103,11 @@ __global__ void __launch_bounds__(Q, 3) ssd_chunked_kernel(const ChunkArgs a) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     if (tid == 0) s_tile = atomicAdd(a.ticket, 1);
     __syncthreads();
-    const int bhs = pb.b * pb.h;
-    const int c = s_tile / bhs, bh = s_tile % bhs;
-    const int bi = bh / pb.h, hi = bh % pb.h, gi = hi / (pb.h / pb.g);
-    const int t0 = c * Q;
-    const int nvalid = min(Q, pb.l - t0);
-    const size_t tok0 = static_cast<size_t>(bi) * pb.l + t0;
+    const ChunkPos pos = locate<Q>(a, s_tile);
+    if (pos.seq < 0) return;  // the whole block: no work
+    const int c = pos.c, hi = pos.hi, nvalid = pos.nvalid;
+    const int bh = pos.seq * pb.h + hi, gi = hi / (pb.h / pb.g);
+    const size_t tok0 = pos.tok0;
 
     // 1. loads: x and B by cp.async
     const T* xg = static_cast<const T*>(pb.x) + (tok0 * pb.h + hi) * P;
@@ -165,7 +204,7 @@ __global__ void __launch_bounds__(Q, 3) ssd_chunked_kernel(const ChunkArgs a) {
         const size_t pn = static_cast<size_t>(P) * N;
         const float* enter = c == 0 ? (pb.state_in ? pb.state_in + bh * pn : nullptr)
                                     : a.ring + (static_cast<size_t>(bh) * 2 + (c & 1)) * pn;
-        float* leave = c == a.nchunks - 1 ? pb.state_out + bh * pn
+        float* leave = c == pos.nchunks - 1 ? pb.state_out + bh * pn
                                           : a.ring + (static_cast<size_t>(bh) * 2 + ((c + 1) & 1)) * pn;
         const float decay = __expf(total);
 #pragma unroll
@@ -190,7 +229,7 @@ __global__ void __launch_bounds__(Q, 3) ssd_chunked_kernel(const ChunkArgs a) {
     }
     __threadfence();
     __syncthreads();
-    if (tid == 0 && c < a.nchunks - 1) st_release(a.counters + bh, c + 1);
+    if (tid == 0 && c < pos.nchunks - 1) st_release(a.counters + bh, c + 1);
 
     // 4. outputs, 16 rows at a time
     T* yg = static_cast<T*>(pb.y) + (tok0 * pb.h + hi) * P;
@@ -316,12 +355,20 @@ template <typename T, int Q, int P, int N>
 int launch(const ScanProblem& pb, void* ws, cudaStream_t stream) {
     using S = Tile<Q, P, N>;
     const int bhs = pb.b * pb.h;
-    ChunkArgs a{pb, nullptr, nullptr, nullptr, (pb.l + Q - 1) / Q};
+    ChunkArgs a{pb, nullptr, nullptr, nullptr, (pb.l + Q - 1) / Q, nullptr};
     a.ring = static_cast<float*>(ws);
     a.counters = reinterpret_cast<int*>(static_cast<char*>(ws) + align256(2 * static_cast<size_t>(bhs) * P * N * 4));
     a.ticket = a.counters + bhs;
     cudaError_t e = cudaMemsetAsync(a.counters, 0, (bhs + 1) * sizeof(int), stream);
     if (e != cudaSuccess) return e;
+    long tiles = static_cast<long>(a.nchunks) * bhs;
+    if (pb.cu_seqlens) {  // the piece table after the counters; grid for the most pieces T and b allow
+        int* offsets = reinterpret_cast<int*>(reinterpret_cast<char*>(a.counters) + align256((bhs + 1) * sizeof(int)));
+        a.offsets = offsets;
+        const int rc = build_piece_offsets(pb.cu_seqlens, pb.b, pb.l, Q, offsets, stream);
+        if (rc != 0) return rc;
+        tiles = max_pieces(pb.b, pb.l, Q) * pb.h;
+    }
     auto kernel = ssd_chunked_kernel<T, Q, P, N>;
     // Raise the kernel's shared-memory limit once per device: not again inside a CUDA graph capture.
     static std::atomic<unsigned long long> raised{0};
@@ -334,7 +381,6 @@ int launch(const ScanProblem& pb, void* ws, cudaStream_t stream) {
         if (e != cudaSuccess) return e;
         raised.fetch_or(bit);
     }
-    const long tiles = static_cast<long>(a.nchunks) * bhs;
     kernel<<<static_cast<unsigned>(tiles), Q, S::SMEM, stream>>>(a);
     return static_cast<int>(cudaGetLastError());
 }
@@ -359,13 +405,15 @@ bool chunked_supported(const ScanProblem& pb) {
     return shape && dtype && aligned;
 }
 
-size_t chunked_workspace_size(int b, int h, int p, int n) {
+size_t chunked_workspace_size(int b, int h, int p, int n, bool packed) {
     const size_t bhs = static_cast<size_t>(b) * h;
-    return align256(2 * bhs * p * n * sizeof(float)) + align256((bhs + 1) * sizeof(int));
+    return align256(2 * bhs * p * n * sizeof(float)) + align256((bhs + 1) * sizeof(int)) +
+           (packed ? piece_offsets_bytes(b) : 0);
 }
 
 int run_chunked(const ScanProblem& pb, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-    if (workspace_bytes < chunked_workspace_size(pb.b, pb.h, pb.p, pb.n)) return SSD_ERR_WORKSPACE;
+    if (workspace_bytes < chunked_workspace_size(pb.b, pb.h, pb.p, pb.n, pb.cu_seqlens != nullptr))
+        return SSD_ERR_WORKSPACE;
     if (!workspace || !aligned16(workspace)) return SSD_ERR_BAD_ARG;
     if (pb.dtype == SSD_BF16) return launch_shape<__nv_bfloat16>(pb, workspace, stream);
     if (pb.dtype == SSD_F16) return launch_shape<__half>(pb, workspace, stream);

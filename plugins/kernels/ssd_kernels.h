@@ -36,6 +36,21 @@ int ssd_scan(const void* x, const void* dt, const float* A, const void* B, const
              int b, int l, int h, int p, int g, int n, int chunk_size, ssd_dt_params_t dtp, ssd_dtype_t dtype,
              void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
+// Packed prefill (docs/op-contracts.md, "Packed sequences"): nseq sequences end to end on one axis of `total` tokens,
+// x [total,h,p], dt [total,h], B/C [total,g,n], y [total,h,p] (a batch of one), initial_states/final_states
+// [nseq,h,p,n]. cu_seqlens [nseq+1] int32 are token offsets ON THE DEVICE (0 = cu[0] <= ... <= cu[nseq] = total;
+// the contract asks every length >= 1; offsets out of [0, total] are clamped, never followed out of bounds, and an
+// empty sequence passes its initial state through). Nothing is read back to the host: the grid is sized for the most
+// chunks total and nseq allow. Each sequence is exactly ssd_scan on it alone; equal lengths give bit for bit the
+// result of ssd_scan on [nseq, total/nseq]. The workspace size covers every smaller nseq and total.
+size_t ssd_scan_packed_workspace_size(int nseq, int total, int h, int p, int g, int n, int chunk_size,
+                                      ssd_dtype_t dtype);
+int ssd_scan_packed(const void* x, const void* dt, const float* A, const void* B, const void* C, const float* D,
+                    int D_has_hdim, const float* dt_bias, const float* initial_states, const int* cu_seqlens, void* y,
+                    float* final_states, int nseq, int total, int h, int p, int g, int n, int chunk_size,
+                    ssd_dt_params_t dtp, ssd_dtype_t dtype, void* workspace, size_t workspace_bytes,
+                    cudaStream_t stream);
+
 // Decode, one token. state_in may equal state_out (in-place update) or be NULL (zeros).
 int ssd_step(const float* state_in, const void* x, const void* dt, const float* A, const void* B, const void* C,
              const float* D, int D_has_hdim, const float* dt_bias, void* y, float* state_out,
@@ -47,6 +62,15 @@ int ssd_step(const float* state_in, const void* x, const void* dt, const float* 
 int ssd_causal_conv1d(const void* x, const float* weight, const float* bias, const float* conv_state_in, void* y,
                       float* conv_state_out, int b, int l, int d, int k, int silu, ssd_dtype_t dtype,
                       cudaStream_t stream);
+
+// Packed conv: x/y [total,d], conv_states_in/out [nseq,d,k-1] float32, cu_seqlens as for ssd_scan_packed; each
+// sequence's window starts from its own state (shorter than k-1 and length-1 sequences included). The workspace
+// (ssd_causal_conv1d_packed_workspace_size(nseq) bytes, 16-byte aligned, no initialisation) holds the tile table.
+size_t ssd_causal_conv1d_packed_workspace_size(int nseq);
+int ssd_causal_conv1d_packed(const void* x, const float* weight, const float* bias, const float* conv_states_in,
+                             const int* cu_seqlens, void* y, float* conv_states_out, int nseq, int total, int d, int k,
+                             int silu, ssd_dtype_t dtype, void* workspace, size_t workspace_bytes,
+                             cudaStream_t stream);
 
 // rmsnorm(y * silu(z)) per group of group_size channels. y/z/out [rows, d] (rows = b*l), weight [d].
 int ssd_gated_rmsnorm(const void* y, const void* z, const float* weight, void* out, int rows, int d, int group_size,

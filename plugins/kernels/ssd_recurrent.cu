@@ -3,9 +3,11 @@
 // A group of `tpr` consecutive threads owns one state row (b, h, p) of n floats, NS per thread, in registers for
 // the whole sequence; y_t is a shuffle reduction over the group. For decode (l = 1) this is one pass over the
 // state in 16-byte loads and stores, which is what bounds the step: it is a copy of the state with a little math.
+// Packed sequences (docs/op-contracts.md): the row's b is its sequence, whose tokens cu_seqlens locates (packed.cuh).
 #include <cuda_runtime.h>
 
 #include "device_utils.cuh"
+#include "packed.cuh"
 #include "ssd_internal.h"
 
 namespace ssd {
@@ -55,6 +57,10 @@ __global__ void __launch_bounds__(kThreads) ssd_recurrent_kernel(const Recurrent
     const bool active = row_raw < a.rows;
     const long row = active ? row_raw : 0;  // idle threads still take part in the shuffles
     const int n0 = static_cast<int>(gtid % a.tpr) * NS;
+    // the lanes of this row's group: rows of one warp may belong to packed sequences of different lengths, whose
+    // token loops end at different times, so the reduction synchronises only its own group
+    const int lane = threadIdx.x & 31;
+    const unsigned group = a.tpr == 32 ? 0xffffffffu : ((1u << a.tpr) - 1u) << (lane & ~(a.tpr - 1));
     const int p = static_cast<int>(row % pb.p);
     const long bh = row / pb.p;
     const int h = static_cast<int>(bh % pb.h);
@@ -77,10 +83,11 @@ __global__ void __launch_bounds__(kThreads) ssd_recurrent_kernel(const Recurrent
     const T* Cm = static_cast<const T*>(pb.C);
     T* y = static_cast<T*>(pb.y);
 
-    const int steps = ONE ? 1 : pb.l;
+    const SeqSpan span = seq_span(pb.cu_seqlens, b, pb.l);
+    const int steps = ONE ? 1 : span.len;
 #pragma unroll 2
     for (int t = 0; t < steps; ++t) {
-        const size_t tok = static_cast<size_t>(b) * pb.l + t;
+        const size_t tok = span.start + t;
         const size_t xi = (tok * pb.h + h) * pb.p + p;
         const size_t bci = (tok * pb.g + g) * pb.n;
         float Bv[NS], Cv[NS];
@@ -99,7 +106,7 @@ __global__ void __launch_bounds__(kThreads) ssd_recurrent_kernel(const Recurrent
             s[e] = fmaf(dx, Bv[e], fmaf(s[e], decay_m1, s[e]));
             acc = fmaf(s[e], Cv[e], acc);
         }
-        for (int off = a.tpr >> 1; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        for (int off = a.tpr >> 1; off > 0; off >>= 1) acc += __shfl_xor_sync(group, acc, off);
         if (active && n0 == 0) y[xi] = from_f<T>(acc + Dv * xv);
     }
     if (active) store_part<NS, VEC>(pb.state_out + row * pb.n, n0, pb.n, s);
@@ -126,7 +133,7 @@ int launch_dtype(const ScanProblem& pb, cudaStream_t stream) {
     // 8 floats per thread: two 16-byte state loads in flight, and few enough registers (39 for a decode step) for
     // 13 blocks per SM; 16 only where 32 threads of 8 cannot cover n (16 per thread measured slower for decode).
     const bool wide = pb.n > 32 * 8;
-    if (pb.l == 1) return wide ? launch<T, 16, true>(pb, stream) : launch<T, 8, true>(pb, stream);
+    if (pb.l == 1 && !pb.cu_seqlens) return wide ? launch<T, 16, true>(pb, stream) : launch<T, 8, true>(pb, stream);
     return wide ? launch<T, 16, false>(pb, stream) : launch<T, 8, false>(pb, stream);
 }
 
