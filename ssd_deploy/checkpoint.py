@@ -139,6 +139,7 @@ class Weights:
             raise UserError(f"{self.dir}: not a directory")
         self.cfg, self.format = load_config(self.dir)
         self._bin: dict[str, torch.Tensor] | None = None
+        self._scanned: set[tuple[str, torch.dtype]] = set()  # (tensor, dtype) that scan() checked
         self.refs = self._check(self._refs())
 
     # -- what is where ------------------------------------------------------------------------------------------
@@ -230,25 +231,98 @@ class Weights:
 
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """One tensor (padded to the padded vocabulary where the checkpoint is not), converted to ``dtype``;
-        refuses NaN/Inf, and values that ``dtype`` cannot hold, naming the tensor."""
+        refuses NaN/Inf, and values that ``dtype`` cannot hold, naming the tensor (unless ``scan`` already did for
+        this tensor and dtype)."""
         r = self.ref(name)
         t = self._raw(r)
         if self._unpadded(r.name, tuple(t.shape)):
             t = torch.cat([t, t.new_zeros(self.cfg.padded_vocab_size - self.cfg.vocab_size, t.shape[1])])
         out = t if dtype is None else t.to(dtype)
-        if not bool(torch.isfinite(out).all()):
-            if out is not t and bool(torch.isfinite(t).all()):
-                raise UserError(f"{r.file}: tensor {r.key!r} holds values outside the range of {dtype} "
-                                f"(largest magnitude {float(t.abs().max()):.3g})")
-            raise UserError(f"{r.file}: tensor {r.key!r} holds NaN or Inf values")
+        if (r.name, out.dtype) not in self._scanned:
+            _check_values(r, t, out.dtype)
         return out
 
-    def check_finite(self, progress: Callable[[str], None] | None = None):
-        """Reads every tensor once to refuse NaN/Inf before any work (one tensor in memory at a time)."""
-        for name in self.refs:
-            if progress:
-                progress(name)
-            self.read(name)
+    def scan(self, dtype: Callable[[str], torch.dtype] | None = None) -> str:
+        """One read of every weight file: refuses NaN/Inf, and values that ``dtype(name)`` cannot hold, naming the
+        tensor, and returns ``checkpoint_hash``'s digest computed from the same bytes (export reads the checkpoint
+        twice, not four times: this scan, then the write; benchmarks/RESULTS.md). Later ``read`` calls of a scanned
+        tensor in a scanned dtype skip the checks."""
+        h = hashlib.sha256()
+        _hash_file(h, self.dir / CONFIG_FILE)
+        by_file: dict[tuple[Path, str], TensorRef] = {(r.file, r.key): r for r in self.refs.values()}
+
+        def check(r: TensorRef, t: torch.Tensor):
+            targets = {t.dtype} | ({dtype(r.name)} if dtype is not None else set())
+            for target in targets:
+                _check_values(r, t, target)
+            self._scanned |= {(r.name, target) for target in targets}
+
+        for path in weight_files(self.dir):
+            if self._bin is not None:  # torch's zip format: hashed as a file, tensors checked through its mapping
+                _hash_file(h, path)
+                for r in (r for r in self.refs.values() if r.file == path):
+                    check(r, self._bin[r.key])
+                continue
+            for key, t in _safetensors_tensors(path, h):
+                r = by_file.get((path, key))
+                if r is not None:  # a tied checkpoint's stored lm_head is hashed, not used
+                    check(r, t)
+        return h.hexdigest()
+
+
+def _check_values(r: TensorRef, t: torch.Tensor, dtype: torch.dtype):
+    """Refuses NaN/Inf in ``t`` and values ``dtype`` cannot hold, naming the tensor. The extremes decide (conversion
+    is monotonic): one reduction over the tensor, no converted copy."""
+    if t.numel() == 0:
+        return
+    lo, hi = torch.aminmax(t)  # NaN propagates
+    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+        raise UserError(f"{r.file}: tensor {r.key!r} holds NaN or Inf values")
+    if not bool(torch.isfinite(torch.stack([lo, hi]).to(dtype)).all()):
+        raise UserError(f"{r.file}: tensor {r.key!r} holds values outside the range of {dtype} "
+                        f"(largest magnitude {max(-float(lo), float(hi)):.3g})")
+
+
+def _hash_file(h, path: Path):
+    h.update(path.name.encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+
+
+def _safetensors_tensors(path: Path, h) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of a safetensors file in file order, read once: ``h`` is updated with the file's name and every
+    byte, and each tensor is a view of the bytes just hashed (one tensor in memory at a time). safetensors' own
+    reader maps the file, which would make hashing it a second read; its layout (8-byte little-endian header length,
+    JSON header with ``data_offsets`` relative to the data area) is the format's specification, and the header was
+    already checked by ``safe_open`` (``Weights``)."""
+    h.update(path.name.encode())
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            header = f.read(int.from_bytes(head, "little"))
+            h.update(head)
+            h.update(header)
+            entries = sorted(((k, v) for k, v in json.loads(header).items() if k != "__metadata__"),
+                             key=lambda kv: kv[1]["data_offsets"][0])
+            pos = 0
+            for key, info in entries:
+                start, end = info["data_offsets"]
+                if start > pos:
+                    h.update(f.read(start - pos))
+                buf = bytearray(end - start)
+                if f.readinto(buf) != len(buf):
+                    raise OSError(f"tensor {key!r} is truncated")
+                h.update(buf)
+                pos = end
+                dtype = _SAFETENSORS_FLOATS.get(info["dtype"])
+                if dtype is not None and buf:
+                    yield key, torch.frombuffer(buf, dtype=dtype).view(info["shape"])
+                del buf
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: corrupt or truncated safetensors file ({e})") from None
 
 
 def expected_shapes(cfg: Mamba2Config) -> dict[str, tuple[int, ...]]:
@@ -285,13 +359,11 @@ def load_model(ckpt_dir: Path, dtype: torch.dtype = torch.float32) -> Mamba2LM:
 
 
 def checkpoint_hash(ckpt_dir: Path) -> str:
-    """sha256 over config.json and the weight files, for provenance in exported metadata."""
+    """sha256 over config.json and the weight files (each: its name, then its bytes), for provenance in exported
+    metadata; ``Weights.scan`` computes the same digest while checking the weights."""
     h = hashlib.sha256()
     for f in [Path(ckpt_dir) / CONFIG_FILE, *weight_files(ckpt_dir)]:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
+        _hash_file(h, f)
     return h.hexdigest()
 
 

@@ -294,29 +294,34 @@ def _inline_digest(proto: onnx.ModelProto) -> dict:
     return {"bytes": n, "sha256": h.hexdigest()}
 
 
-def weights_record(model_file: Path) -> dict:
+def weights_record(model_file: Path, written: dict | None = None) -> dict:
     """Size and sha256 of the weights of a just-written model: its external data file(s), or the initializers
-    held inside model.onnx."""
+    held inside model.onnx. ``written``: {file name: {"bytes", "sha256"}} of data files whose writer hashed the
+    bytes as it wrote them (onnx/weights.py ``write_external``); those are not read again, only their size checked."""
     proto = onnx.load(str(model_file), load_external_data=False)
     record = {}
     files = sorted({e.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
                     for e in t.external_data if e.key == "location"})
     for name in files:
         path = Path(model_file).parent / name
-        record[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        size = path.stat().st_size
+        known = (written or {}).get(name)
+        if known is not None and known["bytes"] != size:
+            raise AssertionError(f"{path}: {size} bytes on disk, its writer reported {known['bytes']}")
+        record[name] = {"bytes": size, "sha256": known["sha256"] if known else file_sha256(path)}
     inline = _inline_digest(proto)
     if inline["bytes"]:
         record[INLINE_WEIGHTS] = inline
     return record
 
 
-def record_weights(model_file: Path):
+def record_weights(model_file: Path, written: dict | None = None):
     """Stores ``weights_record`` in the model's metadata (``ssd_deploy.weights``); the file is rewritten without
     touching external data, which is why this runs after the weights were written (onnx/export.py
     ``save_atomically``: any writer of an export, a streaming one included, calls it once every weight file is
     complete, before the export is checked and renamed into place)."""
     proto = onnx.load(str(model_file), load_external_data=False)
-    record = weights_record(model_file)
+    record = weights_record(model_file, written)
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key != PREFIX + "weights"]
     del proto.metadata_props[:]
     for k, v in kept + [(PREFIX + "weights", json.dumps(record, sort_keys=True))]:

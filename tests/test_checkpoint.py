@@ -1,5 +1,6 @@
 """Checkpoint directories: both formats and key schemes, shards, .bin, vocab padding, and every bad input."""
 
+import hashlib
 import json
 
 import pytest
@@ -7,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import TINY, VARIANTS
-from ssd_deploy.checkpoint import (Weights, expected_shapes, load_model, normalise_key, parse_size, random_model,
-                                   read_state_dict, write_checkpoint, write_random_checkpoint)
+from ssd_deploy.checkpoint import (Weights, checkpoint_hash, expected_shapes, load_model, normalise_key, parse_size,
+                                   random_model, read_state_dict, write_checkpoint, write_random_checkpoint)
 from ssd_deploy.errors import UserError
 
 
@@ -244,7 +245,7 @@ def test_non_finite_weights_are_refused_naming_the_tensor(hf_dir, bad):
     with pytest.raises(UserError, match="tensor 'backbone.layers.1.mixer.out_proj.weight' holds NaN or Inf"):
         load_model(hf_dir)
     with pytest.raises(UserError, match="out_proj.weight' holds NaN or Inf"):
-        Weights(hf_dir).check_finite()
+        Weights(hf_dir).scan()
 
 
 def test_values_the_target_dtype_cannot_hold_are_refused(hf_dir):
@@ -252,6 +253,63 @@ def test_values_the_target_dtype_cannot_hold_are_refused(hf_dir):
     with pytest.raises(UserError, match="in_proj.weight' holds values outside the range of torch.float16"):
         load_model(hf_dir, torch.float16)
     load_model(hf_dir, torch.bfloat16)  # bf16 holds 1e6
+    with pytest.raises(UserError, match="in_proj.weight' holds values outside the range of torch.float16"):
+        Weights(hf_dir).scan(lambda name: torch.float16)
+    Weights(hf_dir).scan(lambda name: torch.bfloat16)
+
+
+def test_the_largest_value_a_dtype_rounds_to_is_held(hf_dir):
+    # 65519 rounds to fp16's largest finite value (65504), 65520 to inf: the conversion decides, not finfo.max
+    edit_weights(hf_dir, lambda sd: sd["backbone.layers.0.mixer.in_proj.weight"].__setitem__((0, 0), -65519.0))
+    Weights(hf_dir).scan(lambda name: torch.float16)
+    load_model(hf_dir, torch.float16)
+    edit_weights(hf_dir, lambda sd: sd["backbone.layers.0.mixer.in_proj.weight"].__setitem__((0, 0), -65520.0))
+    with pytest.raises(UserError, match="outside the range of torch.float16 \\(largest magnitude 6.55e\\+04\\)"):
+        Weights(hf_dir).scan(lambda name: torch.float16)
+
+
+def fresh_sha256(ckpt):
+    """The checkpoint hash computed here from the files: sha256 over (name, bytes) of config.json, then of the
+    weight files in sorted order."""
+    h = hashlib.sha256()
+    names = sorted(p.name for p in ckpt.iterdir() if p.suffix in (".safetensors", ".bin"))
+    for name in ["config.json", *names]:
+        h.update(name.encode())
+        h.update((ckpt / name).read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("fmt,shard", [("hf", None), ("hf", 40_000), ("mamba_ssm", None)])
+def test_scan_hashes_what_it_checks_in_one_read(tmp_path, fmt, shard):
+    ckpt = write_checkpoint(random_model(TINY, 5), tmp_path / "c", fmt, max_shard_bytes=shard)
+    assert len(list(ckpt.glob("model-*-of-*.safetensors"))) > (2 if shard else -1)
+    assert Weights(ckpt).scan() == checkpoint_hash(ckpt) == fresh_sha256(ckpt)
+
+
+def test_scanned_tensors_are_not_checked_again(hf_dir, monkeypatch):
+    import ssd_deploy.checkpoint as checkpoint
+
+    checked = []
+    real = checkpoint._check_values
+    monkeypatch.setattr(checkpoint, "_check_values", lambda r, t, d: (checked.append((r.name, d)), real(r, t, d)))
+    w = Weights(hf_dir)
+    w.scan(lambda name: torch.float16)
+    assert sorted(checked, key=str) == sorted({(n, d) for n in w.names() for d in (torch.float32, torch.float16)},
+                                              key=str)
+    checked.clear()
+    for name in w.names():
+        w.read(name, torch.float16)
+    assert checked == []
+    w.read("backbone.norm_f.weight", torch.bfloat16)  # a dtype the scan did not cover is checked on reading
+    assert checked == [("backbone.norm_f.weight", torch.bfloat16)]
+
+
+def test_scan_refuses_a_truncated_tensor_naming_the_file(hf_dir):
+    path = hf_dir / "model.safetensors"
+    w = Weights(hf_dir)  # headers checked while the file is whole
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(UserError, match="model.safetensors: corrupt or truncated safetensors file"):
+        w.scan()
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.uint8])

@@ -148,6 +148,42 @@ def test_nan_weights_refused_before_any_work(tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
+def test_values_fp16_cannot_hold_refused_before_any_work(tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    ckpt = write_checkpoint(random_model(TINY, 2), tmp_path / "c", "hf")
+    sd = load_file(ckpt / "model.safetensors")
+    sd["backbone.layers.1.mixer.out_proj.weight"][0, 3] = 1e5
+    save_file(sd, ckpt / "model.safetensors")
+    export(ckpt, tmp_path / "bf16", ExportOptions(dtype="bf16"))  # bf16 holds 1e5
+    monkeypatch.setattr(export_mod, "trace", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(export_mod.UserError, match="'backbone.layers.1.mixer.out_proj.weight' holds values outside "
+                                                   "the range of torch.float16"):
+        export(ckpt, tmp_path / "o", ExportOptions(dtype="fp16"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_checks_each_weight_once_and_hashes_while_reading(tmp_path, tiny_ckpt, monkeypatch):
+    """The NaN/Inf and range checks run once per weight (in the scan that also hashes the checkpoint), not again
+    when the weights are written; the recorded hashes are those of the files as they are on disk."""
+    import ssd_deploy.checkpoint as checkpoint
+    from ssd_deploy.interface import file_sha256
+
+    checked = []
+    real = checkpoint._check_values
+    monkeypatch.setattr(checkpoint, "_check_values", lambda r, t, d: (checked.append(r.name), real(r, t, d)))
+    monkeypatch.setattr(export_mod, "checkpoint_hash", lambda *a: pytest.fail("the checkpoint read again to hash it"),
+                        raising=False)
+    out = export(tiny_ckpt, tmp_path / "o", ExportOptions(dtype="fp16", external_data="always")).parent
+    names = Weights(tiny_ckpt).names()
+    # as stored (fp32), and as written where that differs (fp16; the op contracts' parameters stay fp32)
+    converted = [n for n in names if checkpoint.param_dtype(n, torch.float16) != torch.float32]
+    assert sorted(checked) == sorted(names + converted)
+    meta = read_metadata(out)
+    assert meta.checkpoint_sha256 == checkpoint.checkpoint_hash(tiny_ckpt)
+    assert meta.weights[DATA_FILE]["sha256"] == file_sha256(out / DATA_FILE)
+
+
 @pytest.mark.slow
 def test_weights_past_protobufs_2gib(tmp_path):
     """A tiny model whose fp32 embedding alone is just over 2 GiB: streamed into the data file, checked by

@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import __version__
 from ..atomic import atomic_dir, check_target
-from ..checkpoint import Weights, checkpoint_hash, expected_shapes, param_dtype
+from ..checkpoint import Weights, expected_shapes, param_dtype
 from .. import plan, quantize, recipes
 from ..errors import UserError
 from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata,
@@ -114,10 +114,10 @@ def save_atomically(model: onnx_ir.Model, out_dir: Path, external: bool, check: 
     """Writes and checks the model in a temporary sibling directory, then renames it: a failure leaves nothing.
     External weights are streamed one at a time (onnx/weights.py); inline ones are serialised with the graph."""
     with atomic_dir(out_dir, force, MODEL_FILE) as tmp:
-        if external:
-            streamed.write_external(model, tmp / DATA_FILE)
+        written = {DATA_FILE: streamed.write_external(model, tmp / DATA_FILE)} if external else {}
         onnx_ir.save(model, tmp / MODEL_FILE)  # external tensors stay references
-        record_weights(tmp / MODEL_FILE)  # sizes and sha256 of the weights as written, checked before build/run
+        # sizes and sha256 of the weights as written (hashed while writing), checked before build/run
+        record_weights(tmp / MODEL_FILE, written)
         check(tmp / MODEL_FILE)
         read_metadata(tmp)  # the metadata describes the graph written (opset, interface, dtypes, shapes)
     return Path(out_dir) / MODEL_FILE
@@ -142,8 +142,9 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
     plan.require(cfg, recipe or {}, str(ckpt_dir))  # a recipe for a Jetson device: the model must fit it
     dtype = DTYPES[opts.dtype].torch
     external = _use_external(weights, dtype, opts.external_data)
-    with progress.step(f"checking {ckpt_dir}'s weights for NaN/Inf"):
-        weights.check_finite()  # refused before any work, naming the tensor
+    with progress.step(f"checking {ckpt_dir}'s weights for NaN/Inf and hashing them"):
+        # refused before any work, naming the tensor; one read of the files serves the check and the hash
+        sha256 = weights.scan(lambda name: param_dtype(name, dtype))
     with torch.device("meta"):
         model = Mamba2LM(cfg).cast(dtype).eval()
     flavor = FLAVORS[opts.flavor]
@@ -158,8 +159,6 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
                                               opts.resolved_quant_format)
         graph = onnx_ir.serde.deserialize_model(proto)
         opset = graph.opset_imports[""]  # the dq format needs opset 21
-    with progress.step(f"hashing {ckpt_dir}"):
-        sha256 = checkpoint_hash(ckpt_dir)
     meta = ExportMetadata(
         config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opset,
         exporter=f"ssd-deploy {__version__}; torch {torch.__version__}; onnx {onnx.__version__}",
