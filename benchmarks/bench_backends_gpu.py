@@ -1,6 +1,8 @@
 """Serving backends on one GPU, side by side in one run: PyTorch eager (the ops' PyTorch listings, the
 anchor), the PyTorch model on our Triton kernels, each also with its decode steps replayed from CUDA graphs, and
-ONNX Runtime's CUDA provider on the `portable` and `ort` exports, for random checkpoints of the 130m and 2.7b presets in fp16 and bf16.
+ONNX Runtime's CUDA provider on the `portable` and `ort` exports and on the `trt` export with our CUDA kernels as
+custom ops (plugins/ort_custom_ops, row `ort-trt-customops`), for random checkpoints of the 130m and 2.7b presets in
+fp16 and bf16.
 
 Each point is `ssd_deploy.bench`'s: prefill tokens/s (median of repeats after a warm-up) and decode ms/token with
 the carried states (median of steps), checked in the same run against the float32 PyTorch listings on the GPU:
@@ -13,7 +15,9 @@ Two phases, so that checkpoints and exports (CPU work) can be made while other t
     PYTHONPATH=. python benchmarks/bench_backends_gpu.py prepare --work /tmp/sb     # checkpoints + exports
     PYTHONPATH=. python benchmarks/bench_backends_gpu.py bench --work /tmp/sb --out OUT
 
-needs onnxruntime-gpu (CUDA 13 build) for the ONNX Runtime rows; without it those rows say why they are missing.
+needs onnxruntime-gpu (CUDA 13 build) for the ONNX Runtime rows, and the custom-op library (`ssd-deploy plugins
+build` with ONNX Runtime headers, or --ort-custom-ops PATH) for the `ort-trt-customops` row; without them those rows
+say why they are missing.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from ssd_deploy.checkpoint import random_model, write_checkpoint
 from ssd_deploy.onnx.export import ExportOptions, export
 from ssd_deploy.presets import preset
 
-FLAVORS = ("portable", "ort")
+FLAVORS = ("portable", "ort")  # exports ONNX Runtime runs as they are
+CUSTOM_OPS_FLAVOR = "trt"  # runs with the custom-op library: its plugin nodes on our CUDA kernels
+CUSTOM_OPS_LABEL = "ort-trt-customops"
 # preset → (dtypes, batches, prompt lengths)
 PLAN = {"130m": (("fp16", "bf16"), (1, 8), (128, 512, 2048)),
         "2.7b": (("fp16", "bf16"), (1, 8), (512, 2048)),
@@ -69,7 +75,8 @@ def prepare(work: Path, presets: list[str], jobs: int, exports: bool = True):
             t = time.perf_counter()
             write_checkpoint(random_model(preset(name), seed=0), ckpt, "hf")
             _log(f"checkpoint {name} written in {time.perf_counter() - t:.0f} s")
-        tasks += [(ckpt, _export_dir(work, name, d, f), f, d) for d in PLAN[name][0] for f in FLAVORS if exports]
+        tasks += [(ckpt, _export_dir(work, name, d, f), f, d) for d in PLAN[name][0]
+                  for f in (*FLAVORS, CUSTOM_OPS_FLAVOR) if exports]
     # the exporter is mostly single-threaded Python; spawn, since forking a process that has run torch's thread
     # pools can deadlock the children
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -89,6 +96,8 @@ def ort_placement(export_dir: Path, backend, ids: np.ndarray) -> dict:
     opts = ort.SessionOptions()
     opts.enable_profiling = True
     opts.log_severity_level = 3
+    if backend.custom_ops is not None:
+        opts.register_custom_ops_library(str(backend.custom_ops))
     providers = PROVIDERS[backend.provider]
     sess = backend.session
     backend.session = ort.InferenceSession(str(model_path(export_dir)), opts, providers=providers,
@@ -115,7 +124,13 @@ def ort_placement(export_dir: Path, backend, ids: np.ndarray) -> dict:
             "top_ops_us": dict(sorted(by_op.items(), key=lambda kv: -kv[1])[:8])}
 
 
-def open_backends(work: Path, name: str, dtype: str, provider: str):
+def _custom_ops(given: Path | None) -> Path:
+    from ssd_deploy.kernels import ort_custom_ops_path
+
+    return given if given is not None else ort_custom_ops_path()
+
+
+def open_backends(work: Path, name: str, dtype: str, provider: str, custom_ops: Path | None = None):
     from ssd_deploy.errors import UserError
     from ssd_deploy.runtime.backends import OrtBackend, TorchBackend
 
@@ -126,6 +141,9 @@ def open_backends(work: Path, name: str, dtype: str, provider: str):
         makers.update({f"torch-cuda{'-triton' * t}{'-graphs' * g}": (lambda t=t, g=g: TorchBackend(
             ckpt, "cuda", dtype, triton=t, cuda_graphs=g)) for t, g in ((True, False), (False, True), (True, True))})
     makers.update({f: (lambda f=f: OrtBackend(_export_dir(work, name, dtype, f), provider)) for f in FLAVORS})
+    if provider == "cuda":
+        makers[CUSTOM_OPS_LABEL] = lambda: OrtBackend(_export_dir(work, name, dtype, CUSTOM_OPS_FLAVOR), provider,
+                                                      custom_ops=_custom_ops(custom_ops))
     for label, make in makers.items():
         try:
             opened[label] = make()
@@ -159,7 +177,8 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(work: Path, out: Path, presets: list[str], provider: str, steps: int, repeats: int, commit: str):
+def run_bench(work: Path, out: Path, presets: list[str], provider: str, steps: int, repeats: int, commit: str,
+              custom_ops: Path | None = None):
     import torch
 
     from ssd_deploy.runtime.backends import TorchBackend
@@ -171,7 +190,7 @@ def run_bench(work: Path, out: Path, presets: list[str], provider: str, steps: i
         dtypes, batches, lengths = PLAN[name]
         reference = TorchBackend(work / f"ckpt-{name}", provider, "fp32", triton=False)
         for dtype in dtypes:
-            backends, missing = open_backends(work, name, dtype, provider)
+            backends, missing = open_backends(work, name, dtype, provider, custom_ops)
             result["missing"][f"{name}-{dtype}"] = missing
             points = bench.run(list(backends.values()), reference, list(batches), list(lengths), steps, repeats,
                                progress=lambda p: _log(f"{name} {dtype} {p.backend} b{p.batch} l{p.length}: "
@@ -180,10 +199,10 @@ def run_bench(work: Path, out: Path, presets: list[str], provider: str, steps: i
             result["rows"] += [{"preset": name, "dtype": dtype, **asdict(p)} for p in points]
             if name != "2.7b":  # one profile per session is enough to see the placement
                 ids = np.random.default_rng(1).integers(0, reference.config.vocab_size, (1, 512))
-                for flavor in FLAVORS:
-                    if flavor in backends:
-                        result["placement"][f"{name}-{dtype}-{flavor}"] = ort_placement(
-                            _export_dir(work, name, dtype, flavor), backends[flavor], ids)
+                for label, flavor in [*((f, f) for f in FLAVORS), (CUSTOM_OPS_LABEL, CUSTOM_OPS_FLAVOR)]:
+                    if label in backends:
+                        result["placement"][f"{name}-{dtype}-{label}"] = ort_placement(
+                            _export_dir(work, name, dtype, flavor), backends[label], ids)
             del backends
             if provider == "cuda":
                 torch.cuda.empty_cache()
@@ -217,8 +236,11 @@ def prepare_cmd(work, presets, jobs, exports):
 @click.option("--steps", type=int, default=16, show_default=True)
 @click.option("--repeats", type=int, default=5, show_default=True)
 @click.option("--commit", default="unknown")
-def bench_cmd(work, out, presets, provider, steps, repeats, commit):
-    run_bench(work, out, presets.split(","), provider, steps, repeats, commit)
+@click.option("--ort-custom-ops", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="libssd_ort_custom_ops.so (default: $SSD_DEPLOY_ORT_CUSTOM_OPS, else where `ssd-deploy plugins "
+                   "build` puts it)")
+def bench_cmd(work, out, presets, provider, steps, repeats, commit, ort_custom_ops):
+    run_bench(work, out, presets.split(","), provider, steps, repeats, commit, ort_custom_ops)
 
 
 if __name__ == "__main__":

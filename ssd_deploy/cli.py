@@ -393,8 +393,9 @@ def plugins():
                    "supports, whatever an earlier run chose)")
 @user_errors
 def plugins_build(build_dir, archs):
-    """Build libssd_kernels (and the TensorRT plugin library where TensorRT headers are found) with CMake."""
-    from .kernels import TRT_HEADERS_HINT, build_all
+    """Build libssd_kernels (and the TensorRT plugin library where TensorRT headers are found, the ONNX Runtime
+    custom-op library where ONNX Runtime headers are) with CMake."""
+    from .kernels import ORT_HEADERS_HINT, TRT_HEADERS_HINT, build_all
 
     with for_command().step("plugins build (CMake)") as say:
         built = build_all(build_dir, list(archs) or None, log=lambda line: say(line.strip()[:100]))
@@ -405,6 +406,12 @@ def plugins_build(build_dir, archs):
         hint = f"; {TRT_HEADERS_HINT}" if "header" in built.trt_status.lower() else ""
         click.echo(f"skipped the TensorRT plugin library (what `ssd-deploy build --plugins` needs): "
                    f"{built.trt_status}{hint}")
+    if built.ort_custom_ops is not None:
+        click.echo(f"built {built.ort_custom_ops}")
+    else:
+        hint = f"; {ORT_HEADERS_HINT}" if "header" in built.ort_status.lower() else ""
+        click.echo(f"skipped the ONNX Runtime custom-op library (the trt flavor on ONNX Runtime CUDA): "
+                   f"{built.ort_status}{hint}")
 
 
 @main.command()

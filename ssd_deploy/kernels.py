@@ -38,6 +38,11 @@ LIB_NAME = "libssd_kernels.so"
 TRT_PLUGINS_GLOB = "libssd_trt_plugins*.so"
 TRT_HEADERS_HINT = ("put NVIDIA/TensorRT's include/ in third_party/TensorRT/include of a source tree, or point "
                     "TensorRT_INCLUDE_DIR (or TensorRT_ROOT) at it")
+# the ONNX Runtime custom-op library (plugins/ort_custom_ops): the trt flavor's plugin nodes on ORT's CUDA provider
+ENV_ORT_OPS = "SSD_DEPLOY_ORT_CUSTOM_OPS"
+ORT_OPS_LIB_NAME = "libssd_ort_custom_ops.so"
+ORT_HEADERS_HINT = ("copy microsoft/onnxruntime's include/onnxruntime/core/session/*.h into "
+                    "third_party/onnxruntime/include of a source tree, or point OnnxRuntime_INCLUDE_DIR at them")
 
 
 def _cache_dir() -> Path:
@@ -77,6 +82,21 @@ def library_path() -> Path:
     if not path.is_file():
         raise UserError(f"the CUDA kernels are not built: no {path} (and {ENV_LIB} is unset); "
                         "run `ssd-deploy plugins build`")
+    return path
+
+
+def ort_custom_ops_path() -> Path:
+    """The ONNX Runtime custom-op library: ``$SSD_DEPLOY_ORT_CUSTOM_OPS``, else where ``build_all`` puts it."""
+    env = os.environ.get(ENV_ORT_OPS)
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise UserError(f"{ENV_ORT_OPS}={env} is not a file")
+        return path
+    path = DEFAULT_BUILD_DIR / ORT_OPS_LIB_NAME
+    if not path.is_file():
+        raise UserError(f"the ONNX Runtime custom-op library is not built: no {path} (and {ENV_ORT_OPS} is unset); "
+                        f"run `ssd-deploy plugins build` with ONNX Runtime headers ({ORT_HEADERS_HINT})")
     return path
 
 
@@ -427,12 +447,14 @@ class Built:
     kernels: Path  # libssd_kernels.so
     trt_plugins: Path | None  # the TensorRT plugin library, where it was built
     trt_status: str  # CMake's word on the plugin library (built, or why not)
+    ort_custom_ops: Path | None = None  # the ONNX Runtime custom-op library, where it was built
+    ort_status: str = ""  # CMake's word on it
 
 
 def build_all(build_dir: Optional[os.PathLike] = None, archs: Optional[Iterable] = None,
               log: Callable[[str], None] = lambda line: None) -> Built:
     """Configure and build the CMake project (``PLUGINS_DIR``): ``libssd_kernels.so`` always, the TensorRT plugin
-    library where TensorRT headers are found. ``log`` gets CMake's and the compiler's lines as they come.
+    library where TensorRT headers are found, the ONNX Runtime custom-op library where ONNX Runtime's are. ``log`` gets CMake's and the compiler's lines as they come.
 
     ``archs`` narrows the SM architectures (e.g. ``["90"]``); by default ``default_archs()``, of which CMake keeps
     those the installed nvcc supports. The list is passed on every run: a build directory configured earlier with
@@ -455,14 +477,18 @@ def build_all(build_dir: Optional[os.PathLike] = None, archs: Optional[Iterable]
         configure.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
         if shutil.which("ninja"):
             configure += ["-G", "Ninja"]
-    status = [ln for ln in _run(configure, log) if "ssd TensorRT plugins:" in ln]
+    lines = _run(configure, log)
+    status = [ln for ln in lines if "ssd TensorRT plugins:" in ln]
+    ort_status = [ln for ln in lines if "ssd ONNX Runtime custom ops:" in ln]
     _run([cmake, "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2)], log)
     lib = build_dir / LIB_NAME
     if not lib.is_file():
         raise UserError(f"the build finished without producing {lib}")
     trt = next(iter(sorted(build_dir.glob(TRT_PLUGINS_GLOB))), None)
     said = status[-1].split("ssd TensorRT plugins:", 1)[1].strip() if status else "no word from CMake"
-    return Built(lib, trt, said)
+    ort = build_dir / ORT_OPS_LIB_NAME
+    ort_said = ort_status[-1].split(":", 1)[1].strip() if ort_status else "no word from CMake"
+    return Built(lib, trt, said, ort if ort.is_file() else None, ort_said)
 
 
 def build(build_dir: Optional[os.PathLike] = None, archs: Optional[Iterable] = None) -> Path:

@@ -4,6 +4,8 @@ config files of TensorRT's own plugin tree. Everything that restated them derive
 
 - the ``trt`` lowering's node table (``ssd_deploy/onnx/trt.py`` ``PLUGINS``);
 - the plugin harness: ``plugins/harness/contracts.h`` (generated, checked in) and ``parity_cases.py``;
+- the ONNX Runtime custom-op library's op table: ``plugins/ort_custom_ops/contracts.h`` (generated, checked in):
+  its ops' names, inputs and outputs, shapes and attributes are these files, read by generic code;
 - the Inputs / Outputs / Attributes tables of each ``plugins/<Plugin>/README.md`` (generated sections).
 
 The plugin library's own specs (``plugins/<Plugin>/*Plugin.cpp``) stay hand-written on purpose: the harness checks
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,10 +193,160 @@ inline std::vector<Contract> const& contracts()
 """
 
 
+_EXTENT = re.compile(r"^(?:([A-Za-z_]\w*)\s*(?:([+-])\s*(\d+))?|(\d+))$")  # "h", "k-1", "n + 1", "4"
+
+
+def shape_alternatives(t: TensorSpec, plugin: str) -> list[list[tuple[str, int]]]:
+    """The shapes a tensor may have ("[h] or [h, p]"), each a list of (symbol, offset): extent = symbol + offset, or
+    the constant offset where the symbol is ""."""
+    alternatives = []
+    for alt in t.shape.split(" or "):
+        alt = alt.strip()
+        if not (alt.startswith("[") and alt.endswith("]")):
+            raise UserError(f"{plugin}.{t.name}: shape {t.shape!r} is not of the form [a, b, ...] (or ... or ...)")
+        dims = []
+        for extent in filter(None, (e.strip() for e in alt[1:-1].split(","))):
+            m = _EXTENT.match(extent)
+            if not m:
+                raise UserError(f"{plugin}.{t.name}: extent {extent!r} of {t.shape!r} is not a symbol, symbol +/- "
+                                "an integer, or an integer")
+            symbol, sign, number, constant = m.groups()
+            offset = int(number or 0) * (-1 if sign == "-" else 1)
+            dims.append((symbol, offset) if symbol else ("", int(constant)))
+        alternatives.append(dims)
+    return alternatives
+
+
+def render_ort_header(all_contracts: dict[str, Contract]) -> str:
+    """plugins/ort_custom_ops/contracts.h: each contract as constexpr C++ data (no TensorRT or ONNX Runtime types),
+    with index enums per op (``SsdChunkScan::in::x``) so that the library's launch code names tensors, not
+    positions."""
+    def ident(name: str, what: str) -> str:
+        if not name.isidentifier() or not name.isascii():
+            raise UserError(f"{what} {name!r} is not a C++ identifier")
+        return name
+
+    def cpp_float(v) -> str:
+        return "kInf" if v == math.inf else ("-kInf" if v == -math.inf else repr(float(v)))
+
+    blocks = []
+    for c in all_contracts.values():
+        ident(c.name, "plugin name")
+        lines = [f"namespace {c.name}", "{"]
+        for kind, items in (("in", c.inputs), ("out", c.outputs), ("attr", c.attributes)):
+            names = ", ".join(ident(t.name, f"{c.name} {kind}") for t in items)
+            lines.append(f"namespace {kind} {{ enum : int {{ {names} }}; }}" if items else f"namespace {kind} {{}}")
+        tables = {}
+        for kind, tensors in (("Inputs", c.inputs), ("Outputs", c.outputs)):
+            rows = []
+            for t in tensors:
+                alts = shape_alternatives(t, c.name)
+                var = f"k{kind[:-1]}_{t.name}"
+                for i, dims in enumerate(alts):
+                    cells = ", ".join(f'{{"{s}", {o}}}' for s, o in dims)
+                    lines.append(f"inline constexpr Dim {var}_{i}[] = {{{cells}}};" if dims else
+                                 f"inline constexpr Dim const* {var}_{i} = nullptr;")
+                shapes = ", ".join(f"{{{var}_{i}, {len(dims)}}}" for i, dims in enumerate(alts))
+                lines.append(f"inline constexpr Shape {var}[] = {{{shapes}}};")
+                role = "Role::kActivation" if t.role == "A" else "Role::kFloat32"
+                rows.append(f'{{"{t.name}", {role}, {str(t.optional).lower()}, {var}, {len(alts)}}}')
+            lines.append(f"inline constexpr TensorContract k{kind}[] = {{{', '.join(rows)}}};" if rows else "")
+            tables[kind] = (f"k{kind}" if rows else "nullptr", len(rows))
+        attrs = [f'{{"{a.name}", AttrType::k{a.type.capitalize()}, {str(a.required).lower()}, '
+                 f'{cpp_float(0 if a.required else a.default)}}}' for a in c.attributes]
+        if attrs:
+            lines.append(f"inline constexpr AttrContract kAttributes[] = {{{', '.join(attrs)}}};")
+        (ins, n_in), (outs, n_out) = tables["Inputs"], tables["Outputs"]
+        lines.append(f'inline constexpr OpContract kContract{{"{c.name}", "{c.domain}", {int(c.version)}, {ins}, '
+                     f'{n_in}, {outs}, {n_out}, {"kAttributes" if attrs else "nullptr"}, {len(attrs)}}};')
+        lines.append(f"}} // namespace {c.name}")
+        blocks.append("\n".join(line for line in lines if line))
+    everything = ", ".join(f"&{c.name}::kContract" for c in all_contracts.values())
+    return f"""// GENERATED from plugins/<Plugin>/{CONTRACT_FILE} by `python -m ssd_deploy.plugin_contracts --write`: do not edit.
+// The node contracts as data for the ONNX Runtime custom-op library (plugins/ort_custom_ops): names, inputs and
+// outputs (dtype role, optional, the shapes as symbols), attributes (type, required or default). The library's
+// schemas, attribute reading, shape checks and output shapes come from these tables.
+#pragma once
+#include <cstdint>
+#include <limits>
+
+namespace ssd_ort
+{{
+
+//! 'A' in the contracts: the node's activation dtype (fp32, fp16 or bf16, one per node); else always float32.
+enum class Role : uint8_t
+{{
+    kActivation,
+    kFloat32,
+}};
+
+enum class AttrType : uint8_t
+{{
+    kInt,
+    kFloat,
+}};
+
+//! One extent: the symbol's value plus offset ("k-1": {{"k", -1}}), or the constant offset when symbol is "".
+struct Dim
+{{
+    char const* symbol;
+    int64_t offset;
+}};
+
+struct Shape
+{{
+    Dim const* dims;
+    int32_t rank;
+}};
+
+struct TensorContract
+{{
+    char const* name;
+    Role role;
+    bool optional;
+    Shape const* shapes; // the alternatives ("[h] or [h, p]")
+    int32_t nbShapes;
+}};
+
+struct AttrContract
+{{
+    char const* name;
+    AttrType type;
+    bool required;
+    double defaultValue; // unused when required
+}};
+
+struct OpContract
+{{
+    char const* name;
+    char const* domain;
+    int32_t version;
+    TensorContract const* inputs;
+    int32_t nbInputs;
+    TensorContract const* outputs;
+    int32_t nbOutputs;
+    AttrContract const* attributes;
+    int32_t nbAttributes;
+}};
+
+namespace contracts
+{{
+inline constexpr double kInf = std::numeric_limits<double>::infinity();
+
+{(chr(10) * 2).join(blocks)}
+
+inline constexpr OpContract const* kAll[] = {{{everything}}};
+}} // namespace contracts
+
+}} // namespace ssd_ort
+"""
+
+
 def stale(plugins_dir: Path = PLUGINS_DIR) -> dict[Path, str]:
     """Every derived file that differs from what the contracts give: path -> the text it should have."""
     all_contracts = contracts(plugins_dir)
-    wanted = {Path(plugins_dir) / "harness" / "contracts.h": render_header(all_contracts)}
+    wanted = {Path(plugins_dir) / "harness" / "contracts.h": render_header(all_contracts),
+              Path(plugins_dir) / "ort_custom_ops" / "contracts.h": render_ort_header(all_contracts)}
     for c in all_contracts.values():
         readme = Path(plugins_dir) / c.name / "README.md"
         wanted[readme] = render_readme(readme.read_text(), c)

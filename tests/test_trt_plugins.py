@@ -191,8 +191,9 @@ def test_the_trt_lowering_and_the_harness_read_the_contracts():
 
 
 def test_adding_an_input_is_one_edit(tmp_path):
-    """An optional input added to a contract file reaches the README tables and the harness header on regeneration
-    (what packed sequences' cu_seqlens will need), and a hand-edited README table is caught."""
+    """An optional input added to a contract file reaches the README tables, the harness header and the ONNX
+    Runtime custom-op library's table on regeneration (what packed sequences' cu_seqlens will need), and a
+    hand-edited README table is caught."""
     from ssd_deploy import plugin_contracts
 
     plugins = tmp_path / "plugins"
@@ -201,8 +202,12 @@ def test_adding_an_input_is_one_edit(tmp_path):
     contract.write_text(contract.read_text() + '\n[[inputs]]\nname = "cu_seqlens"\nshape = "[n + 1]"\n'
                                                'dtype = "float32"\noptional = true\n')
     stale = plugin_contracts.stale(plugins)
-    assert set(stale) == {plugins / "harness" / "contracts.h", plugins / "SsdChunkScan" / "README.md"}
+    assert set(stale) == {plugins / "harness" / "contracts.h", plugins / "SsdChunkScan" / "README.md",
+                          plugins / "ort_custom_ops" / "contracts.h"}
     assert '{"SsdChunkScan", 9, "AAFAAFFFF" "AF"' in stale[plugins / "harness" / "contracts.h"]
+    ort = stale[plugins / "ort_custom_ops" / "contracts.h"]
+    assert 'inline constexpr Dim kInput_cu_seqlens_0[] = {{"n", 1}};' in ort
+    assert '{"cu_seqlens", Role::kFloat32, true, kInput_cu_seqlens, 1}' in ort
     assert "| 8 | cu_seqlens | [n + 1] (optional) | float32 |" in stale[plugins / "SsdChunkScan" / "README.md"]
     readme = plugins / "GatedRmsNorm" / "README.md"
     readme.write_text(readme.read_text().replace("| 0 | y | [b, l, d] | T |", "| 0 | y | [b, d] | T |"))

@@ -124,25 +124,37 @@ class TorchBackend(Backend):
 
 
 class OrtBackend(Backend):
-    def __init__(self, export_dir: Path, provider: str = "cpu", io_binding: bool | None = None):
+    def __init__(self, export_dir: Path, provider: str = "cpu", io_binding: bool | None = None,
+                 custom_ops: Path | None = None):
         """``io_binding`` (default: on for CUDA): states and logits live in torch tensors on the provider's device,
-        bound to the session's inputs and outputs, instead of numpy arrays fed and fetched by ``run``."""
+        bound to the session's inputs and outputs, instead of numpy arrays fed and fetched by ``run``.
+        ``custom_ops``: for a `trt` export on the CUDA provider, the ONNX Runtime custom-op library of
+        plugins/ort_custom_ops (``kernels.ort_custom_ops_path()``), which runs the shipped graph's plugin nodes with
+        our CUDA kernels; without it a `trt` export runs through its standard-op validation copy."""
         from .ort_runner import ort_session
         from .validation_copy import validation_model
 
         self.meta = read_metadata(export_dir)
+        if custom_ops is not None and (self.meta.flavor != "trt" or provider != "cuda"):
+            raise UserError(f"{export_dir}: the custom-op library runs `trt` exports on the cuda provider "
+                            f"(this is a `{self.meta.flavor}` export, provider {provider})")
         verify_weights(export_dir, self.meta)  # sizes always, sha256 up to interface.HASH_LIMIT
         self.config, self.recipe, self.dtype = self.meta.config, self.meta.recipe, self.meta.dtype
         self.one_token_per_call = self.meta.graph == "decode"
-        with validation_model(export_dir) as path:  # trt exports run through their standard-op validation copy
-            self.session = ort_session(export_dir, provider, path)
+        self.custom_ops = custom_ops
+        if custom_ops is not None:  # the very graph TensorRT receives, its plugin nodes on our kernels
+            self.session = ort_session(export_dir, provider, custom_ops=custom_ops)
+        else:
+            with validation_model(export_dir) as path:  # trt exports run through their standard-op validation copy
+                self.session = ort_session(export_dir, provider, path)
         self.provider = provider
         self.device = "cuda" if provider == "cuda" else "cpu"
         self.io_binding = provider == "cuda" if io_binding is None else io_binding
         chunked = "-chunked" if self.meta.prefill == "chunked" else ""  # the ort flavor's prefill choice
         # a packed graph (cu_seqlens input) serves every call: packed prefills, equal-length batches, decode steps
         self.packed = self.meta.graph == "packed"
-        self.name = f"ort-{self.meta.flavor}{chunked}{'-packed' if self.packed else ''}-{provider}"
+        self.name = (f"ort-{self.meta.flavor}{chunked}{'-packed' if self.packed else ''}"
+                     f"{'-customops' if custom_ops is not None else ''}-{provider}")
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.vocab = self.session.get_outputs()[self.outputs.index(LOGITS)].shape[-1]
         self.logits_dtype = DTYPES[self.meta.dtype].torch

@@ -14,7 +14,10 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", 
 PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
 
 
-def ort_session(export_dir: Path, provider: str = "cpu", model_file: Path | None = None):
+def ort_session(export_dir: Path, provider: str = "cpu", model_file: Path | None = None,
+                custom_ops: Path | None = None):
+    """``custom_ops``: a custom-op library to register (``SessionOptions.register_custom_ops_library``), such as
+    plugins/ort_custom_ops, which runs a `trt` export's plugin nodes on the CUDA provider (docs/flavors.md)."""
     import onnxruntime as ort
 
     if provider not in PROVIDERS:
@@ -29,6 +32,8 @@ def ort_session(export_dir: Path, provider: str = "cpu", model_file: Path | None
                                   str(model_path(export_dir).parent.resolve()))
     path = model_file or model_path(export_dir)
     try:
+        if custom_ops is not None:
+            opts.register_custom_ops_library(str(custom_ops))
         return ort.InferenceSession(str(path), opts, providers=PROVIDERS[provider],
                                     provider_options=[PROVIDER_OPTIONS.get(p, {}) for p in PROVIDERS[provider]])
     except Exception as e:  # ORT's pybind errors share no public base type
