@@ -151,16 +151,21 @@ def validate(export_dir, ckpt, backend, provider, engine, plugins, steps, batch,
               help="[default: last, or the recipe's]")
 @click.option("--workspace-mib", type=int, default=None, help="TensorRT builder memory pool  [default: 1024]")
 @click.option("--os-share", type=float, default=None, help="GiB the OS takes (default: the target's estimate)")
+@click.option("--quant", type=Choice(CHOICES["quant"], "quantization"), default=None,
+              help="weight-only quantization of in_proj, out_proj and lm_head (docs/quantization.md)  "
+                   "[default: none, or the recipe's]")
+@click.option("--quant-block", type=int, default=None, help="weights per scale  [default: 128, or the recipe's]")
 @json_option("the plan")
 @user_errors
-def plan(ckpt, target_name, recipe, dtype, batch, prefill_len, logits, workspace_mib, os_share, as_json):
+def plan(ckpt, target_name, recipe, dtype, batch, prefill_len, logits, workspace_mib, os_share, quant, quant_block,
+         as_json):
     """Memory budget of CKPT (a checkpoint directory; only its config.json is read) on a Jetson target: weights,
     states, activation peak, TensorRT workspace and runtime overhead against the memory the OS leaves; the largest
     profiles and precisions that fit. Exit status 2 when it does not fit."""
     import dataclasses
 
     from .config import load_config
-    from .plan import DEFAULT_WORKSPACE_MIB, format_plan, make_plan, refusal
+    from .plan import DEFAULT_QUANT_BLOCK, DEFAULT_WORKSPACE_MIB, format_plan, make_plan, refusal
     from .recipes import load as load_recipe
     from .targets import target
 
@@ -177,7 +182,10 @@ def plan(ckpt, target_name, recipe, dtype, batch, prefill_len, logits, workspace
                   batch if batch is not None else r.get("batch", [1, 1])[1],
                   prefill_len if prefill_len is not None else r.get("prefill", [1, 2048])[1],
                   logits or r.get("export", {}).get("logits", "last"),
-                  workspace_mib if workspace_mib is not None else r.get("workspace_mib", DEFAULT_WORKSPACE_MIB))
+                  workspace_mib if workspace_mib is not None else r.get("workspace_mib", DEFAULT_WORKSPACE_MIB),
+                  quant or r.get("export", {}).get("quant", "none"),
+                  quant_block if quant_block is not None else r.get("export", {}).get("quant_block",
+                                                                                      DEFAULT_QUANT_BLOCK))
     click.echo(json.dumps(p.to_dict(), indent=2) if as_json else format_plan(p, str(ckpt)))
     if not p.fits:
         raise UserError(refusal(p, str(ckpt)))

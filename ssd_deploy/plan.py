@@ -3,7 +3,11 @@
 The budget of a TensorRT deployment on a module whose CPU and GPU share one DRAM (targets.py), in bytes:
 
 * weights: every parameter at the export's precision, except those the op contracts keep in float32 (A_log, D,
-  dt_bias, conv weight and bias, gated-norm weight: model.FP32_PARAMS); a tied head counted once.
+  dt_bias, conv weight and bias, gated-norm weight: model.FP32_PARAMS); a tied head counted once. With weight-only
+  quantization (docs/quantization.md; the ``dq`` format, TensorRT's) each layer's in_proj and out_proj and the head
+  ([N, K] in torch) are stored as K x N int8 or int4 values (int4 packed two to a byte) and ceil(K / block) x N
+  scales at the export's precision; everything else as above. A tied head is untied by quantization: the embedding
+  keeps its float table and the head gets its own quantized copy.
 * states: 2 x batch x layers x (conv: conv_dim x (d_conv - 1) + ssm: heads x headdim x d_state) x 4 bytes: the
   float32 state inputs and outputs of one call are both alive.
 * activations, the peak of a prefill of batch x prefill tokens, one layer live at a time: the in_proj output
@@ -31,6 +35,9 @@ from .targets import Target
 GIB = 1 << 30
 MIB = 1 << 20
 ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
+QUANT_BITS = {"none": None, "int8": 8, "int4": 4}  # the export's --quant (quantize.BITS)
+DEFAULT_QUANT_BLOCK = 128  # the export's --quant-block default (onnx/options.py)
+QUANTIZED = (".mixer.in_proj.weight", ".mixer.out_proj.weight")  # with the head: what quantize.py quantizes
 DEFAULT_WORKSPACE_MIB = 1024
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 PREFILLS = tuple(128 << i for i in range(10))  # 128 ... 65536
@@ -55,13 +62,28 @@ class Budget:
 
 
 @functools.lru_cache(maxsize=64)  # a plan asks for many budgets of one model
-def weights_bytes(cfg: Mamba2Config, dtype: str) -> int:
+def weights_bytes(cfg: Mamba2Config, dtype: str, quant: str = "none", block: int = DEFAULT_QUANT_BLOCK) -> int:
     from .checkpoint import expected_shapes, param_dtype  # torch, imported when a plan is made
     from .interface import DTYPES
 
     torch_dtype = DTYPES[dtype].torch
-    return sum(math.prod(shape) * (4 if param_dtype(name, torch_dtype) != torch_dtype else ITEMSIZE[dtype])
-               for name, shape in expected_shapes(cfg).items())
+    shapes = expected_shapes(cfg)
+    total = 0
+    for name, shape in shapes.items():
+        if QUANT_BITS[quant] and (name.endswith(QUANTIZED) or name == "lm_head.weight"):
+            total += quantized_bytes(shape, QUANT_BITS[quant], block, ITEMSIZE[dtype])
+        else:
+            total += math.prod(shape) * (4 if param_dtype(name, torch_dtype) != torch_dtype else ITEMSIZE[dtype])
+    if QUANT_BITS[quant] and cfg.tie_embeddings:  # untied by quantization: the head's own quantized copy
+        total += quantized_bytes(shapes["backbone.embedding.weight"], QUANT_BITS[quant], block, ITEMSIZE[dtype])
+    return total
+
+
+def quantized_bytes(shape: tuple[int, int], bits: int, block: int, scale_itemsize: int) -> int:
+    """A linear weight [N, K] (torch's layout) as the ``dq`` format stores it: K x N values of ``bits`` (int4 two to a
+    byte), ceil(K / block) x N scales (quantize.rtn_symmetric)."""
+    n, k = shape
+    return -(-k * n * bits // 8) + -(-k // block) * n * scale_itemsize
 
 
 def states_bytes(cfg: Mamba2Config, batch: int) -> int:
@@ -80,8 +102,9 @@ def activations_bytes(cfg: Mamba2Config, dtype: str, batch: int, prefill: int, l
 
 
 def budget(cfg: Mamba2Config, tgt: Target, dtype: str, batch: int, prefill: int, logits: str = "last",
-           workspace_mib: int = DEFAULT_WORKSPACE_MIB) -> Budget:
-    return Budget(weights_bytes(cfg, dtype), states_bytes(cfg, batch),
+           workspace_mib: int = DEFAULT_WORKSPACE_MIB, quant: str = "none",
+           quant_block: int = DEFAULT_QUANT_BLOCK) -> Budget:
+    return Budget(weights_bytes(cfg, dtype, quant, quant_block), states_bytes(cfg, batch),
                   activations_bytes(cfg, dtype, batch, prefill, logits), workspace_mib * MIB,
                   tgt.runtime_overhead_mib * MIB)
 
@@ -107,26 +130,42 @@ class Plan:
     precisions: tuple[str, ...]  # of the target's, those that fit this batch and prefill, highest first
     profiles: tuple[tuple[int, int], ...]  # (batch, largest prefill that fits) at this dtype
     decode_batch: int  # the largest decode batch (one token per call) that fits at this dtype, 0 if none
+    quant: str = "none"  # weight-only quantization of in_proj, out_proj and the head (docs/quantization.md)
+    quant_block: int | None = None  # weights per scale (quantized plans)
+    quantizations: tuple[str, ...] = ()  # int8 / int4, those that fit this dtype, batch and prefill (fp32/fp16 only)
 
     def to_dict(self) -> dict:
-        return {"target": asdict(self.target), "dtype": self.dtype, "batch": self.batch, "prefill": self.prefill,
+        return {"target": asdict(self.target), "dtype": self.dtype, "quant": self.quant,
+                "quant_block": self.quant_block, "batch": self.batch, "prefill": self.prefill,
                 "logits": self.logits, "budget": {**asdict(self.budget), "total": self.budget.total,
                                                   "build": self.budget.build},
                 "available": self.available, "fits": self.fits, "precisions_that_fit": list(self.precisions),
+                "quantizations_that_fit": list(self.quantizations),
                 "largest_profiles": [{"batch": b, "prefill": p} for b, p in self.profiles],
                 "largest_decode_batch": self.decode_batch}
 
 
 def make_plan(cfg: Mamba2Config, tgt: Target, dtype: str, batch: int, prefill: int, logits: str = "last",
-              workspace_mib: int = DEFAULT_WORKSPACE_MIB) -> Plan:
+              workspace_mib: int = DEFAULT_WORKSPACE_MIB, quant: str = "none",
+              quant_block: int = DEFAULT_QUANT_BLOCK) -> Plan:
+    from .onnx.options import QUANT_BLOCKS, QUANTS  # the export's own vocabulary
+
     if dtype not in tgt.dtypes:
         raise UserError(f"{tgt.name} runs {', '.join(tgt.dtypes)}, not {dtype}")
     if batch < 1 or prefill < 1:
         raise UserError(f"batch and prefill length must be positive (got {batch}, {prefill})")
-    plan_of = lambda d, b, p: budget(cfg, tgt, d, b, p, logits, workspace_mib)  # noqa: E731
+    if quant not in QUANTS:
+        raise UserError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANTS)}")
+    if quant != "none" and quant_block not in QUANT_BLOCKS:
+        raise UserError(f"quant block {quant_block} not supported; choose one of {', '.join(map(str, QUANT_BLOCKS))}")
+    if quant != "none" and dtype == "bf16":  # as the export refuses it (onnx/options.py)
+        raise UserError("quantized exports take fp32 or fp16 activations, not bf16")
+    plan_of = lambda d, b, p, q=quant: budget(cfg, tgt, d, b, p, logits, workspace_mib, q, quant_block)  # noqa: E731
     b = plan_of(dtype, batch, prefill)
     precisions = tuple(d for d in sorted(tgt.dtypes, key=lambda d: -ITEMSIZE[d])
-                       if fits(plan_of(d, batch, prefill), tgt))
+                       if (quant == "none" or d != "bf16") and fits(plan_of(d, batch, prefill), tgt))
+    quantizations = () if dtype == "bf16" else \
+        tuple(q for q in ("int8", "int4") if fits(plan_of(dtype, batch, prefill, q), tgt))
     profiles = []
     for bb in BATCHES:
         best = max((p for p in PREFILLS if fits(plan_of(dtype, bb, p), tgt)), default=None)
@@ -134,7 +173,7 @@ def make_plan(cfg: Mamba2Config, tgt: Target, dtype: str, batch: int, prefill: i
             profiles.append((bb, best))
     decode = max((1 << i for i in range(13) if fits(plan_of(dtype, 1 << i, 1), tgt)), default=0)
     return Plan(tgt, dtype, batch, prefill, logits, b, available_bytes(tgt), fits(b, tgt), precisions,
-                tuple(profiles), decode)
+                tuple(profiles), decode, quant, quant_block if quant != "none" else None, quantizations)
 
 
 def _gib(n: int) -> str:
@@ -145,7 +184,7 @@ def format_plan(p: Plan, model: str) -> str:
     t, b = p.target, p.budget
     lines = [
         f"plan: {model} on {t.module} (sm_{t.sm}; JetPack {t.jetpack}: CUDA {t.cuda}, TensorRT {t.tensorrt})",
-        f"  {p.dtype}, batch {p.batch}, prefill {p.prefill} tokens, {p.logits}-position logits",
+        f"  {p.dtype}{_quant(p)}, batch {p.batch}, prefill {p.prefill} tokens, {p.logits}-position logits",
         f"  weights              {_gib(b.weights)}",
         f"  states               {_gib(b.states)}  (inputs and outputs, float32)",
         f"  activations          {_gib(b.activations)}  (peak of a {p.batch} x {p.prefill} prefill)",
@@ -155,8 +194,11 @@ def format_plan(p: Plan, model: str) -> str:
         f"({t.memory_gib} GiB less {t.os_share_gib:g} GiB for the OS)",
         f"  build on the device  {_gib(b.build)}  (ONNX weights + engine + workspace + overhead)",
         f"  {'fits' if p.fits else 'DOES NOT FIT'}",
-        f"  precisions that fit batch {p.batch} x {p.prefill}: {', '.join(p.precisions) or 'none'}",
+        f"  precisions that fit batch {p.batch} x {p.prefill}: {', '.join(p.precisions) or 'none'}"
+        + (f" (weights {p.quant})" if p.quant != "none" else ""),
     ]
+    if p.dtype != "bf16":
+        lines.append(f"  weight-only quantizations that fit at {p.dtype}: {', '.join(p.quantizations) or 'none'}")
     if p.profiles:
         lines.append(f"  largest prefill profiles at {p.dtype}: "
                      + ", ".join(f"batch {bb} x {pp}" for bb, pp in p.profiles))
@@ -164,13 +206,18 @@ def format_plan(p: Plan, model: str) -> str:
     return "\n".join(lines)
 
 
+def _quant(p: Plan) -> str:
+    return "" if p.quant == "none" else f" with {p.quant} weights (block {p.quant_block})"
+
+
 def refusal(p: Plan, model: str) -> str:
     need = max(p.budget.total, p.budget.build)
     what = "building the engine" if p.budget.build > p.budget.total else "running"
     hint = (f"precisions that fit: {', '.join(p.precisions)}" if p.precisions else
+            f"weight-only quantizations that fit at {p.dtype}: {', '.join(p.quantizations)}" if p.quantizations else
             f"largest profiles at {p.dtype}: " + ", ".join(f"batch {b} x {q}" for b, q in p.profiles)
             if p.profiles else "no profile fits at any precision")
-    return (f"{model} at {p.dtype}, batch {p.batch} x prefill {p.prefill} does not fit on {p.target.name}: "
+    return (f"{model} at {p.dtype}{_quant(p)}, batch {p.batch} x prefill {p.prefill} does not fit on {p.target.name}: "
             f"{what} needs {need / GIB:.2f} GiB of the {p.available / GIB:.2f} GiB left by the OS ({hint})")
 
 
@@ -187,6 +234,7 @@ def require(cfg: Mamba2Config, recipe: dict, model: str):
         [(recipe["batch"][1], recipe["prefill"][1])]
     for batch, prefill in shapes:
         p = make_plan(cfg, target(device), export.get("dtype", "fp32"), batch, prefill, export.get("logits", "all"),
-                      recipe.get("workspace_mib", DEFAULT_WORKSPACE_MIB))
+                      recipe.get("workspace_mib", DEFAULT_WORKSPACE_MIB), export.get("quant", "none"),
+                      export.get("quant_block", DEFAULT_QUANT_BLOCK))
         if not p.fits:
             raise UserError(f"recipe {recipe.get('name', '?')}: " + refusal(p, model))

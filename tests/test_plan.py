@@ -4,6 +4,7 @@ presets' dimensions, proposals, refusals (exit 2), and recipes for a device chec
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -62,6 +63,75 @@ def test_codestral_bf16_on_agx_orin_64gb_by_hand():
     assert p.fits == (p.budget.total <= 61 * GIB and p.budget.build <= 61 * GIB)
 
 
+def test_130m_int4_on_orin_nano_by_hand():
+    # as test_130m_fp16_on_orin_nano_by_hand, with in_proj [3352, 768], out_proj [768, 1536] and the tied head
+    # [50288, 768] as K x N int4 values (half a byte each) + ceil(K / 128) x N fp16 scales (torch layout [N, K])
+    in_proj = 768 * 3352 // 2 + 6 * 3352 * 2
+    out_proj = 1536 * 768 // 2 + 12 * 768 * 2
+    fp32_per_layer = 1792 * 4 + 1792 + 24 + 24 + 24 + 1536
+    head = 768 * 50288 // 2 + 6 * 50288 * 2  # the quantized copy; the embedding keeps its fp16 table
+    weights = 24 * (in_proj + out_proj + 768 * 2 + 4 * fp32_per_layer) + 2 * (50288 * 768 + 768) + head
+    p = plan.make_plan(preset("130m"), target("orin-nano-8gb"), "fp16", 1, 2048, "last", 1024, "int4", 128)
+    assert p.budget.weights == weights
+    fp16 = plan.make_plan(preset("130m"), target("orin-nano-8gb"), "fp16", 1, 2048, "last", 1024)
+    assert dataclasses.replace(p.budget, weights=fp16.budget.weights) == fp16.budget  # only the weights change
+    assert p.quant == "int4" and p.quant_block == 128 and p.to_dict()["quant"] == "int4"
+
+
+def test_codestral_int8_block_64_fp32_by_hand():
+    # untied head; fp32 activations: scales in fp32
+    in_proj = 4096 * 18560 + 64 * 18560 * 4
+    out_proj = 8192 * 4096 + 128 * 4096 * 4
+    fp32_per_layer = 10240 * 4 + 10240 + 3 * 128 + 8192
+    head = 4096 * 32768 + 64 * 32768 * 4
+    weights = 64 * (in_proj + out_proj + 4096 * 4 + 4 * fp32_per_layer) + 4 * (32768 * 4096 + 4096) + head
+    assert plan.weights_bytes(preset("codestral"), "fp32", "int8", 64) == weights
+
+
+def test_2_7b_fits_an_orin_nano_with_int4_weights_only():
+    cfg, nano = preset("2.7b"), target("orin-nano-8gb")
+    fp16 = plan.make_plan(cfg, nano, "fp16", 1, 2048)
+    assert not fp16.fits and fp16.quantizations == ("int4",)
+    assert "weight-only quantizations that fit at fp16: int4" in plan.refusal(fp16, "2.7b")
+    int8 = plan.make_plan(cfg, nano, "fp16", 1, 2048, quant="int8")
+    assert not int8.fits and int8.budget.build > int8.available > int8.budget.total
+    int4 = plan.make_plan(cfg, nano, "fp16", 1, 2048, quant="int4")
+    assert int4.fits and int4.precisions == ("fp32", "fp16")  # bf16 takes no quantization
+    assert int4.budget.weights < fp16.budget.weights / 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (dict(dtype="bf16", quant="int4"), "fp32 or fp16 activations"),
+    (dict(dtype="fp16", quant="int2"), "unknown quantization 'int2'"),
+    (dict(dtype="fp16", quant="int8", quant_block=48), "quant block 48 not supported"),
+])
+def test_plan_refuses_quantizations_the_export_refuses(args, message):
+    with pytest.raises(UserError, match=message):
+        plan.make_plan(preset("130m"), target("agx-thor-128gb"), batch=1, prefill=128, **args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg,quant,block", [(TINY, "int4", 128), (dataclasses.replace(TINY, tie_embeddings=False),
+                                                                      "int8", 32)])
+def test_quantized_weights_are_what_the_dq_export_stores(make_export, cfg, quant, block):
+    """The plan's quantized weight bytes against an export's: the dq export's initializers (int4 counted at half a
+    byte, as TensorRT holds them) less the float export's equal the plan's difference. The tiny model's K = 192 is
+    not a multiple of 128: ceil(K / block) scales per column."""
+    import onnx
+
+    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.INT8: 8, onnx.TensorProto.FLOAT16: 16,
+            onnx.TensorProto.FLOAT: 32, onnx.TensorProto.INT64: 64, onnx.TensorProto.BOOL: 8}
+
+    def stored(export_dir):
+        model = onnx.load(str(export_dir / "model.onnx"), load_external_data=False)
+        return sum(-(-int(np.prod(t.dims)) * bits[t.data_type] // 8) for t in model.graph.initializer)
+
+    _, floats = make_export(cfg, dtype="fp16")
+    _, quantized = make_export(cfg, dtype="fp16", quant=quant, quant_block=block, quant_format="dq")
+    assert stored(quantized) - stored(floats) == \
+        plan.weights_bytes(cfg, "fp16", quant, block) - plan.weights_bytes(cfg, "fp16")
+
+
 def test_2_7b_does_not_fit_an_orin_nano_at_any_float_precision():
     # 2.7b fp16 weights alone: ~5.0 GiB; building needs twice that on a module with 6.5 GiB left by the OS
     p = plan.make_plan(preset("2.7b"), target("orin-nano-8gb"), "fp16", 1, 2048)
@@ -101,6 +171,30 @@ def test_cli_plan_prints_json_and_refuses_with_exit_2(tmp_path):
     assert "Traceback" not in r.output
     r = CliRunner().invoke(main, ["plan", str(big), "--target", "agx-orin-32gb", "--dtype", "fp16"])
     assert r.exit_code == 0, r.output
+
+
+def test_cli_plan_quant_from_the_flag_or_the_recipe(tmp_path):
+    big = write_config(tmp_path, "2.7b")
+    r = CliRunner().invoke(main, ["plan", str(big), "--target", "orin-nano-8gb", "--quant", "int4", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["fits"] and d["quant"] == "int4" and d["quant_block"] == 128
+    assert d["budget"]["weights"] == plan.weights_bytes(preset("2.7b"), "fp16", "int4", 128)
+    r = CliRunner().invoke(main, ["plan", str(big), "--target", "orin-nano-8gb", "--quant", "int4"])
+    assert r.exit_code == 0 and "fp16 with int4 weights (block 128)" in r.output, r.output
+    text = (recipes.RECIPES_DIR / "trt-jetson-orin-nano-fp16.toml").read_text()
+    (tmp_path / "int4.toml").write_text(text.replace('external_data = "always"', 'external_data = "always"\n'
+                                                     'quant = "int4"\nquant_block = 64'))
+    r = CliRunner().invoke(main, ["plan", str(big), "--target", "orin-nano-8gb", "--recipe",
+                                  str(tmp_path / "int4.toml"), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert (d["quant"], d["quant_block"]) == ("int4", 64)
+    assert d["budget"]["weights"] == plan.weights_bytes(preset("2.7b"), "fp16", "int4", 64)
+    # the recipe's quantization is what export and build check the device with
+    plan.require(preset("2.7b"), recipes.load(tmp_path / "int4.toml").to_dict(), "2.7b")
+    with pytest.raises(UserError, match="does not fit on orin-nano-8gb"):
+        plan.require(preset("2.7b"), recipes.load("trt-jetson-orin-nano-fp16").to_dict(), "2.7b")
 
 
 @pytest.mark.parametrize("args,message", [
