@@ -4,9 +4,11 @@ Runtime's CUDA provider with our CUDA kernels.
 Without a GPU: the op table is the generated one (contracts.h current); the library compiles against ONNX Runtime's
 headers, exports only its entry points and links no libonnxruntime; the ops it hands ONNX Runtime (read through
 the ABI-stable head of OrtCustomOp) match the contracts in name, provider, input/output counts, dtypes and optional
-flags; and the installed onnxruntime (CPU) registers it, resolves single-node graphs of every op and dtype and the
+flags; the installed onnxruntime (CPU) registers it, resolves single-node graphs of every op and dtype and the
 tiny model's `trt` export against its schemas (failing only for want of a CUDA kernel), and refuses a node with an
-input missing or mixed dtypes. On a GPU with onnxruntime-gpu: each op against the float64 reference and bit for bit
+input missing or mixed dtypes; and the CPU check build (the same sources for the CPU provider, kernel calls left
+out) runs every op and the whole `trt` export with the contract's output shapes and names bad shapes and
+attributes. On a GPU with onnxruntime-gpu: each op against the float64 reference and bit for bit
 against the same kernel called through kernels.py, attribute errors at session creation, the `trt` export against
 the PyTorch model and the portable export, half precision, and greedy generation token for token.
 
@@ -85,6 +87,16 @@ def built(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def lib(built) -> Path:
     return built / LIB
+
+
+@pytest.fixture(scope="module")
+def cpu_check(built) -> Path:
+    """The CPU check build (ortOp.h): the same ops on ONNX Runtime's CPU provider, kernel calls left out (outputs
+    zero-filled)."""
+    proc = subprocess.run(["cmake", "--build", str(built), "--target", "ssd_ort_custom_ops_cpu_check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return built / "libssd_ort_custom_ops_cpu_check.so"
 
 
 # --- the op table is the contracts' -------------------------------------------------------------------------------
@@ -247,6 +259,103 @@ def test_onnxruntime_resolves_the_trt_export(lib, make_export, variant):
         ort_session(export_dir, "cpu", model_path(export_dir), custom_ops=lib)
     assert any(s in str(e.value) for s in NOT_IMPLEMENTED), str(e.value)
     assert any(f"{p}(1)" in str(e.value) or f"{trt.DOMAIN}.{p}" in str(e.value) for p in CONTRACTS), str(e.value)
+
+
+# sizes of the contracts' symbols for the CPU check runs, and what each op's outputs must then be (written out here,
+# not derived from the contracts, so that a wrong output shape in the library or the contracts shows)
+SIZES = {"b": 2, "l": 5, "h": 4, "p": 3, "g": 2, "n": 6, "d": 8, "k": 4}
+OUTPUT_SHAPES = {"SsdChunkScan": [(2, 5, 4, 3), (2, 4, 3, 6)], "SsdStateUpdate": [(2, 4, 3), (2, 4, 3, 6)],
+                 "CausalConv1d": [(2, 5, 8), (2, 8, 3)], "GatedRmsNorm": [(2, 5, 8)]}
+
+
+def _contract_feeds(c, dtype: str, alternative: int = 0) -> dict:
+    rng = np.random.default_rng()
+    feeds = {}
+    for t in c.inputs:
+        alts = plugin_contracts.shape_alternatives(t, c.name)
+        dims = alts[min(alternative, len(alts) - 1)]
+        shape = tuple(SIZES[s] + o if s else o for s, o in dims)
+        feeds[t.name] = rng.standard_normal(shape).astype(np.float16 if dtype == "fp16" and t.role == "A"
+                                                          else np.float32)
+    return feeds
+
+
+def _cpu_session(model, lib: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.register_custom_ops_library(str(lib))
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])  # numpy has no bfloat16 to feed
+@pytest.mark.parametrize("plugin", list(CONTRACTS))
+def test_cpu_check_build_gives_the_contract_output_shapes(cpu_check, plugin, dtype):
+    """Everything but the kernel call, inside a real ONNX Runtime session: attributes read, inputs checked, outputs
+    allocated in the contract's shapes and dtypes (both shapes of D where there are two)."""
+    c = CONTRACTS[plugin]
+    sess = _cpu_session(_node_model(c, ACTIVATIONS[dtype]), cpu_check)
+    for alternative in (0, 1):
+        outs = sess.run(None, _contract_feeds(c, dtype, alternative))
+        assert [o.shape for o in outs] == OUTPUT_SHAPES[plugin]
+        assert [o.dtype for o in outs] == [np.float16 if dtype == "fp16" and t.role == "A" else np.float32
+                                           for t in c.outputs]
+
+
+@pytest.mark.slow
+def test_cpu_check_build_names_bad_inputs_and_attributes(cpu_check):
+    scan = CONTRACTS["SsdChunkScan"]
+    sess = _cpu_session(_node_model(scan, TensorProto.FLOAT), cpu_check)
+    feeds = _contract_feeds(scan, "fp32")
+    feeds["C"] = np.zeros((2, 5, 2, 7), np.float32)
+    with pytest.raises(Exception, match=r"SsdChunkScan node '': input C has shape \[2, 5, 2, 7\] \(C is \[b, l, g, n\]\), "
+                                        r"but n = 6 from the inputs before it"):
+        sess.run(None, feeds)
+    feeds["C"] = np.zeros((2, 5, 2), np.float32)
+    with pytest.raises(Exception, match=r"input C has shape \[2, 5, 2\]; the contract says \[b, l, g, n\]"):
+        sess.run(None, feeds)
+    feeds = _contract_feeds(CONTRACTS["CausalConv1d"], "fp32")
+    feeds["conv_state"] = np.zeros((2, 8, 4), np.float32)
+    with pytest.raises(Exception, match=r"input conv_state .* \(conv_state is \[b, d, k-1\]\), but k = 4"):
+        _cpu_session(_node_model(CONTRACTS["CausalConv1d"], TensorProto.FLOAT), cpu_check).run(None, feeds)
+    norm = CONTRACTS["GatedRmsNorm"]
+    with pytest.raises(Exception, match="GatedRmsNorm node '': the required attribute eps is missing"):
+        _cpu_session(_node_model(norm, TensorProto.FLOAT, {"group_size": 4}), cpu_check)
+    with pytest.raises(Exception, match="group_size must be >= 1"):
+        _cpu_session(_node_model(norm, TensorProto.FLOAT, {"eps": 1e-5, "group_size": 0}), cpu_check)
+    for attrs, problem in (({"dt_softplus": 2}, "dt_softplus must be 0 or 1"),
+                           ({"dt_min": 0.5, "dt_max": 0.1}, "need dt_min <= dt_max"),
+                           ({"chunk_size": 0}, "chunk_size must be >= 1")):
+        with pytest.raises(Exception, match=problem):
+            _cpu_session(_node_model(scan, TensorProto.FLOAT, attrs), cpu_check)
+    with pytest.raises(Exception, match="silu must be 0 or 1"):
+        _cpu_session(_node_model(CONTRACTS["CausalConv1d"], TensorProto.FLOAT, {"silu": 3}), cpu_check)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["g4", "hdimD-limit"])
+def test_cpu_check_build_runs_the_trt_export(cpu_check, make_export, variant):
+    """The shipped `trt` graph runs through the library's ops (kernel calls left out) with every output in the
+    shape and dtype the portable export gives for the same feeds, at l = 1 and l > chunk: the plugin nodes' output
+    shapes fit the graph around them."""
+    from ssd_deploy.interface import model_path, read_metadata
+    from ssd_deploy.runtime.feeds import feed
+    from ssd_deploy.runtime.ort_runner import ort_session
+
+    _, trt_dir = make_export(VARIANTS[variant], "trt")
+    _, portable_dir = make_export(VARIANTS[variant], "portable")
+    meta = read_metadata(trt_dir)
+    sess = ort_session(trt_dir, "cpu", model_path(trt_dir), custom_ops=cpu_check)
+    portable = ort_session(portable_dir, "cpu")
+    rng = np.random.default_rng()
+    for length in (1, meta.config.chunk_size + 3):
+        feeds = feed(rng.integers(0, meta.config.vocab_size, (2, length)), random_states(meta, 2, rng))
+        got = sess.run(None, feeds)
+        want = portable.run(None, feeds)
+        assert [o.name for o in sess.get_outputs()] == [o.name for o in portable.get_outputs()]
+        assert [(g.shape, g.dtype) for g in got] == [(w.shape, w.dtype) for w in want], length
 
 
 def test_custom_ops_serve_trt_exports_on_cuda_only(make_export, tmp_path):

@@ -12,7 +12,7 @@ namespace ssd_ort
 namespace
 {
 
-constexpr char const* kProvider = "CUDAExecutionProvider";
+constexpr char const* kProvider = SSD_ORT_CPU_CHECK ? "CPUExecutionProvider" : "CUDAExecutionProvider";
 
 // ---- OrtStatus helpers ------------------------------------------------------------------------------------------
 
@@ -84,16 +84,40 @@ std::string alternativesText(TensorContract const& t)
     return text;
 }
 
-std::string dimsText(std::vector<int64_t> const& dims)
+//! Every dimension of every tensor (an upper bound on the distinct symbols) and every rank within NodeRun's arrays.
+constexpr bool fitsCapacities()
 {
-    std::ostringstream os;
-    os << "[";
-    for (size_t i = 0; i < dims.size(); ++i)
+    for (OpContract const* c : contracts::kAll)
     {
-        os << (i ? ", " : "") << dims[i];
+        int32_t dims = 0;
+        for (int32_t io = 0; io < 2; ++io)
+        {
+            TensorContract const* tensors = io == 0 ? c->inputs : c->outputs;
+            int32_t const count = io == 0 ? c->nbInputs : c->nbOutputs;
+            if (count > kMaxTensors)
+            {
+                return false;
+            }
+            for (int32_t i = 0; i < count; ++i)
+            {
+                for (int32_t s = 0; s < tensors[i].nbShapes; ++s)
+                {
+                    dims += tensors[i].shapes[s].rank;
+                    if (tensors[i].shapes[s].rank > kMaxRank)
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+        if (dims > kMaxSymbols)
+        {
+            return false;
+        }
     }
-    return os.str() + "]";
+    return true;
 }
+static_assert(fitsCapacities(), "a contract has more tensors, dimensions or rank than NodeRun holds (ortOp.h)");
 
 char const* dtypeName(ONNXTensorElementDataType t)
 {
@@ -223,6 +247,11 @@ OrtStatus* ORT_API_CALL compute(void* opKernel, OrtKernelContext* context) noexc
         {
             return;
         }
+        if (SSD_ORT_CPU_CHECK)
+        {
+            run.zeroOutputs();
+            return;
+        }
         int const code = k.op->impl->launch(run);
         if (code != 0)
         {
@@ -286,7 +315,6 @@ NodeRun::NodeRun(OrtApi const& api, OrtKernelContext* context, OpContract const&
     ssd_dtype_t dtype, ONNXTensorElementDataType activation, AttrValues const& attrs)
     : mApi(api)
     , mContext(context)
-    , mContract(contract)
     , mNode(node)
     , mDtype(dtype)
     , mAttrs(attrs)
@@ -307,19 +335,30 @@ NodeRun::NodeRun(OrtApi const& api, OrtKernelContext* context, OpContract const&
             {
                 throw Failure(node + ": input " + t.name + " is missing");
             }
-            mInputs.push_back(Input{nullptr, {}});
-            continue;
+            continue; // data nullptr, rank 0
         }
+        Input& input = mInputs[i];
         OrtTensorTypeAndShapeInfo* info = nullptr;
         check(api, api.GetTensorTypeAndShape(value, &info), "GetTensorTypeAndShape");
-        std::unique_ptr<OrtTensorTypeAndShapeInfo, decltype(api.ReleaseTensorTypeAndShapeInfo)> owned(
-            info, api.ReleaseTensorTypeAndShapeInfo);
         ONNXTensorElementDataType type{};
         size_t rank = 0;
-        check(api, api.GetTensorElementType(info, &type), "GetTensorElementType");
-        check(api, api.GetDimensionsCount(info, &rank), "GetDimensionsCount");
-        std::vector<int64_t> dims(rank);
-        check(api, api.GetDimensions(info, dims.data(), rank), "GetDimensions");
+        OrtStatus* status = api.GetTensorElementType(info, &type);
+        if (status == nullptr)
+        {
+            status = api.GetDimensionsCount(info, &rank);
+        }
+        if (status == nullptr && rank <= static_cast<size_t>(kMaxRank))
+        {
+            status = api.GetDimensions(info, input.dims.data(), rank);
+        }
+        api.ReleaseTensorTypeAndShapeInfo(info);
+        check(api, status, std::string("the type and shape of input ") + t.name);
+        if (rank > static_cast<size_t>(kMaxRank))
+        {
+            throw Failure(node + ": input " + t.name + " has rank " + std::to_string(rank) + "; the contract says "
+                + alternativesText(t));
+        }
+        input.rank = static_cast<int32_t>(rank);
         ONNXTensorElementDataType const wanted
             = t.role == Role::kActivation ? activation : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
         if (type != wanted)
@@ -329,13 +368,11 @@ NodeRun::NodeRun(OrtApi const& api, OrtKernelContext* context, OpContract const&
         void* data = nullptr;
         // GetTensorData (const) is 1.21; the inputs are never written
         check(api, api.GetTensorMutableData(const_cast<OrtValue*>(value), &data), "GetTensorMutableData");
-        bind(t, dims);
-        mInputs.push_back(Input{data, std::move(dims)});
-        if (mAllocator == nullptr) // the device the node runs on: its inputs' memory
+        input.data = data;
+        bind(t, input);
+        if (mMemory == nullptr)
         {
-            OrtMemoryInfo const* memory = nullptr;
-            check(api, api.GetTensorMemoryInfo(value, &memory), "GetTensorMemoryInfo");
-            check(api, api.KernelContext_GetAllocator(context, memory, &mAllocator), "KernelContext_GetAllocator");
+            check(api, api.GetTensorMemoryInfo(value, &mMemory), "GetTensorMemoryInfo");
         }
     }
 
@@ -344,29 +381,25 @@ NodeRun::NodeRun(OrtApi const& api, OrtKernelContext* context, OpContract const&
     {
         TensorContract const& t = contract.outputs[i];
         Shape const& shape = t.shapes[0];
-        std::vector<int64_t> dims(shape.rank);
+        std::array<int64_t, kMaxRank> dims{};
+        int64_t elements = 1;
         for (int32_t d = 0; d < shape.rank; ++d)
         {
             Dim const& dim = shape.dims[d];
             dims[d] = dim.symbol[0] == '\0' ? dim.offset : bound(dim.symbol) + dim.offset;
-        }
-        int64_t elements = 1;
-        for (int64_t d : dims)
-        {
-            elements *= d;
+            elements *= dims[d];
         }
         mEmpty = mEmpty && elements == 0;
+        mOutputBytes[i] = static_cast<size_t>(elements) * (t.role == Role::kActivation && dtype != SSD_F32 ? 2 : 4);
         OrtValue* value = nullptr;
-        check(api, api.KernelContext_GetOutput(context, i, dims.data(), dims.size(), &value),
+        check(api, api.KernelContext_GetOutput(context, i, dims.data(), shape.rank, &value),
             std::string("KernelContext_GetOutput(") + t.name + ")");
-        void* data = nullptr;
-        check(api, api.GetTensorMutableData(value, &data), "GetTensorMutableData");
-        mOutputs.push_back(data);
+        check(api, api.GetTensorMutableData(value, &mOutputs[i]), "GetTensorMutableData");
     }
 
     void* stream = nullptr;
     check(api, api.KernelContext_GetGPUComputeStream(context, &stream), "KernelContext_GetGPUComputeStream");
-    if (stream == nullptr)
+    if (stream == nullptr && !SSD_ORT_CPU_CHECK)
     {
         throw Failure(node + ": no CUDA compute stream (the node must run on the CUDA execution provider)");
     }
@@ -377,70 +410,87 @@ NodeRun::~NodeRun()
 {
     if (mAllocator != nullptr)
     {
-        for (void* p : mScratch)
+        if (mScratch != nullptr)
         {
-            mAllocator->Free(mAllocator, p);
+            mAllocator->Free(mAllocator, mScratch);
         }
         mApi.ReleaseAllocator(mAllocator);
     }
 }
 
-void NodeRun::bind(TensorContract const& t, std::vector<int64_t> const& dims)
+void NodeRun::zeroOutputs() const
+{
+    for (size_t i = 0; i < mOutputs.size(); ++i)
+    {
+        if (mOutputs[i] != nullptr)
+        {
+            std::memset(mOutputs[i], 0, mOutputBytes[i]);
+        }
+    }
+}
+
+std::string NodeRun::shapeError(TensorContract const& t, Input const& input) const
+{
+    std::ostringstream os;
+    os << mNode << ": input " << t.name << " has shape [";
+    for (int32_t d = 0; d < input.rank; ++d)
+    {
+        os << (d ? ", " : "") << input.dims[d];
+    }
+    os << "]";
+    return os.str();
+}
+
+void NodeRun::bind(TensorContract const& t, Input const& input)
 {
     Shape const* shape = nullptr;
     for (int32_t s = 0; s < t.nbShapes && shape == nullptr; ++s)
     {
-        if (t.shapes[s].rank == static_cast<int32_t>(dims.size()))
+        if (t.shapes[s].rank == input.rank)
         {
             shape = &t.shapes[s];
         }
     }
     if (shape == nullptr)
     {
-        throw Failure(mNode + ": input " + t.name + " has shape " + dimsText(dims) + "; the contract says "
-            + alternativesText(t));
+        throw Failure(shapeError(t, input) + "; the contract says " + alternativesText(t));
     }
     for (int32_t d = 0; d < shape->rank; ++d)
     {
         Dim const& dim = shape->dims[d];
         if (dim.symbol[0] == '\0')
         {
-            if (dims[d] != dim.offset)
+            if (input.dims[d] != dim.offset)
             {
-                throw Failure(mNode + ": input " + t.name + " has shape " + dimsText(dims) + "; the contract says "
-                    + alternativesText(t));
+                throw Failure(shapeError(t, input) + "; the contract says " + alternativesText(t));
             }
             continue;
         }
-        int64_t const value = dims[d] - dim.offset;
-        bool known = false;
-        for (auto const& [symbol, extent] : mSymbols)
+        int64_t const value = input.dims[d] - dim.offset;
+        int32_t k = 0;
+        while (k < mNbSymbols && std::strcmp(mSymbols[k].name, dim.symbol) != 0)
         {
-            if (symbol == dim.symbol)
-            {
-                known = true;
-                if (extent != value)
-                {
-                    throw Failure(mNode + ": input " + t.name + " has shape " + dimsText(dims) + " (" + t.name
-                        + " is " + shapeText(*shape) + "), but " + dim.symbol + " = " + std::to_string(extent)
-                        + " from the inputs before it");
-                }
-            }
+            ++k;
         }
-        if (!known)
+        if (k == mNbSymbols)
         {
-            mSymbols.emplace_back(dim.symbol, value);
+            mSymbols[mNbSymbols++] = Symbol{dim.symbol, value}; // within kMaxSymbols: fitsCapacities()
+        }
+        else if (mSymbols[k].extent != value)
+        {
+            throw Failure(shapeError(t, input) + " (" + t.name + " is " + shapeText(*shape) + "), but " + dim.symbol
+                + " = " + std::to_string(mSymbols[k].extent) + " from the inputs before it");
         }
     }
 }
 
 int64_t NodeRun::bound(char const* symbol) const
 {
-    for (auto const& [name, extent] : mSymbols)
+    for (int32_t k = 0; k < mNbSymbols; ++k)
     {
-        if (name == symbol)
+        if (std::strcmp(mSymbols[k].name, symbol) == 0)
         {
-            return extent;
+            return mSymbols[k].extent;
         }
     }
     throw Failure(mNode + ": no input binds " + symbol + " (the contract's outputs need it)");
@@ -462,17 +512,17 @@ void* NodeRun::workspace(size_t bytes)
     {
         return nullptr;
     }
-    if (mAllocator == nullptr)
+    if (mScratch != nullptr || mMemory == nullptr)
     {
-        throw Failure(mNode + ": no device allocator for the workspace");
+        throw Failure(mNode + ": one workspace per run, on the device of the inputs");
     }
-    void* p = mAllocator->Alloc(mAllocator, bytes);
-    if (p == nullptr)
+    check(mApi, mApi.KernelContext_GetAllocator(mContext, mMemory, &mAllocator), "KernelContext_GetAllocator");
+    mScratch = mAllocator->Alloc(mAllocator, bytes);
+    if (mScratch == nullptr)
     {
         throw Failure(mNode + ": cannot allocate " + std::to_string(bytes) + " bytes of workspace");
     }
-    mScratch.push_back(p);
-    return p;
+    return mScratch;
 }
 
 } // namespace ssd_ort

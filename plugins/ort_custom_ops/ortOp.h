@@ -5,11 +5,19 @@
 #include "contracts.h"
 #include "onnxruntime_c_api.h"
 #include "ssd_kernels.h"
+#include <array>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
+
+//! The CPU check build (target ssd_ort_custom_ops_cpu_check, for tests without a GPU): the same ops registered for
+//! ONNX Runtime's CPU provider, running everything but the kernel call, which is replaced by zero-filled outputs. It
+//! exercises the contract-driven part (attributes, shape checks, output shapes and dtypes) inside a real session.
+#ifndef SSD_ORT_CPU_CHECK
+#define SSD_ORT_CPU_CHECK 0
+#endif
 
 namespace ssd_ort
 {
@@ -49,6 +57,12 @@ struct OpImpl
 //! Every op the library implements (ops.cpp).
 std::vector<OpImpl> const& implementations();
 
+//! Capacities of a node run, checked against every contract at compile time (ortOp.cpp): a run allocates nothing on
+//! the host, since decode calls every node of every layer once per token.
+constexpr int32_t kMaxTensors = 16;
+constexpr int32_t kMaxRank = 8;
+constexpr int32_t kMaxSymbols = 64;
+
 //! One compute call of one node: the inputs checked against the contract's shapes (every symbol bound), the outputs
 //! allocated from them, the attributes, the dtype and the stream.
 class NodeRun
@@ -80,7 +94,7 @@ public:
     //! The rank input `i` came with (0 when absent): picks among "[h] or [h, p]".
     int rank(int i) const
     {
-        return static_cast<int>(mInputs[i].dims.size());
+        return mInputs[i].rank;
     }
     //! The extent bound to `symbol` by the inputs, as the C ABI's int.
     int dim(char const* symbol) const;
@@ -105,32 +119,44 @@ public:
     {
         return mEmpty;
     }
-    //! `bytes` of device scratch from the session's allocator, returned to it when the run ends (ORT's own CUDA
-    //! kernels free their scratch the same way: the arena hands it out again only to work on the same stream).
+    //! Fills every output with zero bytes (host memory: the CPU check build only).
+    void zeroOutputs() const;
+    //! `bytes` of device scratch from the session's allocator (one request per run), returned to it when the run
+    //! ends (ORT's own CUDA kernels free their scratch the same way: the arena hands it out again only to work on the
+    //! same stream).
     void* workspace(size_t bytes);
 
 private:
     struct Input
     {
-        void const* data;
-        std::vector<int64_t> dims;
+        void const* data{};
+        int32_t rank{};
+        std::array<int64_t, kMaxRank> dims{};
+    };
+    struct Symbol
+    {
+        char const* name;
+        int64_t extent;
     };
     int64_t bound(char const* symbol) const;
-    void bind(TensorContract const& t, std::vector<int64_t> const& dims);
+    void bind(TensorContract const& t, Input const& input);
+    std::string shapeError(TensorContract const& t, Input const& input) const;
 
     OrtApi const& mApi;
     OrtKernelContext* mContext;
-    OpContract const& mContract;
     std::string const& mNode;
     ssd_dtype_t mDtype;
     AttrValues const& mAttrs;
-    std::vector<Input> mInputs;
-    std::vector<void*> mOutputs;
-    std::vector<std::pair<std::string, int64_t>> mSymbols;
+    std::array<Input, kMaxTensors> mInputs{};
+    std::array<void*, kMaxTensors> mOutputs{};
+    std::array<size_t, kMaxTensors> mOutputBytes{};
+    std::array<Symbol, kMaxSymbols> mSymbols{};
+    int32_t mNbSymbols{0};
     cudaStream_t mStream{};
     bool mEmpty{false};
-    OrtAllocator* mAllocator{};
-    std::vector<void*> mScratch;
+    OrtMemoryInfo const* mMemory{}; // of the first input present: the device the node runs on
+    OrtAllocator* mAllocator{};     // from mMemory, on the first workspace request
+    void* mScratch{};
 };
 
 //! An OrtCustomOp for one contract and one activation dtype (fp32, fp16 or bf16): ONNX Runtime merges the three of a

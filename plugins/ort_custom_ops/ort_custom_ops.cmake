@@ -7,7 +7,9 @@
 # of this repository. Any ONNX Runtime >= 1.17 headers work; nothing links libonnxruntime (the link uses
 # --no-undefined: ONNX Runtime hands the library its API table at registration).
 #
-# Target: ssd_ort_custom_ops -> libssd_ort_custom_ops.so, for SessionOptions.register_custom_ops_library.
+# Targets: ssd_ort_custom_ops -> libssd_ort_custom_ops.so, for SessionOptions.register_custom_ops_library;
+#          ssd_ort_custom_ops_cpu_check, the same registered for the CPU provider with the kernel calls left out
+#          (tests without a GPU; not built by default).
 
 set(_ssd_ort_dir "${CMAKE_CURRENT_LIST_DIR}")
 set(OnnxRuntime_INCLUDE_DIR "${OnnxRuntime_INCLUDE_DIR}" CACHE PATH "Directory holding onnxruntime_c_api.h")
@@ -38,20 +40,29 @@ message(STATUS "ssd ONNX Runtime custom ops: ONNX Runtime API ${SSD_ORT_API_VERS
 
 find_package(CUDAToolkit REQUIRED)
 
-add_library(ssd_ort_custom_ops SHARED
-  "${_ssd_ort_dir}/ortOp.cpp"
-  "${_ssd_ort_dir}/ops.cpp"
-  "${_ssd_ort_dir}/library.cpp")
-target_include_directories(ssd_ort_custom_ops PRIVATE "${_ssd_ort_dir}")
-target_include_directories(ssd_ort_custom_ops SYSTEM PRIVATE "${SSD_ORT_INCLUDE_DIR}" ${CUDAToolkit_INCLUDE_DIRS})
-# the static, PIC kernels with the CUDA runtime linked in: one self-contained file that needs only the driver
-target_link_libraries(ssd_ort_custom_ops PRIVATE ssd_kernels_static)
-set_target_properties(ssd_ort_custom_ops PROPERTIES CXX_STANDARD 17 CXX_STANDARD_REQUIRED ON CXX_EXTENSIONS OFF
-  POSITION_INDEPENDENT_CODE ON CXX_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON SKIP_BUILD_RPATH ON
-  LINK_DEPENDS "${_ssd_ort_dir}/exports.map")
-if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
-  target_compile_options(ssd_ort_custom_ops PRIVATE -Wall -Wextra)
-endif()
-target_link_options(ssd_ort_custom_ops PRIVATE
-  "LINKER:--version-script=${_ssd_ort_dir}/exports.map" "LINKER:--no-undefined")
+function(ssd_ort_custom_op_library target)
+  add_library(${target} SHARED
+    "${_ssd_ort_dir}/ortOp.cpp"
+    "${_ssd_ort_dir}/ops.cpp"
+    "${_ssd_ort_dir}/library.cpp")
+  target_include_directories(${target} PRIVATE "${_ssd_ort_dir}")
+  target_include_directories(${target} SYSTEM PRIVATE "${SSD_ORT_INCLUDE_DIR}" ${CUDAToolkit_INCLUDE_DIRS})
+  # the static, PIC kernels with the CUDA runtime linked in: one self-contained file that needs only the driver
+  target_link_libraries(${target} PRIVATE ssd_kernels_static)
+  set_target_properties(${target} PROPERTIES CXX_STANDARD 17 CXX_STANDARD_REQUIRED ON CXX_EXTENSIONS OFF
+    POSITION_INDEPENDENT_CODE ON CXX_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON SKIP_BUILD_RPATH ON
+    LINK_DEPENDS "${_ssd_ort_dir}/exports.map")
+  if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+    target_compile_options(${target} PRIVATE -Wall -Wextra)
+  endif()
+  target_link_options(${target} PRIVATE
+    "LINKER:--version-script=${_ssd_ort_dir}/exports.map" "LINKER:--no-undefined")
+endfunction()
+
+ssd_ort_custom_op_library(ssd_ort_custom_ops)
 install(TARGETS ssd_ort_custom_ops LIBRARY DESTINATION lib)
+# The CPU check build (ortOp.h, SSD_ORT_CPU_CHECK): for tests on machines without a GPU; never installed, not built
+# by default.
+ssd_ort_custom_op_library(ssd_ort_custom_ops_cpu_check)
+target_compile_definitions(ssd_ort_custom_ops_cpu_check PRIVATE SSD_ORT_CPU_CHECK=1)
+set_target_properties(ssd_ort_custom_ops_cpu_check PROPERTIES EXCLUDE_FROM_ALL ON)
