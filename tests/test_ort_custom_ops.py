@@ -335,22 +335,24 @@ def test_cpu_check_build_names_bad_inputs_and_attributes(cpu_check):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["g4", "hdimD-limit"])
-def test_cpu_check_build_runs_the_trt_export(cpu_check, make_export, variant):
-    """The shipped `trt` graph runs through the library's ops (kernel calls left out) with every output in the
-    shape and dtype the portable export gives for the same feeds, at l = 1 and l > chunk: the plugin nodes' output
-    shapes fit the graph around them."""
+@pytest.mark.parametrize("variant,graph", [("g4", "unified"), ("hdimD-limit", "unified"), ("g4", "decode")])
+def test_cpu_check_build_runs_the_trt_export(cpu_check, make_export, variant, graph):
+    """The shipped `trt` graph (the unified one: SsdChunkScan at every length; the decode one: SsdStateUpdate) runs
+    through the library's ops (kernel calls left out) with every output in the shape and dtype the portable export
+    gives for the same feeds, at l = 1 and l > chunk: the plugin nodes' output shapes fit the graph around them."""
     from ssd_deploy.interface import model_path, read_metadata
     from ssd_deploy.runtime.feeds import feed
     from ssd_deploy.runtime.ort_runner import ort_session
 
-    _, trt_dir = make_export(VARIANTS[variant], "trt")
-    _, portable_dir = make_export(VARIANTS[variant], "portable")
+    _, trt_dir = make_export(VARIANTS[variant], "trt", graph=graph)
+    _, portable_dir = make_export(VARIANTS[variant], "portable", graph=graph)
     meta = read_metadata(trt_dir)
+    proto = onnx.load(str(model_path(trt_dir)), load_external_data=False)
+    assert ("SsdStateUpdate" in {n.op_type for n in proto.graph.node}) == (graph == "decode")
     sess = ort_session(trt_dir, "cpu", model_path(trt_dir), custom_ops=cpu_check)
     portable = ort_session(portable_dir, "cpu")
     rng = np.random.default_rng()
-    for length in (1, meta.config.chunk_size + 3):
+    for length in (1,) if graph == "decode" else (1, meta.config.chunk_size + 3):
         feeds = feed(rng.integers(0, meta.config.vocab_size, (2, length)), random_states(meta, 2, rng))
         got = sess.run(None, feeds)
         want = portable.run(None, feeds)
@@ -605,7 +607,7 @@ def test_half_precision_trt_export_on_cuda(lib, make_checkpoint, dtype, tmp_path
 @gpu_test
 def test_greedy_generation_token_for_token(lib, make_checkpoint, tmp_path):
     """The `trt` export on ONNX Runtime CUDA with our kernels (states bound on the device) picks the same 64 tokens
-    as PyTorch on the CPU."""
+    as PyTorch on the CPU, through the unified graph and through a decode-only one."""
     import dataclasses
 
     from ssd_deploy.generate import SamplingOptions, generate
@@ -618,3 +620,7 @@ def test_greedy_generation_token_for_token(lib, make_checkpoint, tmp_path):
     expected = generate(open_backend(ckpt, "torch"), prompts, opts)
     backend = OrtBackend(path, "cuda", custom_ops=lib)
     assert backend.io_binding and generate(backend, prompts, opts) == expected
+    # a decode-only export (SsdStateUpdate), prompts fed token by token
+    path = export(ckpt, tmp_path / "trt-decode", ExportOptions(flavor="trt", graph="decode")).parent
+    backend = OrtBackend(path, "cuda", custom_ops=lib)
+    assert backend.one_token_per_call and generate(backend, prompts, opts) == expected
