@@ -1,10 +1,11 @@
 """Triton kernels for the ops (``ssd_scan``, ``ssd_scan_packed``, ``ssd_step``, ``causal_conv1d``,
-``causal_conv1d_packed``, ``gated_rmsnorm``), registered as their CUDA implementations, and the block's residual add + RMSNorm, which the model
-calls through ``add_rmsnorm``.
+``causal_conv1d_packed``, ``gated_rmsnorm``), registered as their CUDA implementations; the block's residual add +
+RMSNorm and the in-place decode step, which the model calls through ``add_rmsnorm`` and ``decode_step_``.
 
 Importing this package does not import Triton (``import ssd_deploy`` must work without it); ``register()`` does, and
 says through its return value why it registered nothing when Triton is missing. The kernels live in ``scan``
-(prefill, chunked; packed too), ``step`` (decode), ``conv``, ``conv_packed`` and ``norm``; ``NOTES.md`` beside this file records
+(prefill, chunked; packed too), ``step`` (decode), ``conv``, ``conv_packed``, ``norm`` and ``decode`` (the in-place
+decode of a layer's conv and SSM step); ``NOTES.md`` beside this file records
 their design and measurements.
 """
 
@@ -15,7 +16,7 @@ from typing import NamedTuple
 
 OPS = ("ssd_scan", "ssd_step", "ssd_scan_packed", "causal_conv1d", "causal_conv1d_packed", "gated_rmsnorm")
 _registered: set[str] = set()  # devices register() attached the kernels to
-_disabled: set[str] = set()  # devices inside a disabled() block
+_disabled: dict[str, set[str]] = {}  # device: the names (ops, "add_rmsnorm") inside a disabled() block
 
 
 class Registration(NamedTuple):
@@ -58,7 +59,8 @@ def register(device: str = "cuda") -> Registration:
 def disabled(device: str = "cuda", names: tuple[str, ...] = (*OPS, "add_rmsnorm")):
     """The ops ``names`` (default: all, and the residual add + RMSNorm) run their PyTorch listings on ``device``
     inside this block, even after ``register()``: one process can then time PyTorch eager and the Triton kernels
-    side by side, or one kernel's share of a model."""
+    side by side, or one kernel's share of a model. The in-place decode (``decode_step_``) counts as
+    ``causal_conv1d`` and ``ssd_step``: disabling either disables it."""
     with ExitStack() as stack:
         if device in _registered:  # set_kernel_enabled warns about a kernel that was never registered
             from .. import ops
@@ -66,23 +68,35 @@ def disabled(device: str = "cuda", names: tuple[str, ...] = (*OPS, "add_rmsnorm"
             for name in OPS:
                 if name in names:
                     stack.enter_context(getattr(ops, name).set_kernel_enabled(device, False))
-        off = "add_rmsnorm" in names and device not in _disabled
-        if off:
-            _disabled.add(device)
+        off = set(names) - _disabled.setdefault(device, set())
+        _disabled[device] |= off
         try:
             yield
         finally:
-            if off:
-                _disabled.discard(device)
+            _disabled[device] -= off
+
+
+def _enabled(device: str, *names: str) -> bool:
+    return device in _registered and not _disabled.get(device, set()) & set(names)
 
 
 def add_rmsnorm(residual, delta, weight, eps):
     """The Triton residual add + RMSNorm (``norm.add_rmsnorm``) where ``register()`` attached the kernels to the
     residual's device and no ``disabled()`` block is open; None otherwise (the caller runs its listing). Not an op:
     export traces the listing, and every runtime fuses the add and the norm on its own."""
-    device = residual.device.type
-    if device not in _registered or device in _disabled:
+    if not _enabled(residual.device.type, "add_rmsnorm"):
         return None
     from .norm import add_rmsnorm as kernel
 
     return kernel(residual, delta, weight, eps)
+
+
+def decode_step_(xBC, dt, conv_state, ssm_state, *args, **kwargs):
+    """The in-place decode of a layer's conv and SSM step (``decode.decode_step_``, same arguments) where
+    ``register()`` attached the kernels to the device and no ``disabled()`` block covers ``causal_conv1d`` or
+    ``ssd_step``: y [b, h, p], the states rewritten. None otherwise (the caller runs the ops and copies)."""
+    if not _enabled(xBC.device.type, "causal_conv1d", "ssd_step"):
+        return None
+    from .decode import decode_step_ as kernels
+
+    return kernels(xBC, dt, conv_state, ssm_state, *args, **kwargs)

@@ -88,3 +88,60 @@ def causal_conv1d(x, weight, bias, conv_state, silu=True, *, y=None, new_state=N
             l, d, x.stride(0), x.stride(1),
             HAS_BIAS=bias is not None, SILU=bool(silu), K=k, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4)
     return y, new_state
+
+
+@triton.jit
+def _conv_step_kernel(x_ptr, w_ptr, bias_ptr, state_ptr, y_ptr, dim, stride_xb,
+                      HAS_BIAS: tl.constexpr, SILU: tl.constexpr, K: tl.constexpr, BLOCK_W: tl.constexpr,
+                      BLOCK_D: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_w = tl.arange(0, BLOCK_W)  # window slots, K-1 of them
+    dmask = offs_d < dim
+    wmask = dmask[:, None] & (offs_w < K - 1)[None, :]
+    window = state_ptr + (b * dim + offs_d)[:, None] * (K - 1) + offs_w[None, :]  # [b, d, k-1]
+
+    x = tl.load(x_ptr + b * stride_xb + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    old = tl.load(window, mask=wmask, other=0.0).to(tl.float32)
+    # the new window (the old one shifted by one slot, x last), read now: every read of the window must happen
+    # before the first write into it
+    shifted = tl.load(window + 1, mask=dmask[:, None] & (offs_w < K - 2)[None, :], other=0.0).to(tl.float32)
+    shifted = tl.where((offs_w == K - 2)[None, :], x[:, None], shifted)
+    taps = tl.load(w_ptr + offs_d[:, None] * K + offs_w[None, :], mask=wmask, other=0.0)
+    acc = tl.sum(old * taps, axis=1) + x * tl.load(w_ptr + offs_d * K + (K - 1), mask=dmask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_d, mask=dmask, other=0.0)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(y_ptr + b * dim + offs_d, acc.to(y_ptr.dtype.element_ty), mask=dmask)
+    tl.debug_barrier()  # threads holding the same channel (replicated layouts) all read before any writes
+    tl.store(window, shifted.to(state_ptr.dtype.element_ty), mask=wmask)
+
+
+def causal_conv1d_step_(x, weight, bias, conv_state, silu=True, *, y=None):
+    """One token of ``causal_conv1d`` with the window updated IN PLACE: x [b, d] (channel axis contiguous; rows may
+    be strided, as the xBC slice of in_proj's output), weight [d, k], bias [d] or None, conv_state [b, d, k-1]
+    contiguous, rewritten → y [b, d] contiguous in x's dtype.
+
+    The decode step of a CUDA graph that owns its states (runtime/cuda_graphs.py): no second window buffer, no
+    copy. Each program owns a block of channels of one sequence, reads their whole window into registers, then
+    writes the shifted window over it: no program reads what another writes."""
+    b, d = x.shape
+    k = weight.shape[1]
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if tuple(weight.shape) != (d, k) or tuple(conv_state.shape) != (b, d, k - 1) or k < 2:
+        raise ValueError(f"causal_conv1d_step_: need weight {(d, k)} with k >= 2 and conv_state {(b, d, k - 1)}; "
+                         f"got {tuple(weight.shape)}, {tuple(conv_state.shape)}")
+    if not conv_state.is_contiguous():
+        raise ValueError("causal_conv1d_step_: conv_state must be contiguous (it is updated in place)")
+    weight = weight.float().contiguous()
+    bias = None if bias is None else bias.float().contiguous()
+    y = torch.empty(b, d, dtype=x.dtype, device=x.device) if y is None else y
+    block_d = 256
+    with on_device(x):
+        _conv_step_kernel[(triton.cdiv(d, block_d), b)](
+            x, weight, bias if bias is not None else weight, conv_state, y, d, x.stride(0),
+            HAS_BIAS=bias is not None, SILU=bool(silu), K=k, BLOCK_W=max(2, triton.next_power_of_2(k - 1)),
+            BLOCK_D=block_d, num_warps=4)
+    return y

@@ -24,7 +24,8 @@ TARGET_PROGRAMS = 1024
 def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_ptr, y_ptr, out_state_ptr,
                  nheads, hdim, ngroups, dstate, heads_per_group, dt_min, dt_max,
                  stride_xb, stride_dtb, stride_Bb, stride_Cb,
-                 DT_SOFTPLUS: tl.constexpr, D_HAS_HDIM: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+                 DT_SOFTPLUS: tl.constexpr, D_HAS_HDIM: tl.constexpr, A_LOG: tl.constexpr, BLOCK_P: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
     bh = tl.program_id(1).to(tl.int64)
     b = bh // nheads
     h = bh % nheads
@@ -36,7 +37,10 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_p
 
     dtp = process_dt(tl.load(dt_ptr + b * stride_dtb + h).to(tl.float32), tl.load(dt_bias_ptr + h), dt_min, dt_max,
                      DT_SOFTPLUS)
-    decay = tl.exp(dtp * tl.load(A_ptr + h))
+    A = tl.load(A_ptr + h)
+    if A_LOG:  # A_ptr holds the parameter A_log: A = -exp(A_log) here rather than in two launches per layer
+        A = -tl.exp(A)
+    decay = tl.exp(dtp * A)
     x = tl.load(x_ptr + b * stride_xb + h * hdim + offs_p, mask=pmask, other=0.0).to(tl.float32)
     Bv = tl.load(B_ptr + b * stride_Bb + g * dstate + offs_n, mask=nmask, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b * stride_Cb + g * dstate + offs_n, mask=nmask, other=0.0).to(tl.float32)
@@ -73,11 +77,12 @@ def default_block_p(batch: int, nheads: int, hdim: int) -> int:
 
 
 def ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus=True, dt_min=0.0, dt_max=math.inf, *, y=None,
-             state_out=None, block_p=None):
+             state_out=None, block_p=None, A_log=False):
     """The ``ssd_step`` op on Triton: returns (y [b,h,p] in x's dtype, new state fp32 [b,h,p,n]).
 
     ``state_out`` may be ``state`` itself (update in place, as a decode loop wants); ``y`` may be given too.
-    ``block_p`` overrides ``default_block_p`` (benchmarks compare variants with it)."""
+    ``block_p`` overrides ``default_block_p`` (benchmarks compare variants with it). ``A_log``: ``A`` holds the
+    model's parameter A_log and the kernel takes A = -exp(A_log) (the in-place decode of triton/decode.py)."""
     b, h, p = x.shape
     g, n = B.shape[1], B.shape[2]
     if state.dtype != torch.float32 or tuple(state.shape) != (b, h, p, n):
@@ -100,6 +105,6 @@ def ssd_step(state, x, dt, A, B, C, D, dt_bias, dt_softplus=True, dt_min=0.0, dt
         _step_kernel[(triton.cdiv(p, block_p), b * h)](
             state, x, dt, A, B, C, D, dt_bias, y, state_out, h, p, g, n, h // g, float(dt_min), float(dt_max),
             x.stride(0), dt.stride(0), B.stride(0), C.stride(0),
-            DT_SOFTPLUS=bool(dt_softplus), D_HAS_HDIM=D.dim() == 2, BLOCK_P=block_p,
+            DT_SOFTPLUS=bool(dt_softplus), D_HAS_HDIM=D.dim() == 2, A_LOG=bool(A_log), BLOCK_P=block_p,
             BLOCK_N=triton.next_power_of_2(n), num_warps=4)
     return y, state_out
