@@ -64,13 +64,31 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
 
     def forward(self, u: Tensor, conv_state: Tensor, ssm_state: Tensor, decode: bool = False,
-                cu_seqlens: Tensor | None = None):
+                cu_seqlens: Tensor | None = None, in_place: bool = False):
         """``cu_seqlens`` [n+1]: u [1, T, d_model] holds n sequences end to end and the states are theirs, [n, ...]
-        (the packed ops)."""
+        (the packed ops). ``in_place`` (one token, ``decode``): the new states are written into ``conv_state`` and
+        ``ssm_state``, which are returned (the CUDA-graph decode, runtime/cuda_graphs.py)."""
         cfg = self.cfg
         b, l, _ = u.shape
+        z, xBC, dt = torch.split(self.in_proj(u), [cfg.d_inner, cfg.conv_dim, cfg.nheads], dim=-1)
+        if in_place:
+            y = self._step_in_place(xBC, dt, conv_state, ssm_state)
+        else:
+            y, conv_state, ssm_state = self._ssm(xBC, dt, conv_state, ssm_state, decode, cu_seqlens)
+        y = torch.ops.ssd_deploy.gated_rmsnorm(y.reshape(b, l, cfg.d_inner), z,
+                                               self.norm.weight.float(), cfg.norm_eps, cfg.group_size)
+        return self.out_proj(y), conv_state, ssm_state
+
+    def _D(self) -> Tensor:
+        cfg = self.cfg
+        return self.D.float().reshape(cfg.nheads, cfg.headdim) if cfg.D_has_hdim else self.D.float()
+
+    def _ssm(self, xBC: Tensor, dt: Tensor, conv_state: Tensor, ssm_state: Tensor, decode: bool,
+             cu_seqlens: Tensor | None):
+        """The conv and the SSM through the ops: (y, new conv state, new ssm state)."""
+        cfg = self.cfg
+        b, l, _ = xBC.shape
         h, p, g, n = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
-        z, xBC, dt = torch.split(self.in_proj(u), [cfg.d_inner, cfg.conv_dim, h], dim=-1)
         conv_bias = None if self.conv1d.bias is None else self.conv1d.bias.float()
         if cu_seqlens is not None:
             xBC, conv_state = torch.ops.ssd_deploy.causal_conv1d_packed(
@@ -80,7 +98,7 @@ class Mamba2Mixer(nn.Module):
                 xBC, self.conv1d.weight.float().squeeze(1), conv_bias, conv_state, True)
         x, B, C = torch.split(xBC, [cfg.d_inner, g * n, g * n], dim=-1)
         A = -torch.exp(self.A_log.float())
-        D = self.D.float().reshape(h, p) if cfg.D_has_hdim else self.D.float()
+        D = self._D()
         if decode:  # the split decode graph / the torch runner's step: one token, no chunk machinery
             y, ssm_state = torch.ops.ssd_deploy.ssd_step(
                 ssm_state, x.reshape(b, h, p), dt.reshape(b, h), A, B.reshape(b, g, n), C.reshape(b, g, n), D,
@@ -93,9 +111,26 @@ class Mamba2Mixer(nn.Module):
             y, ssm_state = torch.ops.ssd_deploy.ssd_scan(
                 x.reshape(b, l, h, p), dt, A, B.reshape(b, l, g, n), C.reshape(b, l, g, n), D,
                 self.dt_bias.float(), ssm_state, cfg.chunk_size, True, cfg.dt_min, cfg.dt_max)
-        y = torch.ops.ssd_deploy.gated_rmsnorm(y.reshape(b, l, cfg.d_inner), z,
-                                               self.norm.weight.float(), cfg.norm_eps, cfg.group_size)
-        return self.out_proj(y), conv_state, ssm_state
+        return y, conv_state, ssm_state
+
+    def _step_in_place(self, xBC: Tensor, dt: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
+        """One token (xBC [b, 1, conv_dim], dt [b, 1, h]) with the states rewritten: y [b, h, p]. The Triton
+        in-place kernels where registered (two launches, A = -exp(A_log) inside; ssd/triton/decode.py), else the
+        ops and a copy into the states."""
+        from .ssd import triton
+
+        cfg = self.cfg
+        if xBC.shape[1] != 1:
+            raise ValueError(f"in-place decode takes one token per call, got {xBC.shape[1]}")
+        conv_bias = None if self.conv1d.bias is None else self.conv1d.bias.float()
+        y = triton.decode_step_(xBC[:, 0], dt[:, 0], conv_state, ssm_state, self.conv1d.weight.float().squeeze(1),
+                                conv_bias, self.A_log.float(), self._D(), self.dt_bias.float(), headdim=cfg.headdim,
+                                ngroups=cfg.ngroups, dt_min=cfg.dt_min, dt_max=cfg.dt_max)
+        if y is None:
+            y, new_conv, new_ssm = self._ssm(xBC, dt, conv_state, ssm_state, True, None)
+            conv_state.copy_(new_conv)
+            ssm_state.copy_(new_ssm)
+        return y
 
 
 class Block(nn.Module):
@@ -142,18 +177,24 @@ class Mamba2LM(nn.Module):
         return conv, ssm
 
     def forward(self, input_ids: Tensor, conv_states: States, ssm_states: States, decode: bool = False,
-                last_token_only: bool = False, cu_seqlens: Tensor | None = None):
+                last_token_only: bool = False, cu_seqlens: Tensor | None = None, in_place: bool = False):
         """input_ids [b, l] → (logits [b, l or 1, padded_vocab], new conv states, new ssm states).
 
         Packed (``cu_seqlens`` [n+1] int64): input_ids [1, T] holds n sequences end to end, the states are [n, ...]
-        in and out, and ``last_token_only`` gives each sequence's last-token logits, [n, 1, padded_vocab]."""
+        in and out, and ``last_token_only`` gives each sequence's last-token logits, [n, 1, padded_vocab].
+
+        ``in_place`` (decode, l = 1): the given state tensors are updated in place and returned, nothing else is
+        allocated for them (runtime/cuda_graphs.py replays this with the states it owns). Otherwise the given
+        states are never written."""
+        if in_place and (not decode or cu_seqlens is not None):
+            raise ValueError("in_place needs decode=True and no cu_seqlens")
         hidden = self.backbone.embedding(input_ids)
         residual = hidden.float() if self.cfg.residual_in_fp32 else hidden
         out = None  # the previous mixer's output, added to the residual by the next norm
         new_conv, new_ssm = [], []
         for layer, conv, ssm in zip(self.backbone.layers, conv_states, ssm_states):
             normed, residual = layer.norm(residual, out)
-            out, conv, ssm = layer.mixer(normed, conv, ssm, decode, cu_seqlens)
+            out, conv, ssm = layer.mixer(normed, conv, ssm, decode, cu_seqlens, in_place)
             new_conv.append(conv)
             new_ssm.append(ssm)
         if last_token_only:

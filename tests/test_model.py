@@ -100,3 +100,26 @@ def test_packed_prefill_equals_each_prompt_alone(variant):
         assert rel_err(logits[:, cu[s]:cu[s + 1]], one) < 1e-5
         assert rel_err(last[s], one[:, -1]) < 1e-5
         assert all(rel_err(a[s:s + 1], b) < 1e-5 for a, b in zip(pconv + pssm + lconv, c1 + s1 + c1))
+
+
+@pytest.mark.parametrize("variant", ["g4", "hdimD-limit"])
+@torch.no_grad()
+def test_in_place_decode_writes_the_given_states(variant):
+    """``forward(in_place=True)`` (the CUDA-graph decode's step, here on the listings): the logits and states of the
+    plain decode step, written into the given tensors, which come back; the plain path writes nothing it is given."""
+    model = random_model(VARIANTS[variant], seed=8)
+    ids = torch.randint(0, model.cfg.vocab_size, (3, 9))
+    _, conv, ssm = model(ids, *model.init_states(3))
+    mine = [t.clone() for t in conv], [t.clone() for t in ssm]
+    for t in range(4):
+        token = ids[:, t:t + 1]
+        before = [s.clone() for s in conv + ssm]
+        ref, conv_next, ssm_next = model(token, conv, ssm, decode=True, last_token_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(before, conv + ssm))
+        conv, ssm = conv_next, ssm_next
+        logits, conv_mine, ssm_mine = model(token, *mine, decode=True, last_token_only=True, in_place=True)
+        assert all(a is b for a, b in zip(conv_mine + ssm_mine, mine[0] + mine[1]))
+        assert rel_err(logits, ref) <= 1e-6
+        assert all(rel_err(a, b) <= 1e-6 for a, b in zip(conv_mine + ssm_mine, conv + ssm))
+    with pytest.raises(ValueError, match="in_place"):
+        model(ids, *mine, in_place=True)
