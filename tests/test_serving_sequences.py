@@ -82,6 +82,44 @@ def test_steady_state_passes_the_batch_on_without_copies(make_export):
     assert gathered == [2]
 
 
+def reusing_torch_backend(ckpt):
+    """The torch backend with its decode on states it owns and rewrites in place (runtime/cuda_graphs.py), the
+    steps run eagerly on the CPU: the ownership of the CUDA-graph decode without a GPU."""
+    from functools import partial
+
+    from ssd_deploy.runtime.cuda_graphs import DecodeGraphs
+
+    backend = TorchBackend(ckpt)
+    backend.graphs = DecodeGraphs(partial(backend.model, decode=True, last_token_only=True, in_place=True),
+                                  capture=False)
+    backend.decode_reuses_states = True
+    return backend
+
+
+def test_batches_of_one_size_keep_their_states_apart_on_a_reusing_backend(make_export):
+    """Two batches of the same size stepping in turn (and one sequence leaving one of them) on a backend whose
+    one-token calls rewrite the states they returned before: each sequence as if alone."""
+    ckpt, _ = make_export(UNTIED, "ort", logits="last")
+    backend = reusing_torch_backend(ckpt)
+    rng = np.random.default_rng()
+    prompts = {i: rng.integers(0, UNTIED.vocab_size, 5).tolist() for i in range(5)}
+    tokens = rng.integers(0, UNTIED.vocab_size, (5, 4))
+    seqs = Sequences(backend, idle_timeout_s=60)
+    got = {i: [r.logits] for i, r in zip((0, 1), seqs.run([Step(i, np.array(prompts[i]), start=True)
+                                                            for i in (0, 1)]))}
+    got |= {i: [r.logits] for i, r in zip((2, 3, 4), seqs.run([Step(i, np.array(prompts[i]), start=True)
+                                                                for i in (2, 3, 4)]))}
+    for s in range(4):
+        groups = [(0, 1), (2, 3, 4)] if s < 2 else [(0, 1), (2, 3), (4,)]  # 4 steps alone from s = 2
+        for group in groups:
+            for i, r in zip(group, seqs.run([Step(i, np.array([tokens[i, s]])) for i in group])):
+                assert r.error is None, r.error
+                got[i].append(r.logits)
+    for i in range(5):
+        ref = alone(TorchBackend(ckpt), prompts[i], tokens[i])
+        assert all(rel_err(g, r) < 1e-5 for g, r in zip(got[i], ref)), i
+
+
 def test_rejected_steps_leave_their_sequence_and_the_batch_alone(make_export):
     _, export_dir = make_export(UNTIED, "ort", logits="last")
     backend = OrtBackend(export_dir)

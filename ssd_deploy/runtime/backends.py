@@ -4,6 +4,12 @@
 the whole prompt, each decode step a call with one token. States stay backend-native between calls (torch tensors
 for PyTorch and TensorRT, numpy on ONNX Runtime CPU, CUDA buffers bound through IO binding on ONNX Runtime CUDA):
 there is no host round trip of the states per token. Only the last position's logits come back to the host.
+
+States handed to ``forward`` are never written, and what it returns is the caller's, except on a backend with
+``decode_reuses_states`` (the torch backend's CUDA-graph decode, runtime/cuda_graphs.py): there the states a
+one-token call returns stay valid only until the next one-token call with the same batch size, which rewrites them
+in place whatever states it is given (no copy per step). A caller that keeps such states past that call copies
+them first.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class Backend(ABC):
     device: str = "cpu"  # where states live between calls
     one_token_per_call: bool = False  # a decode-only export (--graph decode): prompts are fed token by token
     packed: bool = False  # prefills prompts of different lengths in one call (forward_packed)
+    decode_reuses_states: bool = False  # one-token calls return states that the next of that batch size rewrites
 
     @abstractmethod
     def zero_states(self, batch: int): ...
@@ -71,7 +78,7 @@ class TorchBackend(Backend):
                  cuda_graphs: bool = False):
         """On CUDA: ``triton`` runs the ops through our Triton kernels (else their PyTorch listings, as on the CPU);
         ``cuda_graphs`` replays each decode step from a CUDA graph captured per batch size (same kernels, one
-        launch)."""
+        launch), the states updated in place in the graph's own buffers (``decode_reuses_states``)."""
         from ..checkpoint import load_model
 
         self.device = torch.device(device).type
@@ -90,7 +97,8 @@ class TorchBackend(Backend):
         if cuda_graphs and self.device == "cuda":
             from .cuda_graphs import DecodeGraphs
 
-            self.graphs = DecodeGraphs(partial(self.model, decode=True, last_token_only=True))
+            self.graphs = DecodeGraphs(partial(self.model, decode=True, last_token_only=True, in_place=True))
+            self.decode_reuses_states = True
         # the reference listings on CUDA keep the plain name: they are PyTorch eager, the anchor
         self.name = f"torch-{self.device}" + ("-triton" if self.triton else "") + ("-graphs" if self.graphs else "")
 

@@ -7,7 +7,9 @@ One ``Sequences.run(steps)`` per batch the server hands over:
 * every one-token step of the batch goes through ONE backend call: their states are gathered into a batch, run,
   and each sequence keeps its row of the result. When the batch is exactly the sequences of one earlier call in
   the same order (the steady state of a decode loop), that call's batched states are passed on as they are:
-  nothing is copied;
+  nothing is copied. On a backend whose one-token calls rewrite the states they returned before
+  (``Backend.decode_reuses_states``: the torch backend's CUDA graphs), the other live batches of that size are
+  copied first, so that no sequence's state is overwritten by another batch's step;
 * longer steps (a prompt, or several tokens appended) go through ``prefill``: one batched call for equal lengths,
   one packed call on a backend that packs, else one call each;
 * a rejected step (empty, out-of-vocabulary ids, longer than the recipe's prefill range, no state) leaves its
@@ -182,12 +184,24 @@ class Sequences:
             for r, s in enumerate(steps))
         # the same sequences as one earlier call, in its order: its states as they are
         states = first.states if whole else self._gather(steps)
+        if getattr(self.backend, "decode_reuses_states", False):
+            self._keep_apart(len(steps), {s.sequence for s in steps})
         ids = np.array([[int(s.ids[0])] for s in steps], dtype=np.int64)
         logits, new = self.backend.forward(ids, states)
         batch = _Batch(new, len(steps))
         for row, (k, step) in enumerate(items):
             self._keep(step.sequence, batch, row, now)
             results[k] = Result(logits=logits[row])
+
+    def _keep_apart(self, size: int, moving: set[int]):
+        """Before a one-token call of ``size`` rows on a backend that rewrites the states its previous call of that
+        size returned: every batch of that size that a sequence outside the call (``moving``) still holds gets its
+        own copy. In a steady decode loop there is none: the call continues one batch, all of whose sequences
+        move on."""
+        held = {id(live.batch): live.batch for seq, live in self.live.items() if seq not in moving}
+        for batch in held.values():
+            if batch.size == size:
+                batch.states = _map(batch.states, lambda t: t.clone())
 
     def _keep(self, sequence: int, batch: _Batch, row: int, now: float):
         if sequence not in self.live:
