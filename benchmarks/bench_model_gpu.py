@@ -10,8 +10,10 @@ keys); ssd-deploy's ``Mamba2LM`` runs on its Triton kernels in two configuration
 
 Prefill: one forward of b × l tokens returning the last position's logits (``num_last_tokens=1`` for mamba_ssm),
 CUDA events, median of repeats after warm-up. Decode: ssd-deploy's per-step time with its CUDA graphs
-(``runtime.cuda_graphs.DecodeGraphs``: states copied in and out, as the torch backend runs it) and the bare graph
-replay; mamba_ssm's ``generate(cg=True)`` timed at two lengths, the difference per token (its prefill cancels).
+(``runtime.cuda_graphs.DecodeGraphs`` as the torch backend runs it: the prefill's states handed over once, then each
+step updates the graph's own states in place) and the bare graph replay; the kernels one step launches (torch
+profiler on the eager in-place step, in total and per layer, and the kernels seen in one profiled replay);
+mamba_ssm's ``generate(cg=True)`` timed at two lengths, the difference per token (its prefill cancels).
 Parity in the same run: bf16 last-position logits of each side against ssd-deploy's fp32 listings; at fp32 (130m)
 mamba_ssm vs ssd-deploy's listings and 32 greedy tokens compared. ``--profile`` writes torch.profiler tables of one
 8 × 2048 prefill per side.
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -109,6 +112,29 @@ def prefill_graph(model, ids):
     return graph.replay
 
 
+def cuda_kernels(fn) -> Counter:
+    """Kernel (and copy) launches on the GPU during one call of ``fn``, by name, from the torch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return Counter(e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def launch_counts(model, b: int, replay) -> dict:
+    """Launches of one decode step: the eager in-place step (what the graph holds), per step and per layer, its
+    most frequent kernels, and the kernels the profiler sees in one replay of the captured graph."""
+    conv, ssm = model.init_states(b, "cuda")
+    token = torch.zeros(b, 1, dtype=torch.long, device="cuda")
+    eager = cuda_kernels(lambda: model(token, conv, ssm, decode=True, last_token_only=True, in_place=True))
+    total = sum(eager.values())
+    return {"per_step": total, "per_layer": total / model.cfg.n_layer, "top": dict(eager.most_common(8)),
+            "in_replay": sum(cuda_kernels(replay).values())}
+
+
 def warm_up(seconds: float = 5.0):
     """Keeps the GPU busy before the first timing: the first point of a cold run measured up to 2x slower on both
     sides (clocks ramping)."""
@@ -153,11 +179,12 @@ def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_di
         # bucketed prompt lengths runs; a 130m prefill is launch-bound without it
         point["prefill_ms_ssd-all-graph"] = summary(cuda_time(prefill_graph(ours, ids)))
 
-        # decode: ours through CUDA graphs, after a real prefill
+        # decode: ours through CUDA graphs, after a real prefill: its states handed over at the first step, then
+        # each step updates the graph's own states in place (the steady state of a decode loop)
         for conf in ("ssd-scan-only", "ssd-all"):
             with ours_config(conf):
                 _, conv, ssm = ours(ids, *ours.init_states(b, "cuda"), last_token_only=True)
-                graphs = DecodeGraphs(partial(ours, decode=True, last_token_only=True))
+                graphs = DecodeGraphs(partial(ours, decode=True, last_token_only=True, in_place=True))
                 tok = ids[:, -1:].clone()
                 state = [conv, ssm]
 
@@ -165,9 +192,10 @@ def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_di
                     logits, state[0], state[1] = graphs(tok, state[0], state[1])
 
                 point[f"decode_ms_{conf}"] = summary(cuda_time(step, warmup=3, repeats=decode_tokens))
-                g = graphs.captured[b]
-                point[f"decode_replay_ms_{conf}"] = summary(cuda_time(g.graph.replay, warmup=3,
-                                                                      repeats=decode_tokens))
+                point[f"decode_handovers_{conf}"] = graphs.handovers  # 1: the prefill's states, never per step
+                replay = graphs.captured[b].replay
+                point[f"decode_replay_ms_{conf}"] = summary(cuda_time(replay, warmup=3, repeats=decode_tokens))
+                point[f"launches_{conf}"] = launch_counts(ours, b, replay)
         # mamba_ssm: generate(cg=True) at two lengths, the difference per token (its graph cache is per batch size:
         # run batches in increasing order, a smaller batch after a larger one trips its assertions)
         short, long_ = 8, 8 + decode_tokens
@@ -245,7 +273,7 @@ def main():
     # the short table, last
     print(f"\n{report['device']}, {report['date']}, commit {report['commit']}; bf16, prompt {args.length}")
     print("| model, b | prefill ms: scan-only / all / all+graph / mamba_ssm (x all, x graph) | decode ms/token: "
-          "scan-only / all / replay / mamba_ssm (x) | err: all / mamba_ssm |")
+          "scan-only / all / replay / mamba_ssm (x) | launches per step (per layer) | err: all / mamba_ssm |")
     for p in report["presets"]:
         for q in p["points"]:
             pre = [q[f"prefill_ms_{c}"]["median"] for c in ("ssd-scan-only", "ssd-all", "ssd-all-graph", "mamba_ssm")]
@@ -254,6 +282,7 @@ def main():
             print(f"| {p['preset']}, {q['batch']} | {pre[0]:.2f} / {pre[1]:.2f} / {pre[2]:.2f} / {pre[3]:.2f} "
                   f"({pre[3] / pre[1]:.2f}x, {pre[3] / pre[2]:.2f}x)"
                   f" | {dec[0]:.3f} / {dec[1]:.3f} / {dec[2]:.3f} / {dec[3]:.3f} ({dec[3] / dec[1]:.2f}x) | "
+                  f"{q['launches_ssd-all']['per_step']} ({q['launches_ssd-all']['per_layer']:.2f}) | "
                   f"{q['err_ssd-all']:.1e} / {q['err_mamba_ssm']:.1e} |")
 
 
