@@ -217,6 +217,9 @@ def shape_alternatives(t: TensorSpec, plugin: str) -> list[list[tuple[str, int]]
     return alternatives
 
 
+_CPP_ROLES = {"A": "Role::kActivation", "F": "Role::kFloat32", "I": "Role::kInt32"}  # DTYPE_ROLES' letters
+
+
 def render_ort_header(all_contracts: dict[str, Contract]) -> str:
     """plugins/ort_custom_ops/contracts.h: each contract as constexpr C++ data (no TensorRT or ONNX Runtime types),
     with index enums per op (``SsdChunkScan::in::x``) so that the library's launch code names tensors, not
@@ -248,7 +251,10 @@ def render_ort_header(all_contracts: dict[str, Contract]) -> str:
                                  f"inline constexpr Dim const* {var}_{i} = nullptr;")
                 shapes = ", ".join(f"{{{var}_{i}, {len(dims)}}}" for i, dims in enumerate(alts))
                 lines.append(f"inline constexpr Shape {var}[] = {{{shapes}}};")
-                role = "Role::kActivation" if t.role == "A" else "Role::kFloat32"
+                if t.role not in _CPP_ROLES:
+                    raise UserError(f"{c.name}.{t.name}: dtype {t.dtype!r} has no ONNX Runtime custom-op role "
+                                    "(add it to plugin_contracts._CPP_ROLES and plugins/ort_custom_ops/ortOp.cpp)")
+                role = _CPP_ROLES[t.role]
                 rows.append(f'{{"{t.name}", {role}, {str(t.optional).lower()}, {var}, {len(alts)}}}')
             lines.append(f"inline constexpr TensorContract k{kind}[] = {{{', '.join(rows)}}};" if rows else "")
             tables[kind] = (f"k{kind}" if rows else "nullptr", len(rows))
@@ -273,11 +279,13 @@ def render_ort_header(all_contracts: dict[str, Contract]) -> str:
 namespace ssd_ort
 {{
 
-//! 'A' in the contracts: the node's activation dtype (fp32, fp16 or bf16, one per node); else always float32.
+//! The node's activation dtype (fp32, fp16 or bf16, one per node: 'T' in the contracts), or always float32, or
+//! always int32.
 enum class Role : uint8_t
 {{
     kActivation,
     kFloat32,
+    kInt32,
 }};
 
 enum class AttrType : uint8_t

@@ -160,9 +160,12 @@ def _registered_ops(lib: Path) -> list[dict]:
     return ops
 
 
+def _element_type(t: plugin_contracts.TensorSpec, activation: int) -> int:
+    return {"A": activation, "F": TensorProto.FLOAT, "I": TensorProto.INT32}[t.role]
+
+
 def _wanted(tensors, activation: int) -> list[tuple[int, int]]:
-    return [(activation if t.role == "A" else TensorProto.FLOAT, OPTIONAL if t.optional else REQUIRED)
-            for t in tensors]
+    return [(_element_type(t, activation), OPTIONAL if t.optional else REQUIRED) for t in tensors]
 
 
 @pytest.mark.slow
@@ -195,7 +198,7 @@ def test_registered_ops_match_the_contracts(lib):
 def _node_model(c: plugin_contracts.Contract, activation: int, attrs: dict | None = None,
                 drop: str = "", override: dict | None = None) -> bytes:
     """One node of contract ``c`` with its inputs as graph inputs (``drop`` one out, ``override`` dtypes)."""
-    dtype = {t.name: activation if t.role == "A" else TensorProto.FLOAT for t in (*c.inputs, *c.outputs)}
+    dtype = {t.name: _element_type(t, activation) for t in (*c.inputs, *c.outputs)}
     dtype.update(override or {})
     ins = [t.name for t in c.inputs if t.name != drop]
     outs = [f"{t.name}_out" for t in c.outputs]
@@ -275,8 +278,8 @@ def _contract_feeds(c, dtype: str, alternative: int = 0) -> dict:
         alts = plugin_contracts.shape_alternatives(t, c.name)
         dims = alts[min(alternative, len(alts) - 1)]
         shape = tuple(SIZES[s] + o if s else o for s, o in dims)
-        feeds[t.name] = rng.standard_normal(shape).astype(np.float16 if dtype == "fp16" and t.role == "A"
-                                                          else np.float32)
+        numpy_dtype = {"A": np.float16 if dtype == "fp16" else np.float32, "F": np.float32, "I": np.int32}[t.role]
+        feeds[t.name] = rng.standard_normal(shape).astype(numpy_dtype)
     return feeds
 
 

@@ -9,11 +9,13 @@
 namespace ssd_ort
 {
 
-//! 'A' in the contracts: the node's activation dtype (fp32, fp16 or bf16, one per node); else always float32.
+//! The node's activation dtype (fp32, fp16 or bf16, one per node: 'T' in the contracts), or always float32, or
+//! always int32.
 enum class Role : uint8_t
 {
     kActivation,
     kFloat32,
+    kInt32,
 };
 
 enum class AttrType : uint8_t

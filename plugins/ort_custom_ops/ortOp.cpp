@@ -126,8 +126,21 @@ char const* dtypeName(ONNXTensorElementDataType t)
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
     default: return "another dtype";
     }
+}
+
+//! The element type of a tensor of role `role` in an op whose activations are `activation`.
+ONNXTensorElementDataType elementType(Role role, ONNXTensorElementDataType activation)
+{
+    switch (role)
+    {
+    case Role::kActivation: return activation;
+    case Role::kInt32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    case Role::kFloat32: break;
+    }
+    return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 
 // ---- the kernel: one per node, holding its attributes ---------------------------------------------------------
@@ -218,7 +231,7 @@ TensorContract const& outputContract(OrtCustomOp const* op, size_t i)
 
 ONNXTensorElementDataType typeOf(OrtCustomOp const* op, TensorContract const& t)
 {
-    return t.role == Role::kActivation ? self(op).activation : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    return elementType(t.role, self(op).activation);
 }
 
 OrtCustomOpInputOutputCharacteristic characteristicOf(TensorContract const& t)
@@ -359,8 +372,7 @@ NodeRun::NodeRun(OrtApi const& api, OrtKernelContext* context, OpContract const&
                 + alternativesText(t));
         }
         input.rank = static_cast<int32_t>(rank);
-        ONNXTensorElementDataType const wanted
-            = t.role == Role::kActivation ? activation : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+        ONNXTensorElementDataType const wanted = elementType(t.role, activation);
         if (type != wanted)
         {
             throw Failure(node + ": input " + t.name + " is " + dtypeName(type) + ", expected " + dtypeName(wanted));
@@ -390,6 +402,7 @@ NodeRun::NodeRun(OrtApi const& api, OrtKernelContext* context, OpContract const&
             elements *= dims[d];
         }
         mEmpty = mEmpty && elements == 0;
+        // 2-byte activations in fp16/bf16 nodes; float32 and int32 tensors are 4 bytes
         mOutputBytes[i] = static_cast<size_t>(elements) * (t.role == Role::kActivation && dtype != SSD_F32 ? 2 : 4);
         OrtValue* value = nullptr;
         check(api, api.KernelContext_GetOutput(context, i, dims.data(), shape.rank, &value),
