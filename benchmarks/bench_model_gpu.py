@@ -6,7 +6,10 @@ keys); ssd-deploy's ``Mamba2LM`` runs on its Triton kernels in two configuration
 
 * ``ssd-scan-only``: only the SSD scan and step on Triton, the conv, the norms and the residual add on their PyTorch
   listings (the configuration before the conv/norm kernels: the "before" of this run);
-* ``ssd-all``: every op and the residual add + RMSNorm on Triton (``ssd_deploy.ssd.triton.register``).
+* ``ssd-all``: every op and the residual add + RMSNorm on Triton (``ssd_deploy.ssd.triton.register``); a decode
+  step's conv and SSM step in one fused in-place kernel (``ssd/triton/decode.py``);
+* ``ssd-all-2k`` (decode only): the same with that conv and SSM step in two in-place kernels (``decode_fused`` off):
+  what the fusion saves.
 
 Prefill: one forward of b × l tokens returning the last position's logits (``num_last_tokens=1`` for mamba_ssm),
 CUDA events, median of repeats after warm-up. Decode: ssd-deploy's per-step time with its CUDA graphs
@@ -44,6 +47,7 @@ from ssd_deploy.runtime.cuda_graphs import DecodeGraphs
 from ssd_deploy.ssd import triton as tri
 
 SCAN_ONLY_OFF = ("causal_conv1d", "gated_rmsnorm", "add_rmsnorm")  # left on their listings in "ssd-scan-only"
+OFF = {"ssd-scan-only": SCAN_ONLY_OFF, "ssd-all": (), "ssd-all-2k": ("decode_fused",)}
 
 
 def log(msg):
@@ -94,7 +98,7 @@ def mamba_ssm_model(cfg, sd, dtype):
 
 def ours_config(name: str):
     """The context in which a configuration of ours runs."""
-    return tri.disabled("cuda", SCAN_ONLY_OFF) if name == "ssd-scan-only" else nullcontext()
+    return tri.disabled("cuda", OFF[name]) if OFF[name] else nullcontext()
 
 
 def prefill_graph(model, ids):
@@ -181,7 +185,7 @@ def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_di
 
         # decode: ours through CUDA graphs, after a real prefill: its states handed over at the first step, then
         # each step updates the graph's own states in place (the steady state of a decode loop)
-        for conf in ("ssd-scan-only", "ssd-all"):
+        for conf in ("ssd-scan-only", "ssd-all", "ssd-all-2k"):
             with ours_config(conf):
                 _, conv, ssm = ours(ids, *ours.init_states(b, "cuda"), last_token_only=True)
                 graphs = DecodeGraphs(partial(ours, decode=True, last_token_only=True, in_place=True))
@@ -273,7 +277,8 @@ def main():
     # the short table, last
     print(f"\n{report['device']}, {report['date']}, commit {report['commit']}; bf16, prompt {args.length}")
     print("| model, b | prefill ms: scan-only / all / all+graph / mamba_ssm (x all, x graph) | decode ms/token: "
-          "scan-only / all / replay / mamba_ssm (x) | launches per step (per layer) | err: all / mamba_ssm |")
+          "scan-only / all (2 kernels) / replay / mamba_ssm (x) | launches per step (per layer) | err: all / "
+          "mamba_ssm |")
     for p in report["presets"]:
         for q in p["points"]:
             pre = [q[f"prefill_ms_{c}"]["median"] for c in ("ssd-scan-only", "ssd-all", "ssd-all-graph", "mamba_ssm")]
@@ -281,7 +286,8 @@ def main():
                    q["decode_replay_ms_ssd-all"]["median"], q["decode_ms_mamba_ssm"]["median"]]
             print(f"| {p['preset']}, {q['batch']} | {pre[0]:.2f} / {pre[1]:.2f} / {pre[2]:.2f} / {pre[3]:.2f} "
                   f"({pre[3] / pre[1]:.2f}x, {pre[3] / pre[2]:.2f}x)"
-                  f" | {dec[0]:.3f} / {dec[1]:.3f} / {dec[2]:.3f} / {dec[3]:.3f} ({dec[3] / dec[1]:.2f}x) | "
+                  f" | {dec[0]:.3f} / {dec[1]:.3f} ({q['decode_ms_ssd-all-2k']['median']:.3f}) / {dec[2]:.3f} / "
+                  f"{dec[3]:.3f} ({dec[3] / dec[1]:.2f}x) | "
                   f"{q['launches_ssd-all']['per_step']} ({q['launches_ssd-all']['per_layer']:.2f}) | "
                   f"{q['err_ssd-all']:.1e} / {q['err_mamba_ssm']:.1e} |")
 

@@ -115,7 +115,7 @@ class Mamba2Mixer(nn.Module):
 
     def _step_in_place(self, xBC: Tensor, dt: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
         """One token (xBC [b, 1, conv_dim], dt [b, 1, h]) with the states rewritten: y [b, h, p]. The Triton
-        in-place kernels where registered (two launches, A = -exp(A_log) inside; ssd/triton/decode.py), else the
+        in-place decode kernel where registered (one launch, A = -exp(A_log) inside; ssd/triton/decode.py), else the
         ops and a copy into the states."""
         from .ssd import triton
 

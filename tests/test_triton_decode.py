@@ -1,6 +1,6 @@
 """The in-place decode kernels (ssd_deploy/ssd/triton/decode.py: conv window and SSM step rewritten in place, A =
--exp(A_log) in the kernel) against the float64 listings, and the model's in-place decode on them against its plain
-decode on the listings.
+-exp(A_log) in the kernel; fused in one kernel, and in two) against the float64 listings, and the model's in-place
+decode on them against its plain decode on the listings.
 
 CPU (CI): the kernels run in Triton's interpreter, in one subprocess (this file run as a script; Triton reads
 TRITON_INTERPRET when it is imported). GPU (``-m gpu``): the same cases at larger shapes, bf16 too (the
@@ -54,9 +54,10 @@ def conv_step_errors(b, d, k, dtype, bias, device, seed) -> dict:
     return {"y": rel_err(y, y_ref[:, 0]), "state": rel_err(state, s_ref)}
 
 
-def decode_step_errors(b, h, p, n, g, k, dtype, D_hdim, dt_limit, device, seed) -> dict:
-    """The conv window and the SSM step in place (A_log in), against the conv listing then the float64 step."""
-    from ssd_deploy.ssd.triton.decode import decode_step_
+def decode_step_errors(b, h, p, n, g, k, dtype, D_hdim, dt_limit, fused, device, seed) -> dict:
+    """The conv window and the SSM step in place (A_log in), fused in one kernel or in two, against the conv
+    listing then the float64 step; the fused kernel's counters must be back to zero."""
+    from ssd_deploy.ssd.triton import decode
 
     gen = torch.Generator().manual_seed(seed)
     d, gn = h * p, g * n
@@ -70,20 +71,26 @@ def decode_step_errors(b, h, p, n, g, k, dtype, D_hdim, dt_limit, device, seed) 
     ssm = torch.randn(b, h, p, n, generator=gen).to(device)
     conv0, ssm0 = conv.clone(), ssm.clone()
     dt_min, dt_max = (0.05, 0.5) if dt_limit else (0.0, math.inf)
-    y = decode_step_(strided_rows(xBC), strided_rows(dt), conv, ssm, w, wb, A_log, D, dt_bias, headdim=p,
-                     ngroups=g, dt_min=dt_min, dt_max=dt_max)
+    y = decode.decode_step_(strided_rows(xBC), strided_rows(dt), conv, ssm, w, wb, A_log, D, dt_bias, headdim=p,
+                            ngroups=g, dt_min=dt_min, dt_max=dt_max, fused=fused)
     xc, conv_ref = reference.causal_conv1d(xBC[:, None].double(), w.double(), wb.double(), conv0.double(), silu=True)
     xc = xc[:, 0].to(dtype).double()  # the conv's output is rounded to the activations' dtype, as the ops do
     x, B, C = torch.split(xc, [d, gn, gn], dim=-1)
     y_ref, ssm_ref = reference.ssd_step(ssm0.double(), x.reshape(b, h, p), dt.double(), -torch.exp(A_log.double()),
                                         B.reshape(b, g, n), C.reshape(b, g, n), D.double(), dt_bias.double(),
                                         dt_min=dt_min, dt_max=dt_max)
-    return {"y": rel_err(y, y_ref), "conv_state": rel_err(conv, conv_ref), "ssm_state": rel_err(ssm, ssm_ref)}
+    errs = {"y": rel_err(y, y_ref), "conv_state": rel_err(conv, conv_ref), "ssm_state": rel_err(ssm, ssm_ref)}
+    if fused:
+        errs["counters_left"] = float(decode._counters[torch.device(device)].abs().sum())
+    return errs
 
 
-def model_errors(device, dtype, seed=0) -> dict:
-    """A tiny model (ngroups 2, D per head-dim) decoding in place on the kernels against its plain decode on the
-    listings: prefill of 7 tokens, then 3 steps at batch 3."""
+def model_errors(device, dtype, fused, seed=0) -> dict:
+    """A tiny model (ngroups 2, D per head-dim) decoding in place on the kernels (the fused decode kernel, or the
+    two-launch one: ``decode_fused`` disabled) against its plain decode on the listings: prefill of 7 tokens, then
+    3 steps at batch 3."""
+    from contextlib import nullcontext
+
     import ssd_deploy.ssd.triton as tri
     from ssd_deploy.checkpoint import random_model
     from ssd_deploy.config import Mamba2Config
@@ -100,7 +107,8 @@ def model_errors(device, dtype, seed=0) -> dict:
         for t in range(3):
             with tri.disabled(device):
                 ref, conv, ssm = model(ids[:, t:t + 1], conv, ssm, decode=True)
-            logits, *out = model(ids[:, t:t + 1], *mine, decode=True, in_place=True)
+            with nullcontext() if fused else tri.disabled(device, ("decode_fused",)):
+                logits, *out = model(ids[:, t:t + 1], *mine, decode=True, in_place=True)
             errs[f"in_place_{t}"] = float(not all(a is b for a, b in zip(out[0] + out[1], mine[0] + mine[1])))
             errs[f"logits_{t}"] = rel_err(logits, ref.double())
             errs[f"conv_{t}"] = rel_err(torch.stack(mine[0]), torch.stack(conv).double())
@@ -117,11 +125,17 @@ def cases(device: str, large: bool) -> dict:
         for k in (4, 3, 2):
             out[f"conv_step_{dt}_k{k}"] = (conv_step_errors, (2, 300 if k == 4 else 24, k, dt, k != 3, device, k), dt)
         # h p n g: groups > 1; p and n not powers of two (masks)
-        shape = (8, 64, 128, 2) if large else (4, 6, 12, 2)
-        out[f"decode_{dt}_hdimD_limit"] = (decode_step_errors, (3, *shape, 4, dt, True, True, device, 1), dt)
-        shape = (24, 64, 128, 1) if large else (2, 8, 16, 1)
-        out[f"decode_{dt}_g1"] = (decode_step_errors, (1, *shape, 4, dt, False, False, device, 2), dt)
-    out["model_fp32"] = (model_errors, (device, torch.float32), torch.float32)
+        # several programs per group (row blocks of 4, p = 6 or 64): the fused kernel's last-program logic
+        for fused in (True, False):
+            f = "fused" if fused else "two"
+            shape = (8, 64, 128, 2) if large else (4, 6, 12, 2)
+            out[f"decode_{f}_{dt}_hdimD_limit"] = (decode_step_errors, (3, *shape, 4, dt, True, True, fused, device,
+                                                                        1), dt)
+            shape = (24, 64, 128, 1) if large else (2, 8, 16, 1)
+            out[f"decode_{f}_{dt}_g1"] = (decode_step_errors, (1, *shape, 4, dt, False, False, fused, device, 2), dt)
+    for fused in (True, False):
+        out[f"model_{'fused' if fused else 'two'}_fp32"] = (model_errors, (device, torch.float32, fused),
+                                                            torch.float32)
     return out
 
 
@@ -134,6 +148,8 @@ def check(name, errs, dtype):
     for key, err in errs.items():
         if key.startswith("in_place"):
             assert err == 0.0, f"{name}: the in-place decode must return the states it was given"
+        elif key == "counters_left":
+            assert err == 0.0, f"{name}: the fused kernel left its counters at {err} (must reset them)"
         else:
             assert err <= tol, f"{name} {key}: relative error {err} > {tol}"  # NaN fails too
 

@@ -60,7 +60,8 @@ def disabled(device: str = "cuda", names: tuple[str, ...] = (*OPS, "add_rmsnorm"
     """The ops ``names`` (default: all, and the residual add + RMSNorm) run their PyTorch listings on ``device``
     inside this block, even after ``register()``: one process can then time PyTorch eager and the Triton kernels
     side by side, or one kernel's share of a model. The in-place decode (``decode_step_``) counts as
-    ``causal_conv1d`` and ``ssd_step``: disabling either disables it."""
+    ``causal_conv1d`` and ``ssd_step``: disabling either disables it; the name ``decode_fused`` keeps it but in
+    two launches instead of one (``decode.py``)."""
     with ExitStack() as stack:
         if device in _registered:  # set_kernel_enabled warns about a kernel that was never registered
             from .. import ops
@@ -95,8 +96,9 @@ def decode_step_(xBC, dt, conv_state, ssm_state, *args, **kwargs):
     """The in-place decode of a layer's conv and SSM step (``decode.decode_step_``, same arguments) where
     ``register()`` attached the kernels to the device and no ``disabled()`` block covers ``causal_conv1d`` or
     ``ssd_step``: y [b, h, p], the states rewritten. None otherwise (the caller runs the ops and copies)."""
-    if not _enabled(xBC.device.type, "causal_conv1d", "ssd_step"):
+    device = xBC.device.type
+    if not _enabled(device, "causal_conv1d", "ssd_step"):
         return None
     from .decode import decode_step_ as kernels
 
-    return kernels(xBC, dt, conv_state, ssm_state, *args, **kwargs)
+    return kernels(xBC, dt, conv_state, ssm_state, *args, fused=_enabled(device, "decode_fused"), **kwargs)

@@ -91,31 +91,54 @@ def causal_conv1d(x, weight, bias, conv_state, silu=True, *, y=None, new_state=N
 
 
 @triton.jit
+def conv_token(x_ptr, w_ptr, bias_ptr, window_ptr, chan, cmask, offs_w, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+               K: tl.constexpr):
+    """One token of the conv for channels ``chan`` of one sequence (x_ptr: its token, [d]; window_ptr: its window,
+    [d, K-1]), in fp32. Reads only."""
+    wmask = cmask[:, None] & (offs_w < K - 1)[None, :]
+    x = tl.load(x_ptr + chan, mask=cmask, other=0.0).to(tl.float32)
+    old = tl.load(window_ptr + chan[:, None] * (K - 1) + offs_w[None, :], mask=wmask, other=0.0).to(tl.float32)
+    taps = tl.load(w_ptr + chan[:, None] * K + offs_w[None, :], mask=wmask, other=0.0)
+    acc = tl.sum(old * taps, axis=1) + x * tl.load(w_ptr + chan * K + (K - 1), mask=cmask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + chan, mask=cmask, other=0.0)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    return acc
+
+
+@triton.jit
+def new_window(x_ptr, window_ptr, chan, cmask, offs_w, K: tl.constexpr):
+    """The window after the token, [channels, BLOCK_W] in fp32: the old one shifted by one slot, x last. Reads
+    only: the caller writes it (``store_window``) once every reader of the old window is done."""
+    shifted = tl.load(window_ptr + chan[:, None] * (K - 1) + offs_w[None, :] + 1,
+                      mask=cmask[:, None] & (offs_w < K - 2)[None, :], other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + chan, mask=cmask, other=0.0).to(tl.float32)
+    return tl.where((offs_w == K - 2)[None, :], x[:, None], shifted)
+
+
+@triton.jit
+def store_window(window_ptr, chan, cmask, offs_w, new, K: tl.constexpr):
+    """Writes ``new_window``'s result for channels ``chan`` of one sequence."""
+    tl.store(window_ptr + chan[:, None] * (K - 1) + offs_w[None, :], new.to(window_ptr.dtype.element_ty),
+             mask=cmask[:, None] & (offs_w < K - 1)[None, :])
+
+
+@triton.jit
 def _conv_step_kernel(x_ptr, w_ptr, bias_ptr, state_ptr, y_ptr, dim, stride_xb,
                       HAS_BIAS: tl.constexpr, SILU: tl.constexpr, K: tl.constexpr, BLOCK_W: tl.constexpr,
                       BLOCK_D: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_w = tl.arange(0, BLOCK_W)  # window slots, K-1 of them
     dmask = offs_d < dim
-    wmask = dmask[:, None] & (offs_w < K - 1)[None, :]
-    window = state_ptr + (b * dim + offs_d)[:, None] * (K - 1) + offs_w[None, :]  # [b, d, k-1]
-
-    x = tl.load(x_ptr + b * stride_xb + offs_d, mask=dmask, other=0.0).to(tl.float32)
-    old = tl.load(window, mask=wmask, other=0.0).to(tl.float32)
-    # the new window (the old one shifted by one slot, x last), read now: every read of the window must happen
-    # before the first write into it
-    shifted = tl.load(window + 1, mask=dmask[:, None] & (offs_w < K - 2)[None, :], other=0.0).to(tl.float32)
-    shifted = tl.where((offs_w == K - 2)[None, :], x[:, None], shifted)
-    taps = tl.load(w_ptr + offs_d[:, None] * K + offs_w[None, :], mask=wmask, other=0.0)
-    acc = tl.sum(old * taps, axis=1) + x * tl.load(w_ptr + offs_d * K + (K - 1), mask=dmask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_d, mask=dmask, other=0.0)
-    if SILU:
-        acc = acc * tl.sigmoid(acc)
+    window = state_ptr + b * dim * (K - 1)
+    offs_w = tl.arange(0, BLOCK_W)
+    token = x_ptr + b * stride_xb
+    acc = conv_token(token, w_ptr, bias_ptr, window, offs_d, dmask, offs_w, HAS_BIAS, SILU, K)
+    new = new_window(token, window, offs_d, dmask, offs_w, K)
     tl.store(y_ptr + b * dim + offs_d, acc.to(y_ptr.dtype.element_ty), mask=dmask)
     tl.debug_barrier()  # threads holding the same channel (replicated layouts) all read before any writes
-    tl.store(window, shifted.to(state_ptr.dtype.element_ty), mask=wmask)
+    store_window(window, offs_d, dmask, offs_w, new, K)
 
 
 def causal_conv1d_step_(x, weight, bias, conv_state, silu=True, *, y=None):

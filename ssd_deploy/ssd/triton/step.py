@@ -45,18 +45,26 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dt_bias_p
     Bv = tl.load(B_ptr + b * stride_Bb + g * dstate + offs_n, mask=nmask, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b * stride_Cb + g * dstate + offs_n, mask=nmask, other=0.0).to(tl.float32)
 
+    y = update_rows(state_ptr, out_state_ptr, bh, h, offs_p, offs_n, pmask, nmask, x, Bv, Cv, dtp, decay, D_ptr, hdim,
+                    dstate, D_HAS_HDIM)
+    tl.store(y_ptr + bh * hdim + offs_p, y.to(y_ptr.dtype.element_ty), mask=pmask)
+
+
+@triton.jit
+def update_rows(state_ptr, out_state_ptr, bh, h, offs_p, offs_n, pmask, nmask, x, Bv, Cv, dtp, decay, D_ptr, hdim,
+                dstate, D_HAS_HDIM: tl.constexpr):
+    """Rows ``offs_p`` of state [b·h = bh] updated, S = decay·S + dt'·x ⊗ B, and stored (each element read and
+    written by the same thread: ``out_state_ptr`` may be ``state_ptr``); returns y = S·C + D·x for those rows."""
     tile = bh * hdim * dstate + offs_p[:, None] * dstate + offs_n[None, :]
     tile_mask = pmask[:, None] & nmask[None, :]
     s = tl.load(state_ptr + tile, mask=tile_mask, other=0.0)
     s = s * decay + (dtp * x)[:, None] * Bv[None, :]
     tl.store(out_state_ptr + tile, s, mask=tile_mask)
-
     if D_HAS_HDIM:
         D = tl.load(D_ptr + h * hdim + offs_p, mask=pmask, other=0.0)
     else:
         D = tl.load(D_ptr + h)
-    y = tl.sum(s * Cv[None, :], axis=1) + D * x
-    tl.store(y_ptr + bh * hdim + offs_p, y.to(y_ptr.dtype.element_ty), mask=pmask)
+    return tl.sum(s * Cv[None, :], axis=1) + D * x
 
 
 def _rows_contiguous(t) -> bool:
