@@ -33,7 +33,8 @@ except ImportError:  # Python 3.10
 PLUGINS_DIR = (Path(__file__).parent / "plugins_src").resolve()
 CONTRACT_FILE = "contract.toml"
 HEADER = PLUGINS_DIR / "harness" / "contracts.h"
-DTYPE_ROLES = {"T": "A", "float32": "F"}  # the activation dtype of the node (fp32/fp16/bf16), or always float32
+# the activation dtype of the node (fp32/fp16/bf16), always float32, or int32 (the packed plugins' offsets)
+DTYPE_ROLES = {"T": "A", "float32": "F", "int32": "I"}
 ATTR_TYPES = {"int": (int, "INT", "kINT32"), "float": (float, "FLOAT", "kFLOAT32")}
 
 
@@ -41,7 +42,7 @@ ATTR_TYPES = {"int": (int, "INT", "kINT32"), "float": (float, "FLOAT", "kFLOAT32
 class TensorSpec:
     name: str
     shape: str  # in the op contract's letters: "[b, l, h, p]"
-    dtype: str  # "T" (the node's activation dtype) or "float32"
+    dtype: str  # "T" (the node's activation dtype), "float32" or "int32"
     note: str = ""
     optional: bool = False  # may be left out (an empty input name in ONNX)
 
@@ -75,7 +76,7 @@ class Contract:
 
     @property
     def roles(self) -> str:
-        """'A'/'F' per input then per output, as the harness reads them."""
+        """'A'/'F'/'I' per input then per output, as the harness reads them."""
         return "".join(t.role for t in self.inputs + self.outputs)
 
 
@@ -175,7 +176,7 @@ struct Contract
 {{
     std::string name;
     int32_t nbInputs;
-    //! 'A' activation (fp32/fp16/bf16, one dtype per node), 'F' always fp32; inputs then outputs.
+    //! 'A' activation (fp32/fp16/bf16, one dtype per node), 'F' always fp32, 'I' always int32; inputs then outputs.
     std::string roles;
     std::vector<FieldContract> fields;
 }};

@@ -63,15 +63,21 @@ def test_packed_graph_equals_each_prompt_alone(make_export, flavor, options, log
                 assert rel_err(got[name], ref) < 1e-4, (lengths, name)
 
 
-def test_trt_packed_graph_ships_plugins_and_standard_packed_ops(make_export):
-    """The trt packed graph: plugin nodes for the unpacked ops it still uses, the packed scan and conv as standard
-    ops (the plugins take no cu_seqlens)."""
+def test_trt_packed_graph_ships_the_packed_plugins(make_export):
+    """The trt packed graph: the packed scan and conv as the packed plugins, fed the int64 cu_seqlens cast to int32
+    once, and no body (TensorRT would import a body in place of the plugin); the validation copy runs above."""
     import onnx
 
     from ssd_deploy.interface import model_path
 
     _, export_dir = make_export(VARIANTS["g4"], "trt", graph="packed", logits="last")
-    ops = {(n.domain, n.op_type) for n in onnx.load(str(model_path(export_dir)), load_external_data=False).graph.node}
-    assert ("trt.plugins", "GatedRmsNorm") in ops
-    assert not {o for d, o in ops if d == "trt.plugins"} & {"SsdChunkScan", "CausalConv1d"}
-    assert ("", "Gather") in ops and ("", "Conv") in ops
+    proto = onnx.load(str(model_path(export_dir)), load_external_data=False)
+    plugins = {n.op_type for n in proto.graph.node if n.domain == "trt.plugins"}
+    assert plugins == {"SsdChunkScanPacked", "CausalConv1dPacked", "GatedRmsNorm"}
+    assert not proto.functions
+    assert not {n.op_type for n in proto.graph.node if n.domain == ""} & {"Conv", "Scan", "Loop"}
+    casts = [n for n in proto.graph.node if n.op_type == "Cast" and CU_SEQLENS in n.input]
+    assert len(casts) == 1 and casts[0].attribute[0].i == onnx.TensorProto.INT32
+    for node in proto.graph.node:
+        if node.op_type in ("SsdChunkScanPacked", "CausalConv1dPacked"):
+            assert node.input[-1] == casts[0].output[0]

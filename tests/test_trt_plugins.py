@@ -164,7 +164,8 @@ def test_every_plugin_has_one_contract_and_the_derived_files_are_current():
 
     all_contracts = plugin_contracts.contracts()
     folders = sorted(p.parent.name for p in (REPO / "plugins").glob("*/README.md") if p.parent.name[0].isupper())
-    assert sorted(all_contracts) == folders == ["CausalConv1d", "GatedRmsNorm", "SsdChunkScan", "SsdStateUpdate"]
+    assert sorted(all_contracts) == folders == ["CausalConv1d", "CausalConv1dPacked", "GatedRmsNorm", "SsdChunkScan",
+                                               "SsdChunkScanPacked", "SsdStateUpdate"]
     stale = plugin_contracts.stale(REPO / "plugins")
     assert not stale, f"out of date (python -m ssd_deploy.plugin_contracts --write): {sorted(map(str, stale))}"
 

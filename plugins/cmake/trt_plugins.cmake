@@ -91,7 +91,9 @@ add_library(ssd_trt_plugin_objects OBJECT
   "${_ssd_plugins_dir}/SsdChunkScan/ssdChunkScanPlugin.cpp"
   "${_ssd_plugins_dir}/SsdStateUpdate/ssdStateUpdatePlugin.cpp"
   "${_ssd_plugins_dir}/CausalConv1d/causalConv1dPlugin.cpp"
-  "${_ssd_plugins_dir}/GatedRmsNorm/gatedRmsNormPlugin.cpp")
+  "${_ssd_plugins_dir}/GatedRmsNorm/gatedRmsNormPlugin.cpp"
+  "${_ssd_plugins_dir}/SsdChunkScanPacked/ssdChunkScanPackedPlugin.cpp"
+  "${_ssd_plugins_dir}/CausalConv1dPacked/causalConv1dPackedPlugin.cpp")
 ssd_trt_compile_settings(ssd_trt_plugin_objects)
 add_library(ssd_trt_selfregister_object OBJECT "${_ssd_plugins_dir}/common/selfRegister.cpp")
 ssd_trt_compile_settings(ssd_trt_selfregister_object)

@@ -1,6 +1,6 @@
 // What one plugin of the library is, as data: name, the role of each input and output, the attributes (the
 // creator's fields, which the ONNX parser fills from node attributes of the same names) and the factory. The shared
-// plugin base and creator read everything plugin-independent from here, so the four plugins hold only their math.
+// plugin base and creator read everything plugin-independent from here, so the plugins hold only their math.
 #pragma once
 #include "NvInferRuntime.h"
 #include <cstdint>
@@ -15,11 +15,13 @@ namespace ssd_trt
 constexpr char const* kPLUGIN_VERSION = "1";
 constexpr char const* kPLUGIN_NAMESPACE = "";
 
-//! Activations share one I/O dtype (fp32, fp16 or bf16); parameters and states are always fp32.
+//! Activations share one I/O dtype (fp32, fp16 or bf16); parameters and states are always fp32; offsets (the
+//! packed plugins' cu_seqlens) are int32.
 enum class Role : uint8_t
 {
     kACTIVATION,
     kFLOAT32,
+    kINT32,
 };
 
 enum class AttrType : uint8_t
@@ -77,6 +79,8 @@ std::vector<nvinfer1::PluginField> attributeFields(PluginSpec const& spec, AttrV
 PluginSpec const& ssdChunkScanSpec();
 PluginSpec const& ssdStateUpdateSpec();
 PluginSpec const& causalConv1dSpec();
+PluginSpec const& ssdChunkScanPackedSpec();
+PluginSpec const& causalConv1dPackedSpec();
 PluginSpec const& gatedRmsNormSpec();
 
 } // namespace ssd_trt

@@ -34,6 +34,17 @@ Dims knownExtents(DimsExprs const& exprs)
 
 } // namespace
 
+DataType roleType(Role role, DataType io)
+{
+    switch (role)
+    {
+    case Role::kACTIVATION: return io;
+    case Role::kINT32: return DataType::kINT32;
+    case Role::kFLOAT32: break;
+    }
+    return DataType::kFLOAT;
+}
+
 bool toSsdDtype(DataType type, ssd_dtype_t& out)
 {
     switch (type)
@@ -159,16 +170,17 @@ int32_t SsdPluginBase::getOutputDataTypes(
     // format search fail without a reason.
     for (int32_t i = 0; i < nbInputs; ++i)
     {
-        bool const activation = mSpec->roles[i] == Role::kACTIVATION;
-        if (inputTypes[i] != (activation ? io : DataType::kFLOAT))
+        Role const role = mSpec->roles[i];
+        if (inputTypes[i] != roleType(role, io))
         {
-            return fail("input " + std::to_string(i) + (activation ? " must have the dtype of input "
-                        + std::to_string(mSpec->anchor()) : std::string(" must be float32")));
+            return fail("input " + std::to_string(i)
+                + (role == Role::kACTIVATION ? " must have the dtype of input " + std::to_string(mSpec->anchor())
+                                             : std::string(role == Role::kINT32 ? " must be int32" : " must be float32")));
         }
     }
     for (int32_t o = 0; o < nbOutputs; ++o)
     {
-        outputTypes[o] = mSpec->roles[nbInputs + o] == Role::kACTIVATION ? io : DataType::kFLOAT;
+        outputTypes[o] = roleType(mSpec->roles[nbInputs + o], io);
     }
     return 0;
 }
@@ -185,9 +197,9 @@ bool SsdPluginBase::supportsFormatCombination(
     {
         return false;
     }
-    if (mSpec->roles[pos] == Role::kFLOAT32)
+    if (mSpec->roles[pos] != Role::kACTIVATION)
     {
-        return desc.type == DataType::kFLOAT;
+        return desc.type == roleType(mSpec->roles[pos], DataType::kFLOAT);
     }
     ssd_dtype_t unused{};
     int32_t const anchor = mSpec->anchor();

@@ -1,4 +1,4 @@
-// The IPluginV3 machinery shared by the four plugins (one object implements the core, build and runtime
+// The IPluginV3 machinery shared by the plugins (one object implements the core, build and runtime
 // capabilities, as in TensorRT's own plugin tree). Everything that follows from the PluginSpec lives here: names,
 // dtypes and formats, attribute serialisation, shape checks at build and run time, error reports. A plugin adds its
 // shape contract (matchShapes), its output shapes and the kernel call.
@@ -91,6 +91,9 @@ private:
     std::vector<nvinfer1::PluginField> mSerialFields;
     nvinfer1::PluginFieldCollection mSerialCollection{};
 };
+
+//! The dtype of a tensor of `role` in a node whose activations are `io`.
+nvinfer1::DataType roleType(Role role, nvinfer1::DataType io);
 
 //! The kernels' dtype for an activation dtype; false for a dtype they do not take.
 bool toSsdDtype(nvinfer1::DataType type, ssd_dtype_t& out);

@@ -61,7 +61,10 @@ IPluginCreatorInterface* const* libraryCreators(int32_t& nbCreators)
     static SsdPluginCreator sStateUpdate(ssdStateUpdateSpec());
     static SsdPluginCreator sCausalConv(causalConv1dSpec());
     static SsdPluginCreator sGatedNorm(gatedRmsNormSpec());
-    static IPluginCreatorInterface* const sCreators[] = {&sChunkScan, &sStateUpdate, &sCausalConv, &sGatedNorm};
+    static SsdPluginCreator sChunkScanPacked(ssdChunkScanPackedSpec());
+    static SsdPluginCreator sCausalConvPacked(causalConv1dPackedSpec());
+    static IPluginCreatorInterface* const sCreators[]
+        = {&sChunkScan, &sStateUpdate, &sCausalConv, &sGatedNorm, &sChunkScanPacked, &sCausalConvPacked};
     nbCreators = static_cast<int32_t>(sizeof(sCreators) / sizeof(sCreators[0]));
     return sCreators;
 }

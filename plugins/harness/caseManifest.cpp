@@ -11,7 +11,7 @@ using namespace nvinfer1;
 
 size_t dataTypeBytes(DataType type)
 {
-    return type == DataType::kFLOAT ? 4 : 2;
+    return type == DataType::kFLOAT || type == DataType::kINT32 ? 4 : 2;
 }
 
 size_t TensorSpec::bytes() const
@@ -40,6 +40,10 @@ DataType parseType(std::string const& s)
     if (s == "bf16")
     {
         return DataType::kBF16;
+    }
+    if (s == "i32")
+    {
+        return DataType::kINT32;
     }
     throw std::runtime_error("unknown dtype " + s);
 }

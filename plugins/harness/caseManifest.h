@@ -2,7 +2,7 @@
 // run_parity.py. Lines of case.txt (whitespace-separated):
 //   plugin <Name>
 //   attr <name> i32|i64|f32 <value>           one creator field (f32 accepts inf, -inf)
-//   input <name> f32|f16|bf16 <extent>... <file>
+//   input <name> f32|f16|bf16|i32 <extent>... <file>
 //   output <name> f32|f16|bf16 <extent>... <file>
 //   time <repeats>                             optional: time that many enqueues (CUDA events)
 // An extent is a number, or sym=number for an extent that is dynamic in the engine (b, l): the build-time calls

@@ -63,7 +63,7 @@ struct ShapeCase
 Fields validFields(std::string const& plugin)
 {
     Fields f;
-    if (plugin == "SsdChunkScan")
+    if (plugin == "SsdChunkScan" || plugin == "SsdChunkScanPacked")
     {
         f.i32("chunk_size", 64).i32("dt_softplus", 0).f32("dt_min", 0.001F).f32("dt_max", 0.1F);
     }
@@ -71,7 +71,7 @@ Fields validFields(std::string const& plugin)
     {
         f.i32("dt_softplus", 0).f32("dt_min", 0.002F).f32("dt_max", 0.2F);
     }
-    else if (plugin == "CausalConv1d")
+    else if (plugin == "CausalConv1d" || plugin == "CausalConv1dPacked")
     {
         f.i32("silu", 0);
     }
@@ -101,6 +101,14 @@ std::vector<ShapeCase> shapeCases()
             {{"b", "l", 96}, {"b", 96, "k-1"}}, "dynamic k"},
         {"GatedRmsNorm", validFields("GatedRmsNorm"), {{"b", "l", 128}, {"b", "l", 128}, {128}}, {{"b", "l", 128}},
             "groups of 32"},
+        // packed: b sequences (cu_seqlens of bp1 = b+1 offsets) on l tokens
+        {"SsdChunkScanPacked", validFields("SsdChunkScanPacked"),
+            {{1, "l", 8, 16}, {1, "l", 8}, {8}, {1, "l", 2, 32}, {1, "l", 2, 32}, {8, 16}, {8}, {"b", 8, 16, 32},
+                {"bp1"}},
+            {{1, "l", 8, 16}, {"b", 8, 16, 32}}, "packed, D [h,p]"},
+        {"CausalConv1dPacked", validFields("CausalConv1dPacked"),
+            {{1, "l", 96}, {96, "k"}, {96}, {"b", 96, "km1"}, {"bp1"}}, {{1, "l", 96}, {"b", 96, "k-1"}},
+            "packed, dynamic k"},
         // Inputs that break the contract: getOutputShapes must refuse them.
         {"SsdChunkScan", validFields("SsdChunkScan"),
             {{"b", 8, 16}, {"b", "l", 8}, {8}, {"b", "l", 2, 32}, {"b", "l", 2, 32}, {8}, {8}, {"b", 8, 16, 32}}, {},
@@ -122,6 +130,14 @@ std::vector<ShapeCase> shapeCases()
         {"CausalConv1d", validFields("CausalConv1d"), {{"b", "l", 96}, {96, 1}, {96}, {"b", 96, 0}}, {}, "k 1"},
         {"GatedRmsNorm", validFields("GatedRmsNorm"), {{"b", "l", 100}, {"b", "l", 100}, {100}}, {},
             "d 100, group_size 32"},
+        {"SsdChunkScanPacked", validFields("SsdChunkScanPacked"),
+            {{2, "l", 8, 16}, {2, "l", 8}, {8}, {2, "l", 2, 32}, {2, "l", 2, 32}, {8}, {8}, {"b", 8, 16, 32}, {"bp1"}},
+            {}, "x of batch 2"},
+        {"SsdChunkScanPacked", validFields("SsdChunkScanPacked"),
+            {{1, "l", 8, 16}, {1, "l", 8}, {8}, {1, "l", 2, 32}, {1, "l", 2, 32}, {8}, {8}, {3, 8, 16, 32}, {3}}, {},
+            "3 states, 3 offsets"},
+        {"CausalConv1dPacked", validFields("CausalConv1dPacked"), {{1, "l", 96}, {96, 4}, {96}, {3, 96, 3}, {5}}, {},
+            "3 states, 5 offsets"},
         {"GatedRmsNorm", validFields("GatedRmsNorm"), {{"b", "l", 128}, {"b", "l", 64}, {128}}, {}, "z narrower"},
     };
     return cases;
@@ -134,7 +150,7 @@ PluginPtr create(PluginLibrary const& lib, std::string const& name, Fields field
 
 DataType roleType(char role, DataType io)
 {
-    return role == 'A' ? io : DataType::kFLOAT;
+    return role == 'A' ? io : (role == 'I' ? DataType::kINT32 : DataType::kFLOAT);
 }
 
 bool isFloatIo(DataType t)
@@ -236,7 +252,7 @@ void checkPluginInterfaces(Checker& c, PluginLibrary const& lib)
                 {
                     auto changed = descs;
                     changed[p].desc.type = t;
-                    bool const expected = k.roles[p] == 'F' ? t == DataType::kFLOAT
+                    bool const expected = k.roles[p] != 'A' ? t == roleType(k.roles[p], io)
                                                             : (p == anchor ? isFloatIo(t) : t == io);
                     c.expect(build->supportsFormatCombination(p, changed.data(), k.nbInputs, nbOutputs) == expected,
                         where + ": dtype " + std::to_string(static_cast<int>(t)) + (expected ? " accepted" : " refused"));
@@ -374,7 +390,8 @@ void checkAttributes(Checker& c, PluginLibrary const& lib)
 
 void checkShapes(Checker& c, PluginLibrary const& lib)
 {
-    std::vector<Env> const envs{{{"b", 3}, {"l", 17}, {"k", 4}, {"km1", 3}}, {{"b", 1}, {"l", 1}, {"k", 2}, {"km1", 1}}};
+    std::vector<Env> const envs{{{"b", 3}, {"l", 17}, {"k", 4}, {"km1", 3}, {"bp1", 4}},
+        {{"b", 1}, {"l", 1}, {"k", 2}, {"km1", 1}, {"bp1", 2}}};
     for (ShapeCase& sc : shapeCases())
     {
         std::string const where = sc.plugin + " (" + sc.what + ")";
@@ -440,7 +457,7 @@ Dims concrete(Shape const& s, Env const& env, bool dynamicAsUnknown)
 
 void checkConfigure(Checker& c, PluginLibrary const& lib)
 {
-    Env const env{{"b", 2}, {"l", 5}, {"k", 4}, {"km1", 3}};
+    Env const env{{"b", 2}, {"l", 5}, {"k", 4}, {"km1", 3}, {"bp1", 3}};
     for (ShapeCase& sc : shapeCases())
     {
         if (sc.outputs.empty())
@@ -494,11 +511,9 @@ void checkConfigure(Checker& c, PluginLibrary const& lib)
 
 void checkWorkspace(Checker& c, PluginLibrary const& lib)
 {
-    auto chunkScanWorkspace = [&](int64_t b, int64_t l) {
-        PluginPtr p = create(lib, "SsdChunkScan", validFields("SsdChunkScan"), TensorRTPhase::kBUILD);
+    auto workspace = [&](char const* name, std::vector<Shape> const& shapes) {
+        PluginPtr p = create(lib, name, validFields(name), TensorRTPhase::kBUILD);
         auto* build = capability<IPluginV3OneBuild>(*p, PluginCapabilityType::kBUILD);
-        std::vector<Shape> shapes{{b, l, 24, 64}, {b, l, 24}, {24}, {b, l, 1, 128}, {b, l, 1, 128}, {24}, {24},
-            {b, 24, 64, 128}};
         std::vector<DynamicPluginTensorDesc> in(shapes.size());
         for (size_t i = 0; i < shapes.size(); ++i)
         {
@@ -509,12 +524,29 @@ void checkWorkspace(Checker& c, PluginLibrary const& lib)
         }
         return build->getWorkspaceSize(in.data(), static_cast<int32_t>(in.size()), nullptr, 2);
     };
+    auto chunkScanWorkspace = [&](int64_t b, int64_t l) {
+        return workspace("SsdChunkScan",
+            {{b, l, 24, 64}, {b, l, 24}, {24}, {b, l, 1, 128}, {b, l, 1, 128}, {24}, {24}, {b, 24, 64, 128}});
+    };
+    // packed: s sequences on T tokens; sized for the chunked path whatever the mean length
+    auto packedScanWorkspace = [&](int64_t s, int64_t t) {
+        return workspace("SsdChunkScanPacked",
+            {{1, t, 24, 64}, {1, t, 24}, {24}, {1, t, 1, 128}, {1, t, 1, 128}, {24}, {24}, {s, 24, 64, 128}, {s + 1}});
+    };
     size_t const small = chunkScanWorkspace(2, 64);
     size_t const longer = chunkScanWorkspace(2, 4096);
     size_t const wider = chunkScanWorkspace(8, 4096);
     std::printf("SsdChunkScan workspace (bf16, h24 p64 n128 Q64): b2 l64 %zu, b2 l4096 %zu, b8 l4096 %zu bytes\n",
         small, longer, wider);
     c.expect(small <= longer && longer <= wider, "SsdChunkScan workspace grows with the profile's largest shapes");
+    size_t const fewShort = packedScanWorkspace(2, 64);
+    size_t const manyShort = packedScanWorkspace(16, 64);
+    std::printf("SsdChunkScanPacked workspace (bf16, h24 p64 n128): s2 T64 %zu, s16 T64 %zu bytes\n", fewShort,
+        manyShort);
+    c.expect(fewShort > 0 && fewShort < manyShort && manyShort <= packedScanWorkspace(16, 4096),
+        "SsdChunkScanPacked workspace: a chain buffer per sequence and head whatever the mean length");
+    c.expect(workspace("CausalConv1dPacked", {{1, 64, 96}, {96, 4}, {96}, {5, 96, 3}, {6}}) >= 6 * sizeof(int32_t),
+        "CausalConv1dPacked workspace holds the tile table");
     for (char const* name : {"SsdStateUpdate", "CausalConv1d", "GatedRmsNorm"})
     {
         PluginPtr p = create(lib, name, validFields(name), TensorRTPhase::kBUILD);

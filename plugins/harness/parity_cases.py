@@ -31,8 +31,8 @@ TOLERANCE = {"f32": 1e-5, "f16": 1e-2, "bf16": 1e-2}
 class Tensor:
     name: str
     value: torch.Tensor  # inputs: what the plugin gets; outputs: the float64 reference
-    dtype: str  # f32 / f16 / bf16 on the wire
-    dynamic: dict[int, str] = field(default_factory=dict)  # axis -> symbol of a dynamic extent (b, l)
+    dtype: str  # f32 / f16 / bf16 / i32 on the wire
+    dynamic: dict[int, str] = field(default_factory=dict)  # axis -> symbol of a dynamic extent (b, l, bp1 = b+1)
 
 
 @dataclass
@@ -48,7 +48,8 @@ class Case:
 
 def _case(name: str, plugin: str, dtype: str, attrs: dict, inputs: dict, outputs: dict, time_repeats: int) -> Case:
     """A case in the contract's terms: inputs and outputs (name -> (value, dynamic axes)) put in the contract's order
-    with the wire dtype of their role (the case's dtype for activations, f32 otherwise); attributes typed by it. An
+    with the wire dtype of their role (the case's dtype for activations, i32 for offsets, f32 otherwise); attributes
+    typed by it. An
     input or output the contract lacks, or a required one missing, is a mistake in the case."""
     c = CONTRACTS[plugin]
 
@@ -58,8 +59,8 @@ def _case(name: str, plugin: str, dtype: str, attrs: dict, inputs: dict, outputs
         if unknown or missing:
             raise ValueError(f"{name}: tensors {sorted(unknown)} are not in {plugin}'s contract, {sorted(missing)} "
                              f"are missing")
-        return [Tensor(t.name, given[t.name][0], dtype if t.role == "A" else "f32", given[t.name][1])
-                for t in specs if t.name in given]
+        wire = {"A": dtype, "F": "f32", "I": "i32"}
+        return [Tensor(t.name, given[t.name][0], wire[t.role], given[t.name][1]) for t in specs if t.name in given]
 
     types = {a.name: WIRE_ATTR[a.type] for a in c.attributes}
     if set(attrs) - set(types):
@@ -111,6 +112,49 @@ def scan_case(dtype, b, l, h, p, gr, n, chunk, *, d_hdim=False, softplus=1, dt_m
         {"y": (y, bl), "final_state": (s, b_)}, time_repeats)
 
 
+def _offsets(lengths: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+
+
+def packed_scan_case(dtype, lengths, h, p, gr, n, chunk, *, d_hdim=False, gen, time_repeats=0) -> Case:
+    """s sequences of ``lengths`` end to end; the reference is the recurrence run on each alone."""
+    total, s = sum(lengths), len(lengths)
+    x = _act(torch.randn(1, total, h, p, generator=gen), dtype)
+    dt = _act(torch.randn(1, total, h, generator=gen) * 0.5, dtype)
+    A = _decay(h, gen)
+    B = _act(torch.randn(1, total, gr, n, generator=gen), dtype)
+    C = _act(torch.randn(1, total, gr, n, generator=gen), dtype)
+    D = torch.randn(h, p, generator=gen) if d_hdim else torch.randn(h, generator=gen)
+    dt_bias = _dt_bias(h, gen)
+    s0 = torch.randn(s, h, p, n, generator=gen) * 0.5
+    cu = _offsets(lengths)
+    y, final = reference.ssd_sequential_packed(*_f64([x, dt, A, B, C, D, dt_bias]), cu_seqlens=cu,
+                                               initial_states=s0.double())
+    tl, sb = {1: "l"}, {0: "b"}
+    return _case(
+        f"SsdChunkScanPacked-{dtype}-s{s}T{total}h{h}p{p}g{gr}n{n}Q{chunk}" + ("-Dhp" if d_hdim else ""),
+        "SsdChunkScanPacked", dtype, {"chunk_size": chunk, "dt_softplus": 1, "dt_min": 0.0, "dt_max": math.inf},
+        {"x": (x, tl), "dt": (dt, tl), "A": (A, {}), "B": (B, tl), "C": (C, tl), "D": (D, {}),
+         "dt_bias": (dt_bias, {}), "initial_states": (s0, sb), "cu_seqlens": (cu, {0: "bp1"})},
+        {"y": (y, tl), "final_states": (final, sb)}, time_repeats)
+
+
+def packed_conv_case(dtype, lengths, d, k, silu, *, gen, time_repeats=0) -> Case:
+    total, s = sum(lengths), len(lengths)
+    x = _act(torch.randn(1, total, d, generator=gen), dtype)
+    w = torch.randn(d, k, generator=gen) * 0.5
+    bias = torch.randn(d, generator=gen)
+    states = torch.randn(s, d, k - 1, generator=gen)
+    cu = _offsets(lengths)
+    y, new = reference.causal_conv1d_sequential_packed(*_f64([x, w, bias, states]), cu, silu=bool(silu))
+    tl, sb = {1: "l"}, {0: "b"}
+    return _case(
+        f"CausalConv1dPacked-{dtype}-s{s}T{total}d{d}k{k}-silu{silu}", "CausalConv1dPacked", dtype, {"silu": silu},
+        {"x": (x, tl), "weight": (w, {}), "bias": (bias, {}), "conv_states": (states, sb),
+         "cu_seqlens": (cu, {0: "bp1"})},
+        {"y": (y, tl), "conv_states_out": (new, sb)}, time_repeats)
+
+
 def step_case(dtype, b, h, p, gr, n, *, d_hdim=False, dt_min=0.0, dt_max=math.inf, gen, time_repeats=0) -> Case:
     state = torch.randn(b, h, p, n, generator=gen) * 0.5
     x = _act(torch.randn(b, h, p, generator=gen), dtype)
@@ -158,7 +202,8 @@ def norm_case(dtype, b, l, d, group, *, eps=1e-5, gen, time_repeats=0) -> Case:
 
 def all_cases(seed: int, *, timed: bool) -> list[Case]:
     """Every plugin, every I/O dtype; shapes cover l = 1, l not a multiple of Q, l < k-1, groups > 1, D [h,p], the
-    dt clamp, dt_softplus off, and Mamba-2 130m-sized layers (which take the chunked tensor-core path)."""
+    dt clamp, dt_softplus off, and Mamba-2 130m-sized layers (which take the chunked tensor-core path); packed:
+    boundaries inside chunks, sequences shorter than a chunk and than the conv width, length 1 among long ones."""
     gen = torch.Generator().manual_seed(seed)
     reps = 50 if timed else 0
     cases = []
@@ -177,11 +222,19 @@ def all_cases(seed: int, *, timed: bool) -> list[Case]:
             conv_case(dt, 2, 50, 1792, 4, 1, gen=gen, time_repeats=reps if big else 0),
             norm_case(dt, 2, 5, 128, 32, gen=gen),
             norm_case(dt, 2, 64, 1536, 1536, gen=gen, time_repeats=reps if big else 0),
+            # a mean length >= 64 at p 64, n 128 takes the chunked path (f16/bf16), the second one the recurrence
+            packed_scan_case(dt, [300, 1, 130, 5, 128, 257, 2], 8, 64, 2, 128, 256, gen=gen,
+                             time_repeats=reps if big else 0),
+            packed_scan_case(dt, [37, 1, 16, 2], 8, 16, 2, 32, 64, d_hdim=True, gen=gen),
+            packed_conv_case(dt, [50, 1, 2, 37, 3], 1792, 4, 1, gen=gen, time_repeats=reps if big else 0),
+            packed_conv_case(dt, [1, 1, 1], 64, 4, 0, gen=gen),
         ]
     return cases
 
 
 def _wire(t: torch.Tensor, dtype: str) -> np.ndarray:
+    if dtype == "i32":
+        return t.to(torch.int32).contiguous().numpy()
     t = t.to(DTYPES[dtype]).contiguous()
     return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
 

@@ -277,6 +277,9 @@ class PackedLayout:
 
     @classmethod
     def of(cls, cu_seqlens, x) -> "PackedLayout":
+        # int64 in the graphs; int32 where it reaches the lowering through a plugin's signature (the trt flavor's
+        # validation bodies)
+        cu_seqlens = op.Cast(cu_seqlens, to=INT64)
         starts = op.Slice(cu_seqlens, ints(0), ints(-1), ints(0))
         ends = op.Slice(cu_seqlens, ints(1), ints(2**62), ints(0))
         lens = op.Sub(ends, starts)

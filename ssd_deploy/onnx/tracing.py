@@ -105,7 +105,7 @@ class _OneOp(nn.Module):
 
 def sample_inputs(op_name: str, cfg: Mamba2Config, dtype: torch.dtype, batch: int = 2, seq: int = 5):
     """Random inputs of one ssd_deploy op in its argument order (activations ``dtype``; parameters and states
-    float32), and for each which axes are batch ("b") and sequence ("l")."""
+    float32), and for each which axes are batch ("b") and sequence ("l"); the packed ops' offsets are "B" (b+1)."""
     b, l = batch, seq
     h, p, g, n, d = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state, cfg.conv_dim
     act = lambda *s: torch.randn(*s).to(dtype)  # noqa: E731
@@ -120,6 +120,14 @@ def sample_inputs(op_name: str, cfg: Mamba2Config, dtype: torch.dtype, batch: in
             ["b", "b", "b", "", "b", "b", "", ""]
     if op_name == "causal_conv1d":
         return [act(b, l, d), f32(d, cfg.d_conv), f32(d), f32(b, d, cfg.d_conv - 1)], ["bl", "", "", "b"]
+    # packed: b sequences on l tokens ("." a static axis, "B" the b+1 offsets), int32 offsets as the trt plugins
+    # take them
+    cu = torch.tensor([0, *range(l - b + 1, l + 1)], dtype=torch.int32)
+    if op_name == "ssd_scan_packed":
+        return [act(1, l, h, p), act(1, l, h), A, act(1, l, g, n), act(1, l, g, n), D, f32(h), f32(b, h, p, n), cu], \
+            [".l", ".l", "", ".l", ".l", "", "", "b", "B"]
+    if op_name == "causal_conv1d_packed":
+        return [act(1, l, d), f32(d, cfg.d_conv), f32(d), f32(b, d, cfg.d_conv - 1), cu], [".l", "", "", "b", "B"]
     return [act(b, l, cfg.d_inner), act(b, l, cfg.d_inner), f32(cfg.d_inner)], ["bl", "bl", ""]
 
 
@@ -129,6 +137,7 @@ def trace_op(op_name: str, attrs: dict, cfg: Mamba2Config, dtype: torch.dtype, f
     ``options``); batch and sequence dynamic, the other sizes those of ``cfg``."""
     inputs, axes = sample_inputs(op_name, cfg, dtype)
     batch, seq = batch_dim(), seq_dim()
-    dyn = tuple({i: (batch if c == "b" else seq) for i, c in enumerate(a)} for a in axes)
+    dims = {"b": batch, "l": seq, "B": batch + 1}
+    dyn = tuple({i: dims[c] for i, c in enumerate(a) if c in dims} for a in axes)
     return to_onnx(_OneOp(getattr(torch.ops.ssd_deploy, op_name), attrs), tuple(inputs), input_names, output_names,
                    {"inputs": dyn}, flavor, cfg, OPSET, options)

@@ -4,7 +4,8 @@ without TensorRT.
 
 Node spec: ``plugins/<Plugin>/contract.toml`` (inputs, outputs and attributes in that exact order and spelling),
 read into ``PLUGINS`` here. ``SsdStateUpdate`` serves split decode graphs only; the unified graph decodes through
-``SsdChunkScan`` at l = 1.
+``SsdChunkScan`` at l = 1. Packed graphs (``--graph packed``) run ``SsdChunkScanPacked`` and ``CausalConv1dPacked``,
+which take the graph's int64 ``cu_seqlens`` cast to int32 (the kernels' offsets).
 
 No ``plugin_version``/``plugin_namespace`` attributes: the ONNX parser of TensorRT defaults them to "1" and "" (what
 the plugins register), and every attribute a node carries is offered to the creator as a plugin field.
@@ -32,6 +33,8 @@ from ..errors import UserError
 from . import portable
 from .custom import custom_op
 from .portable import OPSET, Dims, ints
+
+INT32 = 6  # onnx.TensorProto.INT32: the plugins' cu_seqlens
 from .tracing import trace_op
 
 __all__ = ["OPSET", "DOMAIN", "PLUGINS", "lowerings", "bodies"]
@@ -68,17 +71,28 @@ def lowerings(dims: Dims) -> dict:
                                       dt_min=float(dt_min), dt_max=float(dt_max))
 
     def conv(x, weight, bias, conv_state, silu):
-        if bias is None:  # the plugin always takes a bias (conv_bias=False checkpoints)
-            bias = op.ConstantOfShape(ints(dims.conv_dim), value=onnx_ir.tensor(np.zeros(1, np.float32)))
-        return _OPS["CausalConv1d"](x, weight, bias, conv_state, silu=int(silu))
+        return _OPS["CausalConv1d"](x, weight, conv_bias(bias), conv_state, silu=int(silu))
 
     def norm(y, z, weight, eps, group_size):
         return _OPS["GatedRmsNorm"](y, z, weight, eps=float(eps), group_size=group_size)
 
-    # The plugins take no cu_seqlens (yet): packed graphs run the packed scan and conv as standard ops, which
-    # TensorRT builds natively (docs/flavors.md)
+    def scan_packed(x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens, chunk_size, dt_softplus, dt_min,
+                    dt_max):
+        return _OPS["SsdChunkScanPacked"](x, dt, A, B, C, D, dt_bias, initial_states, op.Cast(cu_seqlens, to=INT32),
+                                          chunk_size=chunk_size, dt_softplus=int(dt_softplus), dt_min=float(dt_min),
+                                          dt_max=float(dt_max))
+
+    def conv_packed(x, weight, bias, conv_states, cu_seqlens, silu):
+        return _OPS["CausalConv1dPacked"](x, weight, conv_bias(bias), conv_states, op.Cast(cu_seqlens, to=INT32),
+                                          silu=int(silu))
+
+    def conv_bias(bias):  # the plugins always take a bias (conv_bias=False checkpoints)
+        if bias is None:
+            return op.ConstantOfShape(ints(dims.conv_dim), value=onnx_ir.tensor(np.zeros(1, np.float32)))
+        return bias
+
     return {"ssd_scan": scan, "ssd_step": step, "causal_conv1d": conv, "gated_rmsnorm": norm,
-            **portable.packed_lowerings(dims)}
+            "ssd_scan_packed": scan_packed, "causal_conv1d_packed": conv_packed}
 
 
 # ---- validation copy -------------------------------------------------------------------------------------------
