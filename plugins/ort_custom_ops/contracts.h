@@ -94,6 +94,31 @@ inline constexpr AttrContract kAttributes[] = {{"silu", AttrType::kInt, false, 1
 inline constexpr OpContract kContract{"CausalConv1d", "trt.plugins", 1, kInputs, 4, kOutputs, 2, kAttributes, 1};
 } // namespace CausalConv1d
 
+namespace CausalConv1dPacked
+{
+namespace in { enum : int { x, weight, bias, conv_states, cu_seqlens }; }
+namespace out { enum : int { y, conv_states_out }; }
+namespace attr { enum : int { silu }; }
+inline constexpr Dim kInput_x_0[] = {{"", 1}, {"T", 0}, {"d", 0}};
+inline constexpr Shape kInput_x[] = {{kInput_x_0, 3}};
+inline constexpr Dim kInput_weight_0[] = {{"d", 0}, {"k", 0}};
+inline constexpr Shape kInput_weight[] = {{kInput_weight_0, 2}};
+inline constexpr Dim kInput_bias_0[] = {{"d", 0}};
+inline constexpr Shape kInput_bias[] = {{kInput_bias_0, 1}};
+inline constexpr Dim kInput_conv_states_0[] = {{"s", 0}, {"d", 0}, {"k", -1}};
+inline constexpr Shape kInput_conv_states[] = {{kInput_conv_states_0, 3}};
+inline constexpr Dim kInput_cu_seqlens_0[] = {{"s", 1}};
+inline constexpr Shape kInput_cu_seqlens[] = {{kInput_cu_seqlens_0, 1}};
+inline constexpr TensorContract kInputs[] = {{"x", Role::kActivation, false, kInput_x, 1}, {"weight", Role::kFloat32, false, kInput_weight, 1}, {"bias", Role::kFloat32, false, kInput_bias, 1}, {"conv_states", Role::kFloat32, false, kInput_conv_states, 1}, {"cu_seqlens", Role::kInt32, false, kInput_cu_seqlens, 1}};
+inline constexpr Dim kOutput_y_0[] = {{"", 1}, {"T", 0}, {"d", 0}};
+inline constexpr Shape kOutput_y[] = {{kOutput_y_0, 3}};
+inline constexpr Dim kOutput_conv_states_out_0[] = {{"s", 0}, {"d", 0}, {"k", -1}};
+inline constexpr Shape kOutput_conv_states_out[] = {{kOutput_conv_states_out_0, 3}};
+inline constexpr TensorContract kOutputs[] = {{"y", Role::kActivation, false, kOutput_y, 1}, {"conv_states_out", Role::kFloat32, false, kOutput_conv_states_out, 1}};
+inline constexpr AttrContract kAttributes[] = {{"silu", AttrType::kInt, false, 1.0}};
+inline constexpr OpContract kContract{"CausalConv1dPacked", "trt.plugins", 1, kInputs, 5, kOutputs, 2, kAttributes, 1};
+} // namespace CausalConv1dPacked
+
 namespace GatedRmsNorm
 {
 namespace in { enum : int { y, z, weight }; }
@@ -145,6 +170,40 @@ inline constexpr AttrContract kAttributes[] = {{"chunk_size", AttrType::kInt, fa
 inline constexpr OpContract kContract{"SsdChunkScan", "trt.plugins", 1, kInputs, 8, kOutputs, 2, kAttributes, 4};
 } // namespace SsdChunkScan
 
+namespace SsdChunkScanPacked
+{
+namespace in { enum : int { x, dt, A, B, C, D, dt_bias, initial_states, cu_seqlens }; }
+namespace out { enum : int { y, final_states }; }
+namespace attr { enum : int { chunk_size, dt_softplus, dt_min, dt_max }; }
+inline constexpr Dim kInput_x_0[] = {{"", 1}, {"T", 0}, {"h", 0}, {"p", 0}};
+inline constexpr Shape kInput_x[] = {{kInput_x_0, 4}};
+inline constexpr Dim kInput_dt_0[] = {{"", 1}, {"T", 0}, {"h", 0}};
+inline constexpr Shape kInput_dt[] = {{kInput_dt_0, 3}};
+inline constexpr Dim kInput_A_0[] = {{"h", 0}};
+inline constexpr Shape kInput_A[] = {{kInput_A_0, 1}};
+inline constexpr Dim kInput_B_0[] = {{"", 1}, {"T", 0}, {"g", 0}, {"n", 0}};
+inline constexpr Shape kInput_B[] = {{kInput_B_0, 4}};
+inline constexpr Dim kInput_C_0[] = {{"", 1}, {"T", 0}, {"g", 0}, {"n", 0}};
+inline constexpr Shape kInput_C[] = {{kInput_C_0, 4}};
+inline constexpr Dim kInput_D_0[] = {{"h", 0}};
+inline constexpr Dim kInput_D_1[] = {{"h", 0}, {"p", 0}};
+inline constexpr Shape kInput_D[] = {{kInput_D_0, 1}, {kInput_D_1, 2}};
+inline constexpr Dim kInput_dt_bias_0[] = {{"h", 0}};
+inline constexpr Shape kInput_dt_bias[] = {{kInput_dt_bias_0, 1}};
+inline constexpr Dim kInput_initial_states_0[] = {{"s", 0}, {"h", 0}, {"p", 0}, {"n", 0}};
+inline constexpr Shape kInput_initial_states[] = {{kInput_initial_states_0, 4}};
+inline constexpr Dim kInput_cu_seqlens_0[] = {{"s", 1}};
+inline constexpr Shape kInput_cu_seqlens[] = {{kInput_cu_seqlens_0, 1}};
+inline constexpr TensorContract kInputs[] = {{"x", Role::kActivation, false, kInput_x, 1}, {"dt", Role::kActivation, false, kInput_dt, 1}, {"A", Role::kFloat32, false, kInput_A, 1}, {"B", Role::kActivation, false, kInput_B, 1}, {"C", Role::kActivation, false, kInput_C, 1}, {"D", Role::kFloat32, false, kInput_D, 2}, {"dt_bias", Role::kFloat32, false, kInput_dt_bias, 1}, {"initial_states", Role::kFloat32, false, kInput_initial_states, 1}, {"cu_seqlens", Role::kInt32, false, kInput_cu_seqlens, 1}};
+inline constexpr Dim kOutput_y_0[] = {{"", 1}, {"T", 0}, {"h", 0}, {"p", 0}};
+inline constexpr Shape kOutput_y[] = {{kOutput_y_0, 4}};
+inline constexpr Dim kOutput_final_states_0[] = {{"s", 0}, {"h", 0}, {"p", 0}, {"n", 0}};
+inline constexpr Shape kOutput_final_states[] = {{kOutput_final_states_0, 4}};
+inline constexpr TensorContract kOutputs[] = {{"y", Role::kActivation, false, kOutput_y, 1}, {"final_states", Role::kFloat32, false, kOutput_final_states, 1}};
+inline constexpr AttrContract kAttributes[] = {{"chunk_size", AttrType::kInt, false, 256.0}, {"dt_softplus", AttrType::kInt, false, 1.0}, {"dt_min", AttrType::kFloat, false, 0.0}, {"dt_max", AttrType::kFloat, false, kInf}};
+inline constexpr OpContract kContract{"SsdChunkScanPacked", "trt.plugins", 1, kInputs, 9, kOutputs, 2, kAttributes, 4};
+} // namespace SsdChunkScanPacked
+
 namespace SsdStateUpdate
 {
 namespace in { enum : int { state, x, dt, A, B, C, D, dt_bias }; }
@@ -177,7 +236,7 @@ inline constexpr AttrContract kAttributes[] = {{"dt_softplus", AttrType::kInt, f
 inline constexpr OpContract kContract{"SsdStateUpdate", "trt.plugins", 1, kInputs, 8, kOutputs, 2, kAttributes, 3};
 } // namespace SsdStateUpdate
 
-inline constexpr OpContract const* kAll[] = {&CausalConv1d::kContract, &GatedRmsNorm::kContract, &SsdChunkScan::kContract, &SsdStateUpdate::kContract};
+inline constexpr OpContract const* kAll[] = {&CausalConv1d::kContract, &CausalConv1dPacked::kContract, &GatedRmsNorm::kContract, &SsdChunkScan::kContract, &SsdChunkScanPacked::kContract, &SsdStateUpdate::kContract};
 } // namespace contracts
 
 } // namespace ssd_ort
