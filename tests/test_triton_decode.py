@@ -6,7 +6,8 @@ CPU (CI): the kernels run in Triton's interpreter, in one subprocess (this file 
 TRITON_INTERPRET when it is imported). GPU (``-m gpu``): the same cases at larger shapes, bf16 too (the
 interpreter rounds bf16 wrongly, see ``cases``).
 
-Outputs start poisoned with NaN; the states are checked in the very tensors handed in (they are rewritten).
+Outputs start poisoned with NaN; the states are checked in the very tensors handed in (they are rewritten). The
+kernels are also compiled for sm_90 on the CPU (Triton's pipeline and ptxas, no GPU), which the interpreter skips.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def decode_step_errors(b, h, p, n, g, k, dtype, D_hdim, dt_limit, fused, device,
                                         dt_min=dt_min, dt_max=dt_max)
     errs = {"y": rel_err(y, y_ref), "conv_state": rel_err(conv, conv_ref), "ssm_state": rel_err(ssm, ssm_ref)}
     if fused:
-        errs["counters_left"] = float(decode._counters[torch.device(device)].abs().sum())
+        errs["counters_left"] = float(decode._counters_on(xBC.device).abs().sum())
     return errs
 
 
@@ -168,6 +169,51 @@ def interpreter_results():
 @pytest.mark.parametrize("name", sorted(cases("cpu", large=False)))
 def test_interpreter_parity(interpreter_results, name):
     check(name, interpreter_results[name], cases("cpu", large=False)[name][2])
+
+
+def sm90_ptx(kernel, types: dict, constexprs: dict) -> str:
+    """The kernel compiled for sm_90 by Triton's own pipeline (down to a cubin with the ptxas Triton ships), no GPU
+    needed: what the interpreter cannot check (types and shapes of compiled mode, the barriers and atomics)."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = inspect.signature(kernel.fn).parameters
+    signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in names}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    assert compiled.asm.get("cubin"), "no cubin"
+    return compiled.asm["ptx"]
+
+
+@needs_triton
+@pytest.mark.slow
+def test_kernels_compile_for_sm90():
+    """The fused decode kernel (bf16 activations, bias, D per head-dim), the in-place conv step and the SSM step
+    with A_log compile for Hopper; the fused kernel counts programs in with one thread's atomic after a barrier."""
+    pytest.importorskip("triton.backends.nvidia", reason="Triton's NVIDIA backend is not installed")
+    from ssd_deploy.ssd.triton.conv import _conv_step_kernel
+    from ssd_deploy.ssd.triton.decode import _decode_kernel
+    from ssd_deploy.ssd.triton.step import _step_kernel
+
+    act, f32 = "*bf16", "*fp32"
+    ptx = sm90_ptx(_decode_kernel, {
+        "xBC_ptr": act, "dt_ptr": act, "y_ptr": act, "count_ptr": "*i32", "dt_min": "fp32", "dt_max": "fp32",
+        "stride_xb": "i64", "stride_dtb": "i64", **{n: f32 for n in ("w_ptr", "bias_ptr", "conv_ptr", "state_ptr",
+                                                                   "A_log_ptr", "D_ptr", "dt_bias_ptr")}},
+        {"HAS_BIAS": True, "D_HAS_HDIM": True, "K": 4, "BLOCK_W": 4, "BLOCK_P": 8, "BLOCK_N": 128})
+    counting = ptx.index("atom.global.gpu.acq_rel.add")
+    assert "bar.sync" in ptx[:counting] and "atom.global.gpu.acq_rel.exch" in ptx[counting:]
+    sm90_ptx(_conv_step_kernel, {"x_ptr": act, "w_ptr": f32, "bias_ptr": f32, "state_ptr": f32, "y_ptr": act,
+                                 "stride_xb": "i64"},
+             {"HAS_BIAS": True, "SILU": True, "K": 4, "BLOCK_W": 4, "BLOCK_D": 256})
+    sm90_ptx(_step_kernel, {"state_ptr": f32, "x_ptr": act, "dt_ptr": act, "A_ptr": f32, "B_ptr": act, "C_ptr": act,
+                            "D_ptr": f32, "dt_bias_ptr": f32, "y_ptr": act, "out_state_ptr": f32, "dt_min": "fp32",
+                            "dt_max": "fp32", "stride_xb": "i64", "stride_dtb": "i64", "stride_Bb": "i64",
+                            "stride_Cb": "i64"},
+             {"DT_SOFTPLUS": True, "D_HAS_HDIM": False, "A_LOG": True, "BLOCK_P": 8, "BLOCK_N": 128})
 
 
 @pytest.mark.gpu
