@@ -2,7 +2,8 @@
 bf16, chunk 256, parity checked in the same run.
 
 Kernels, per head shape (h, p, n, g): our Triton ``ssd_scan_packed`` (one call, per-sequence initial and final
-states) vs our ``ssd_scan`` called once per sequence vs mamba_ssm's ``mamba_chunk_scan_combined`` with ``seq_idx``
+states) vs our ``ssd_scan`` called once per sequence, the same two for our CUDA kernels (``ssd_deploy.kernels``,
+where the library is built: ``ssd-deploy plugins build``) vs mamba_ssm's ``mamba_chunk_scan_combined`` with ``seq_idx``
 (one call; ``cu_seqlens`` + ``return_varlen_states`` for the per-sequence final states; it takes no per-sequence
 initial states, so every kernel starts from zero states here) and called once per sequence. Device time of each
 variant (``triton.testing.do_bench``, median). Parity: every variant's y and final states against the fp32 packed
@@ -38,7 +39,7 @@ from ssd_deploy.ssd.triton.scan import ssd_scan, ssd_scan_packed
 HEADS = [(24, 64, 128, 1), (80, 64, 128, 1), (128, 64, 128, 8)]  # 130m, 2.7b, Codestral-like (h, p, n, g)
 
 
-def kernel_rows(lengths: list[int], mamba_scan) -> list[dict]:
+def kernel_rows(lengths: list[int], mamba_scan, cuda_kernels) -> list[dict]:
     total, nseq = sum(lengths), len(lengths)
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device="cuda")
     seq_idx = torch.repeat_interleave(torch.arange(nseq, device="cuda", dtype=torch.int32),
@@ -61,6 +62,11 @@ def kernel_rows(lengths: list[int], mamba_scan) -> list[dict]:
             return per_sequence(lambda *a: ssd_scan(*a[:7], zeros[a[7]:a[7] + 1], CHUNK))
 
         variants = {"ours packed": ours_packed, "ours one call per sequence": ours_each}
+        if cuda_kernels is not None:
+            cu32 = cu.to(torch.int32)
+            variants["CUDA packed"] = lambda: cuda_kernels.ssd_scan_packed(*args, zeros, cu32, chunk_size=CHUNK)
+            variants["CUDA one call per sequence"] = lambda: per_sequence(
+                lambda *a: cuda_kernels.ssd_scan(*a[:7], zeros[a[7]:a[7] + 1], chunk_size=CHUNK))
         if mamba_scan is not None:
             variants["mamba_ssm seq_idx"] = lambda: mamba_scan(*args[:5], CHUNK, D=args[5], dt_bias=args[6],
                                                                seq_idx=seq_idx, cu_seqlens=cu.to(torch.int32),
@@ -132,6 +138,14 @@ def main():
     args = ap.parse_args()
     lengths = torch.randint(args.min_len, args.max_len + 1, (args.prompts,),
                             generator=torch.Generator().manual_seed(args.seed)).tolist()
+    from ssd_deploy import kernels as cuda_kernels
+    from ssd_deploy.errors import UserError
+
+    try:
+        cuda_kernels.library_path()
+    except UserError as e:
+        print(f"{e}: the CUDA kernels' columns are skipped")
+        cuda_kernels = None
     mamba_scan = None
     if (args.mamba / "mamba_ssm").is_dir():
         load_mamba(args.mamba)
@@ -140,7 +154,7 @@ def main():
         print(f"mamba_ssm not found at {args.mamba}: its columns are skipped")
     result = {"date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(),
               "torch": torch.__version__, "lengths": lengths, "dtype": str(DTYPE), "chunk": CHUNK,
-              "ceilings": ceilings(), "kernels": kernel_rows(lengths, mamba_scan),
+              "ceilings": ceilings(), "kernels": kernel_rows(lengths, mamba_scan, cuda_kernels),
               "model": model_row(lengths, args.repeats)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_packed_gpu.json").write_text(json.dumps(result, indent=2))

@@ -579,7 +579,7 @@ def test_ssd_scan_packed_matches_float64_per_sequence(cuda_lib, case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize("length", [40, 300], ids=["recurrent_40", "chunked_300"])
+@pytest.mark.parametrize("length", [1, 40, 300], ids=["step_1", "recurrent_40", "chunked_300"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_ssd_scan_packed_equal_lengths_are_the_unpacked_kernel(cuda_lib, length, dtype):

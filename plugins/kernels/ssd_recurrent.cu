@@ -48,7 +48,7 @@ __device__ __forceinline__ void store_part(float* __restrict__ row, int n0, int 
     }
 }
 
-// ONE: a decode step (l = 1), compiled without the token loop.
+// ONE: one token per row (a decode step), compiled without the token loop.
 template <typename T, int NS, bool VEC, bool ONE>
 __global__ void __launch_bounds__(kThreads) ssd_recurrent_kernel(const RecurrentArgs a) {
     const ScanProblem& pb = a.pb;
@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kThreads) ssd_recurrent_kernel(const Recurrent
     T* y = static_cast<T*>(pb.y);
 
     const SeqSpan span = seq_span(pb.cu_seqlens, b, pb.l);
-    const int steps = ONE ? 1 : span.len;
+    const int steps = ONE ? min(1, span.len) : span.len;  // (packed: an offset the contract forbids gives 0)
 #pragma unroll 2
     for (int t = 0; t < steps; ++t) {
         const size_t tok = span.start + t;
@@ -133,7 +133,10 @@ int launch_dtype(const ScanProblem& pb, cudaStream_t stream) {
     // 8 floats per thread: two 16-byte state loads in flight, and few enough registers (39 for a decode step) for
     // 13 blocks per SM; 16 only where 32 threads of 8 cannot cover n (16 per thread measured slower for decode).
     const bool wide = pb.n > 32 * 8;
-    if (pb.l == 1 && !pb.cu_seqlens) return wide ? launch<T, 16, true>(pb, stream) : launch<T, 8, true>(pb, stream);
+    // one token per row: unpacked l = 1, or packed with T = b (every length 1, the lengths being >= 1), so that equal
+    // lengths of 1 run the unpacked step's code too
+    const bool one = pb.cu_seqlens ? pb.l == pb.b : pb.l == 1;
+    if (one) return wide ? launch<T, 16, true>(pb, stream) : launch<T, 8, true>(pb, stream);
     return wide ? launch<T, 16, false>(pb, stream) : launch<T, 8, false>(pb, stream);
 }
 
