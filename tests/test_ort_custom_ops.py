@@ -439,9 +439,9 @@ def _scan_inputs(gen, b, l, h, p, g, n, d_hdim, softplus):
 
 def _as_kernel_inputs(values: dict, c, dtype: str) -> dict:
     """The values in the node's dtypes, on the GPU, and back in float64 as the kernel sees them."""
-    dev = {t.name: values[t.name].to(TORCH_DTYPES[dtype] if t.role == "A" else torch.float32).cuda().contiguous()
-           for t in c.inputs}
-    return dev, {k: v.double().cpu() for k, v in dev.items()}
+    types = {"A": TORCH_DTYPES[dtype], "F": torch.float32, "I": torch.int32}
+    dev = {t.name: values[t.name].to(types[t.role]).cuda().contiguous() for t in c.inputs}
+    return dev, {k: (v.long() if v.dtype == torch.int32 else v.double()).cpu() for k, v in dev.items()}
 
 
 def _generator() -> tuple[torch.Generator, int]:

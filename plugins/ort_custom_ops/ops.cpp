@@ -32,14 +32,19 @@ ssd_dt_params_t dtParams(NodeRun const& r, int softplus, int min, int max)
 
 // ---- SsdChunkScan -------------------------------------------------------------------------------------------------
 
-std::string checkScan(AttrValues const& v)
+std::string checkScanAttributes(AttrValues const& v, int chunkSize, int softplus, int min, int max)
 {
-    using namespace c::SsdChunkScan;
-    if (v[attr::chunk_size].i < 1)
+    if (v[chunkSize].i < 1)
     {
         return "chunk_size must be >= 1";
     }
-    return checkDt(v, attr::dt_softplus, attr::dt_min, attr::dt_max);
+    return checkDt(v, softplus, min, max);
+}
+
+std::string checkScan(AttrValues const& v)
+{
+    using namespace c::SsdChunkScan;
+    return checkScanAttributes(v, attr::chunk_size, attr::dt_softplus, attr::dt_min, attr::dt_max);
 }
 
 int launchScan(NodeRun& r)
@@ -74,10 +79,14 @@ int launchStep(NodeRun& r)
 
 // ---- CausalConv1d -------------------------------------------------------------------------------------------------
 
+std::string checkSilu(AttrValues const& v, int silu)
+{
+    return v[silu].i == 0 || v[silu].i == 1 ? "" : "silu must be 0 or 1";
+}
+
 std::string checkConv(AttrValues const& v)
 {
-    using namespace c::CausalConv1d;
-    return v[attr::silu].i == 0 || v[attr::silu].i == 1 ? "" : "silu must be 0 or 1";
+    return checkSilu(v, c::CausalConv1d::attr::silu);
 }
 
 int launchConv(NodeRun& r)
