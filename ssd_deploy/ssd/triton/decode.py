@@ -9,9 +9,9 @@ k taps, L2-resident beside the state it streams). Its x channels' windows are it
 C windows are read by every program of the group, so the LAST of them to finish rewrites them: each program counts
 itself in with an atomic add (after a barrier: all its threads have read) on a per-(sequence, group) counter, and
 the program that finds everyone else counted reads the old B and C windows once more (nobody else reads or writes
-them any more), writes the new ones and resets the counter for the next launch. The
-counters live per device and are never freed (a captured graph holds their address); launches that share them
-must not overlap, which one stream guarantees.
+them any more), writes the new ones and resets the counter for the next launch. The counters live per device and
+are never freed (a captured graph holds their address); launches that share them must not overlap, which one
+stream guarantees.
 
 Unfused (``fused=False``, and past ``MAX_COUNTERS`` sequence groups): two launches, ``conv.causal_conv1d_step_``
 then ``step.ssd_step`` in place with A_log. Kept to measure the fusion against (benchmarks/bench_model_gpu.py).
