@@ -363,7 +363,8 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_state:
 
 
 def causal_conv1d_packed(x: Tensor, weight: Tensor, bias: Optional[Tensor], conv_states: Optional[Tensor],
-                         cu_seqlens: Tensor, *, silu: bool = True, out: Optional[tuple] = None) -> tuple[Tensor, Tensor]:
+                         cu_seqlens: Tensor, *, silu: bool = True,
+                         out: Optional[tuple] = None) -> tuple[Tensor, Tensor]:
     """Packed depthwise causal conv (docs/op-contracts.md, "Packed sequences"): x [1,T,d] holds n sequences cut by
     cu_seqlens [n+1]; returns (y [1,T,d] in x's dtype, new conv_states [n,d,k-1] float32). ``conv_states`` None
     means zeros; ``out=(y, conv_states)`` updates the states in place."""

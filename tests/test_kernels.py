@@ -641,7 +641,8 @@ def test_causal_conv1d_packed_equal_lengths_are_the_unpacked_kernel(cuda_lib, dt
     nseq, length, d, k = 3, 70, 256, 4
     rng = Rng()
     x = rng.normal(nseq, length, d).to(dtype).cuda()
-    w, bias, st = rng.normal(d, k).float().cuda(), rng.normal(d).float().cuda(), rng.normal(nseq, d, k - 1).float().cuda()
+    w, bias = rng.normal(d, k).float().cuda(), rng.normal(d).float().cuda()
+    st = rng.normal(nseq, d, k - 1).float().cuda()
     y, s = kernels.causal_conv1d(x, w, bias, st)
     yp, sp = kernels.causal_conv1d_packed(x.reshape(1, nseq * length, d), w, bias, st,
                                           _offsets([length] * nseq).cuda())

@@ -83,7 +83,8 @@ private:
         int64_t const g = m.get("g");
         int64_t const s = m.get("s");
         int64_t const s1 = m.get("s+1");
-        m.require(m.get("1") < 0 || m.get("1") == 1, "x must be [1, T, h, p]: the sequences end to end in a batch of one");
+        m.require(m.get("1") < 0 || m.get("1") == 1,
+            "x must be [1, T, h, p]: the sequences end to end in a batch of one");
         m.require(!known(h, g) || (g > 0 && h % g == 0), "heads h must be a multiple of groups g");
         m.require(!known(s, s1) || s1 == s + 1, "cu_seqlens must hold s+1 offsets for s = initial_states.shape[0]");
         m.require(s != 0 && m.get("T") != 0, "need at least one sequence and one token");

@@ -1,4 +1,5 @@
-// C ABI of the ssd_kernels library: the CUDA kernels behind the four ops of docs/op-contracts.md.
+// C ABI of the ssd_kernels library: the CUDA kernels behind the four ops of docs/op-contracts.md and the packed
+// forms of the scan and the conv.
 // Used by the TensorRT plugins (plugins/<Plugin>/) and, through ctypes, by ssd_deploy/kernels.py.
 //
 // Conventions shared by every entry point:
