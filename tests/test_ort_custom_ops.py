@@ -7,10 +7,11 @@ the ABI-stable head of OrtCustomOp) match the contracts in name, provider, input
 flags; the installed onnxruntime (CPU) registers it, resolves single-node graphs of every op and dtype and the
 tiny model's `trt` export against its schemas (failing only for want of a CUDA kernel), and refuses a node with an
 input missing or mixed dtypes; and the CPU check build (the same sources for the CPU provider, kernel calls left
-out) runs every op and the whole `trt` export with the contract's output shapes and names bad shapes and
-attributes. On a GPU with onnxruntime-gpu: each op against the float64 reference and bit for bit
-against the same kernel called through kernels.py, attribute errors at session creation, the `trt` export against
-the PyTorch model and the portable export, half precision, and greedy generation token for token.
+out) runs every op and the whole `trt` export (unified, decode-only and packed graphs) with the contract's output
+shapes and names bad shapes and attributes. On a GPU with onnxruntime-gpu: each op (packed ones included) against the float64 reference, the
+scan bit for bit against the same kernel called through kernels.py, attribute errors at session creation, the
+`trt` export against the PyTorch model and the portable export, the packed `trt` export against each prompt alone,
+half precision, and greedy generation token for token.
 
 Headers: OnnxRuntime_INCLUDE_DIR (as for cmake), else third_party/onnxruntime/include (microsoft/onnxruntime's
 include/onnxruntime/core/session/*.h, never committed). Without headers, cmake or nvcc the tests that need the
@@ -266,9 +267,10 @@ def test_onnxruntime_resolves_the_trt_export(lib, make_export, variant):
 
 # sizes of the contracts' symbols for the CPU check runs, and what each op's outputs must then be (written out here,
 # not derived from the contracts, so that a wrong output shape in the library or the contracts shows)
-SIZES = {"b": 2, "l": 5, "h": 4, "p": 3, "g": 2, "n": 6, "d": 8, "k": 4}
+SIZES = {"b": 2, "l": 5, "h": 4, "p": 3, "g": 2, "n": 6, "d": 8, "k": 4, "T": 9, "s": 3}
 OUTPUT_SHAPES = {"SsdChunkScan": [(2, 5, 4, 3), (2, 4, 3, 6)], "SsdStateUpdate": [(2, 4, 3), (2, 4, 3, 6)],
-                 "CausalConv1d": [(2, 5, 8), (2, 8, 3)], "GatedRmsNorm": [(2, 5, 8)]}
+                 "CausalConv1d": [(2, 5, 8), (2, 8, 3)], "GatedRmsNorm": [(2, 5, 8)],
+                 "SsdChunkScanPacked": [(1, 9, 4, 3), (3, 4, 3, 6)], "CausalConv1dPacked": [(1, 9, 8), (3, 8, 3)]}
 
 
 def _contract_feeds(c, dtype: str, alternative: int = 0) -> dict:
@@ -361,6 +363,37 @@ def test_cpu_check_build_runs_the_trt_export(cpu_check, make_export, variant, gr
         want = portable.run(None, feeds)
         assert [o.name for o in sess.get_outputs()] == [o.name for o in portable.get_outputs()]
         assert [(g.shape, g.dtype) for g in got] == [(w.shape, w.dtype) for w in want], length
+
+
+PACKED_PROMPTS = ([19, 1, 2, 16, 5, 33], [1, 1, 1], [7, 7])  # chunk 16 (g4): boundaries inside chunks, decode, equal
+
+
+def _packed_feeds(meta, lengths, rng) -> tuple[dict, list]:
+    from ssd_deploy.interface import CU_SEQLENS, INPUT_IDS
+
+    prompts = [rng.integers(0, meta.config.vocab_size, n) for n in lengths]
+    states = random_states(meta, len(lengths), rng)
+    cu = np.array([0, *np.cumsum(lengths)], np.int64)
+    return {INPUT_IDS: np.concatenate(prompts)[None], CU_SEQLENS: cu, **states}, prompts
+
+
+@pytest.mark.slow
+def test_cpu_check_build_runs_the_packed_trt_export(cpu_check, make_export):
+    """The `trt` packed graph (SsdChunkScanPacked, CausalConv1dPacked) through the library's ops, kernel calls left
+    out: every output in the shape and dtype of the portable packed export."""
+    from ssd_deploy.interface import model_path, read_metadata
+    from ssd_deploy.runtime.ort_runner import ort_session
+
+    _, trt_dir = make_export(VARIANTS["g4"], "trt", graph="packed", logits="last")
+    _, portable_dir = make_export(VARIANTS["g4"], "portable", graph="packed", logits="last")
+    meta = read_metadata(trt_dir)
+    sess = ort_session(trt_dir, "cpu", model_path(trt_dir), custom_ops=cpu_check)
+    portable = ort_session(portable_dir, "cpu")
+    rng = np.random.default_rng()
+    for lengths in PACKED_PROMPTS:
+        feeds, _ = _packed_feeds(meta, lengths, rng)
+        got, want = sess.run(None, feeds), portable.run(None, feeds)
+        assert [(g.shape, g.dtype) for g in got] == [(w.shape, w.dtype) for w in want], lengths
 
 
 def test_custom_ops_serve_trt_exports_on_cuda_only(make_export, tmp_path):
@@ -482,6 +515,58 @@ def test_scan_node_matches_float64_and_the_kernel(lib, built, case, dtype, monke
     assert torch.equal(y, out["y"]) and torch.equal(s, out["final_state"])  # the same kernel, the same arguments
 
 
+PACKED_LENGTHS = {"one_and_inside_chunks": [1, 39, 5, 32], "equal": [20, 20], "single": [45]}
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype", list(ACTIVATIONS))
+@pytest.mark.parametrize("lengths", list(PACKED_LENGTHS))
+def test_packed_scan_node_matches_float64(lib, lengths, dtype):
+    """s sequences end to end (a length-1 one, boundaries inside chunks of 16), each against the recurrence run
+    on it alone from its own state."""
+    from ssd_deploy.ssd import reference
+
+    lens = PACKED_LENGTHS[lengths]
+    s, total, h, p, g, n = len(lens), sum(lens), 4, 16, 2, 32
+    gen, seed = _generator()
+    values = {k: v[:1] if k in ("x", "dt", "B", "C") else v
+              for k, v in _scan_inputs(gen, 1, total, h, p, g, n, True, True).items()}
+    values["initial_states"] = values.pop("initial_state")[:1].expand(s, -1, -1, -1) * torch.arange(1, s + 1)[
+        :, None, None, None]
+    values["cu_seqlens"] = torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32)
+    c = CONTRACTS["SsdChunkScanPacked"]
+    dev, seen = _as_kernel_inputs(values, c, dtype)
+    out = run_node(lib, "SsdChunkScanPacked", dtype, dev,
+                   {"y": ((1, total, h, p), TORCH_DTYPES[dtype]), "final_states": ((s, h, p, n), torch.float32)},
+                   {"chunk_size": 16, "dt_softplus": 1, "dt_min": 0.0, "dt_max": math.inf})
+    y_ref, s_ref = reference.ssd_sequential_packed(
+        *(seen[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias", "cu_seqlens", "initial_states")))
+    assert rel_err(out["y"].cpu(), y_ref) <= TOL[dtype], (lengths, seed)
+    assert rel_err(out["final_states"].cpu(), s_ref) <= TOL[dtype], (lengths, seed)
+
+
+@gpu_test
+@pytest.mark.parametrize("dtype", list(ACTIVATIONS))
+@pytest.mark.parametrize("lengths", list(PACKED_LENGTHS))
+def test_packed_conv_node_matches_float64(lib, lengths, dtype):
+    from ssd_deploy.ssd import reference
+
+    lens = PACKED_LENGTHS[lengths]
+    s, total, d, k = len(lens), sum(lens), 24, 4
+    gen, seed = _generator()
+    r = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    c = CONTRACTS["CausalConv1dPacked"]
+    dev, seen = _as_kernel_inputs({"x": r(1, total, d), "weight": r(d, k) * 0.5, "bias": r(d) * 0.1,
+                                   "conv_states": r(s, d, k - 1),
+                                   "cu_seqlens": torch.tensor([0, *np.cumsum(lens)], dtype=torch.int32)}, c, dtype)
+    out = run_node(lib, "CausalConv1dPacked", dtype, dev,
+                   {"y": ((1, total, d), TORCH_DTYPES[dtype]), "conv_states_out": ((s, d, k - 1), torch.float32)},
+                   {"silu": 1})
+    y_ref, s_ref = reference.causal_conv1d_sequential_packed(*(seen[t.name] for t in c.inputs), silu=True)
+    assert rel_err(out["y"].cpu(), y_ref) <= TOL[dtype], (lengths, seed)
+    assert rel_err(out["conv_states_out"].cpu(), s_ref) <= TOL[dtype], (lengths, seed)
+
+
 @gpu_test
 @pytest.mark.parametrize("dtype", list(ACTIVATIONS))
 @pytest.mark.parametrize("d_hdim", [False, True])
@@ -587,6 +672,32 @@ def test_trt_export_on_cuda_matches_pytorch_and_the_portable_export(lib, make_ex
             assert rel_err(got[name], ref) < 1e-4, (length, name)
         other = dict(zip([o.name for o in portable.get_outputs()], portable.run(None, feed(ids, states))))
         assert rel_err(got["logits"], other["logits"]) < 1e-4, length
+
+
+@gpu_test
+def test_packed_trt_export_on_cuda_equals_each_prompt_alone(lib, make_export):
+    """The `trt` packed graph on our packed kernels, fp32: each prompt's last logits and states within 1e-4 of the
+    PyTorch model run on that prompt alone from its own states."""
+    from test_export_packed import per_sequence_reference
+
+    from ssd_deploy.checkpoint import load_model
+    from ssd_deploy.interface import LAYOUT_SSM, read_metadata
+    from ssd_deploy.runtime.ort_runner import ort_session
+
+    ckpt, trt_dir = make_export(VARIANTS["g4"], "trt", graph="packed", logits="last")
+    meta = read_metadata(trt_dir)
+    model = load_model(ckpt)
+    sess = ort_session(trt_dir, "cuda", custom_ops=lib)
+    outputs = [o.name for o in sess.get_outputs()]
+    rng = np.random.default_rng()
+    for lengths in PACKED_PROMPTS:
+        feeds, prompts = _packed_feeds(meta, lengths, rng)
+        got = dict(zip(outputs, sess.run(None, feeds)))
+        states = {st.name: feeds[st.name] for st in meta.states}
+        ref_logits, ref_states = per_sequence_reference(model, prompts, states, meta.ssm_layout != LAYOUT_SSM)
+        assert rel_err(got["logits"][:, 0], np.stack([r[-1] for r in ref_logits])) < 1e-4, lengths
+        for name, ref in ref_states.items():
+            assert rel_err(got[name], ref) < 1e-4, (lengths, name)
 
 
 @gpu_test

@@ -60,6 +60,27 @@ int launchScan(NodeRun& r)
         r.dtype(), workspace, bytes, r.stream());
 }
 
+// ---- SsdChunkScanPacked: s sequences end to end, cu_seqlens int32 offsets on the device ------------------------
+
+std::string checkScanPacked(AttrValues const& v)
+{
+    using namespace c::SsdChunkScanPacked;
+    return checkScanAttributes(v, attr::chunk_size, attr::dt_softplus, attr::dt_min, attr::dt_max);
+}
+
+int launchScanPacked(NodeRun& r)
+{
+    using namespace c::SsdChunkScanPacked;
+    int const s = r.dim("s"), total = r.dim("T"), h = r.dim("h"), p = r.dim("p"), g = r.dim("g"), n = r.dim("n");
+    int const chunk = r.intAttr(attr::chunk_size);
+    size_t const bytes = ssd_scan_packed_workspace_size(s, total, h, p, g, n, chunk, r.dtype());
+    void* workspace = r.workspace(bytes);
+    return ssd_scan_packed(r.in(in::x), r.in(in::dt), r.inF32(in::A), r.in(in::B), r.in(in::C), r.inF32(in::D),
+        r.rank(in::D) == 2 ? 1 : 0, r.inF32(in::dt_bias), r.inF32(in::initial_states), r.inI32(in::cu_seqlens),
+        r.out(out::y), r.outF32(out::final_states), s, total, h, p, g, n, chunk,
+        dtParams(r, attr::dt_softplus, attr::dt_min, attr::dt_max), r.dtype(), workspace, bytes, r.stream());
+}
+
 // ---- SsdStateUpdate -----------------------------------------------------------------------------------------------
 
 std::string checkStep(AttrValues const& v)
@@ -97,6 +118,24 @@ int launchConv(NodeRun& r)
         r.intAttr(attr::silu), r.dtype(), r.stream());
 }
 
+// ---- CausalConv1dPacked -------------------------------------------------------------------------------------------
+
+std::string checkConvPacked(AttrValues const& v)
+{
+    return checkSilu(v, c::CausalConv1dPacked::attr::silu);
+}
+
+int launchConvPacked(NodeRun& r)
+{
+    using namespace c::CausalConv1dPacked;
+    int const s = r.dim("s");
+    size_t const bytes = ssd_causal_conv1d_packed_workspace_size(s);
+    void* workspace = r.workspace(bytes);
+    return ssd_causal_conv1d_packed(r.in(in::x), r.inF32(in::weight), r.inF32(in::bias), r.inF32(in::conv_states),
+        r.inI32(in::cu_seqlens), r.out(out::y), r.outF32(out::conv_states_out), s, r.dim("T"), r.dim("d"),
+        r.dim("k"), r.intAttr(attr::silu), r.dtype(), workspace, bytes, r.stream());
+}
+
 // ---- GatedRmsNorm -------------------------------------------------------------------------------------------------
 
 std::string checkNorm(AttrValues const& v)
@@ -129,6 +168,8 @@ std::vector<OpImpl> const& implementations()
         {&c::SsdChunkScan::kContract, checkScan, launchScan},
         {&c::SsdStateUpdate::kContract, checkStep, launchStep},
         {&c::CausalConv1d::kContract, checkConv, launchConv},
+        {&c::SsdChunkScanPacked::kContract, checkScanPacked, launchScanPacked},
+        {&c::CausalConv1dPacked::kContract, checkConvPacked, launchConvPacked},
         {&c::GatedRmsNorm::kContract, checkNorm, launchNorm},
     };
     return all;

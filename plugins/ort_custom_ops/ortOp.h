@@ -83,6 +83,10 @@ public:
     {
         return static_cast<float const*>(in(i));
     }
+    int32_t const* inI32(int i) const
+    {
+        return static_cast<int32_t const*>(in(i));
+    }
     void* out(int i) const
     {
         return mOutputs[i];
