@@ -2,16 +2,16 @@
 Runtime's CUDA provider with our CUDA kernels.
 
 Without a GPU: the op table is the generated one (contracts.h current); the library compiles against ONNX Runtime's
-headers, exports only its entry points and links no libonnxruntime; the ops it hands ONNX Runtime (read through
-the ABI-stable head of OrtCustomOp) match the contracts in name, provider, input/output counts, dtypes and optional
-flags; the installed onnxruntime (CPU) registers it, resolves single-node graphs of every op and dtype and the
-tiny model's `trt` export against its schemas (failing only for want of a CUDA kernel), and refuses a node with an
-input missing or mixed dtypes; and the CPU check build (the same sources for the CPU provider, kernel calls left
-out) runs every op and the whole `trt` export (unified, decode-only and packed graphs) with the contract's output
-shapes and names bad shapes and attributes. On a GPU with onnxruntime-gpu: each op (packed ones included) against the float64 reference, the
-scan bit for bit against the same kernel called through kernels.py, attribute errors at session creation, the
-`trt` export against the PyTorch model and the portable export, the packed `trt` export against each prompt alone,
-half precision, and greedy generation token for token.
+headers, exports only its entry points and links no libonnxruntime; the ops it hands ONNX Runtime (read through the
+ABI-stable head of OrtCustomOp) match the contracts in name, provider, input/output counts, dtypes and optional
+flags; the installed onnxruntime (CPU) registers it, resolves single-node graphs of every op and dtype and the tiny
+model's `trt` export against its schemas (failing only for want of a CUDA kernel), and refuses a node with an input
+missing or mixed dtypes; and the CPU check build (the same sources for the CPU provider, kernel calls left out) runs
+every op and the whole `trt` export (unified, decode-only and packed graphs) with the contract's output shapes and
+names bad shapes and attributes. On a GPU with onnxruntime-gpu: each op (packed ones included) against the float64
+reference, the scan bit for bit against the same kernel called through kernels.py, attribute errors at session
+creation, the `trt` export against the PyTorch model and the portable export, the packed `trt` export against each
+prompt alone, half precision, and greedy generation token for token.
 
 Headers: OnnxRuntime_INCLUDE_DIR (as for cmake), else third_party/onnxruntime/include (microsoft/onnxruntime's
 include/onnxruntime/core/session/*.h, never committed). Without headers, cmake or nvcc the tests that need the
@@ -315,8 +315,8 @@ def test_cpu_check_build_names_bad_inputs_and_attributes(cpu_check):
     sess = _cpu_session(_node_model(scan, TensorProto.FLOAT), cpu_check)
     feeds = _contract_feeds(scan, "fp32")
     feeds["C"] = np.zeros((2, 5, 2, 7), np.float32)
-    with pytest.raises(Exception, match=r"SsdChunkScan node '': input C has shape \[2, 5, 2, 7\] \(C is \[b, l, g, n\]\), "
-                                        r"but n = 6 from the inputs before it"):
+    with pytest.raises(Exception, match=r"SsdChunkScan node '': input C has shape \[2, 5, 2, 7\] "
+                                        r"\(C is \[b, l, g, n\]\), but n = 6 from the inputs before it"):
         sess.run(None, feeds)
     feeds["C"] = np.zeros((2, 5, 2), np.float32)
     with pytest.raises(Exception, match=r"input C has shape \[2, 5, 2\]; the contract says \[b, l, g, n\]"):

@@ -36,7 +36,8 @@ if(NOT TARGET ssd_kernels_static)
 endif()
 file(STRINGS "${SSD_ORT_INCLUDE_DIR}/onnxruntime_c_api.h" _ssd_ort_api REGEX "^#define ORT_API_VERSION [0-9]+")
 string(REGEX REPLACE "[^0-9]" "" SSD_ORT_API_VERSION "${_ssd_ort_api}")
-message(STATUS "ssd ONNX Runtime custom ops: ONNX Runtime API ${SSD_ORT_API_VERSION} headers from ${SSD_ORT_INCLUDE_DIR}")
+message(STATUS
+  "ssd ONNX Runtime custom ops: ONNX Runtime API ${SSD_ORT_API_VERSION} headers from ${SSD_ORT_INCLUDE_DIR}")
 
 find_package(CUDAToolkit REQUIRED)
 
