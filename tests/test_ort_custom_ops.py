@@ -451,7 +451,7 @@ def run_node(lib: Path, plugin: str, dtype: str, inputs: dict, outputs: dict, at
     sess = _cuda_session(_node_model(c, ACTIVATIONS[dtype], attrs), lib)
     binding = sess.io_binding()
     onnx_type = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16,
-                 torch.bfloat16: TensorProto.BFLOAT16}
+                 torch.bfloat16: TensorProto.BFLOAT16, torch.int32: TensorProto.INT32}
     for name, t in inputs.items():
         binding.bind_input(name, "cuda", 0, onnx_type[t.dtype], tuple(t.shape), t.data_ptr())
     out = {name: torch.full(shape, math.nan, dtype=dt, device="cuda") for name, (shape, dt) in outputs.items()}
