@@ -140,6 +140,7 @@ class Weights:
         self.cfg, self.format = load_config(self.dir)
         self._bin: dict[str, torch.Tensor] | None = None
         self._scanned: set[tuple[str, torch.dtype]] = set()  # (tensor, dtype) that scan() checked
+        self._layouts: dict[Path, tuple[int, dict]] = {}  # safetensors file → where its tensors are (chunks)
         self.refs = self._check(self._refs())
 
     # -- what is where ------------------------------------------------------------------------------------------
@@ -239,43 +240,89 @@ class Weights:
             t = torch.cat([t, t.new_zeros(self.cfg.padded_vocab_size - self.cfg.vocab_size, t.shape[1])])
         out = t if dtype is None else t.to(dtype)
         if (r.name, out.dtype) not in self._scanned:
-            _check_values(r, t, out.dtype)
+            _check_extremes(r, *_extremes(t), out.dtype)
         return out
 
+    def chunks(self, name: str, dtype: torch.dtype) -> Iterator[torch.Tensor]:
+        """The tensor ``read`` gives, as consecutive blocks of rows (dim 0) of at most about CHUNK_BYTES as stored,
+        each converted to ``dtype``: safetensors are read with plain file reads, so a writer holds one block, never
+        the tensor nor a mapping of it (onnx/weights.py ``write_external``). Checked as ``read`` checks."""
+        r = self.ref(name)
+        check = (r.name, dtype) not in self._scanned
+        rows = r.shape[0] if r.shape else 1
+        row_bytes = r.nbytes // max(rows, 1)
+        step = max(1, CHUNK_BYTES // max(row_bytes, 1))
+        if self._bin is not None:
+            blocks = (self._bin[r.key][i:i + step] for i in range(0, rows, step)) if r.shape else \
+                iter([self._bin[r.key]])
+        else:
+            blocks = self._file_blocks(r, step, row_bytes)
+        for block in blocks:
+            if check:
+                _check_extremes(r, *_extremes(block), dtype)
+            yield block.to(dtype)
+        if self._unpadded(r.name, r.shape):
+            yield torch.zeros(self.cfg.padded_vocab_size - self.cfg.vocab_size, r.shape[1], dtype=dtype)
+
+    def _file_blocks(self, r: TensorRef, step: int, row_bytes: int) -> Iterator[torch.Tensor]:
+        if r.file not in self._layouts:
+            self._layouts[r.file] = _safetensors_layout(r.file)
+        data_start, entries = self._layouts[r.file]
+        start = entries[r.key]["data_offsets"][0]
+        rows = r.shape[0] if r.shape else 1
+        try:
+            with open(r.file, "rb") as f:
+                f.seek(data_start + start)
+                for i in range(0, rows, step):
+                    n = min(step, rows - i)
+                    buf = bytearray(n * row_bytes)
+                    if f.readinto(buf) != len(buf):
+                        raise OSError(f"tensor {r.key!r} is truncated")
+                    if buf:
+                        yield torch.frombuffer(buf, dtype=r.dtype).view(n, *r.shape[1:]) if r.shape else \
+                            torch.frombuffer(buf, dtype=r.dtype).view(())
+        except OSError as e:
+            raise UserError(f"{r.file}: cannot read tensor {r.key!r} ({e})") from None
+
     def scan(self, dtype: Callable[[str], torch.dtype] | None = None) -> str:
-        """One read of every weight file: refuses NaN/Inf, and values that ``dtype(name)`` cannot hold, naming the
-        tensor, and returns ``checkpoint_hash``'s digest computed from the same bytes (export reads the checkpoint
-        twice, not four times: this scan, then the write; benchmarks/RESULTS.md). Later ``read`` calls of a scanned
-        tensor in a scanned dtype skip the checks."""
+        """One read of every weight file, in blocks: refuses NaN/Inf, and values that ``dtype(name)`` cannot hold,
+        naming the tensor, and returns ``checkpoint_hash``'s digest computed from the same bytes (export reads the
+        checkpoint twice, not four times: this scan, then the write; benchmarks/RESULTS.md). Later reads of a
+        scanned tensor in a scanned dtype skip the checks."""
         h = hashlib.sha256()
         _hash_file(h, self.dir / CONFIG_FILE)
         by_file: dict[tuple[Path, str], TensorRef] = {(r.file, r.key): r for r in self.refs.values()}
 
-        def check(r: TensorRef, t: torch.Tensor):
-            targets = {t.dtype} | ({dtype(r.name)} if dtype is not None else set())
+        def check(r: TensorRef, lo: torch.Tensor, hi: torch.Tensor):
+            targets = {r.dtype} | ({dtype(r.name)} if dtype is not None else set())
             for target in targets:
-                _check_values(r, t, target)
+                _check_extremes(r, lo, hi, target)
             self._scanned |= {(r.name, target) for target in targets}
 
         for path in weight_files(self.dir):
             if self._bin is not None:  # torch's zip format: hashed as a file, tensors checked through its mapping
                 _hash_file(h, path)
                 for r in (r for r in self.refs.values() if r.file == path):
-                    check(r, self._bin[r.key])
+                    check(r, *_extremes(self._bin[r.key]))
                 continue
-            for key, t in _safetensors_tensors(path, h):
+            for key, lo, hi in _scan_safetensors(path, h):
                 r = by_file.get((path, key))
                 if r is not None:  # a tied checkpoint's stored lm_head is hashed, not used
-                    check(r, t)
+                    check(r, lo, hi)
         return h.hexdigest()
 
 
-def _check_values(r: TensorRef, t: torch.Tensor, dtype: torch.dtype):
-    """Refuses NaN/Inf in ``t`` and values ``dtype`` cannot hold, naming the tensor. The extremes decide (conversion
-    is monotonic): one reduction over the tensor, no converted copy."""
-    if t.numel() == 0:
-        return
-    lo, hi = torch.aminmax(t)  # NaN propagates
+CHUNK_BYTES = 16 << 20  # a streamed tensor is read this much at a time (scan, chunks)
+
+
+def _extremes(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """min and max of ``t`` (NaN propagates): one reduction, no copy; (0, 0) for an empty tensor."""
+    return torch.aminmax(t) if t.numel() else (torch.zeros((), dtype=t.dtype),) * 2
+
+
+def _check_extremes(r: TensorRef, lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype):
+    """Refuses a tensor whose extremes are NaN/Inf, or convert to Inf in ``dtype`` (conversion is monotonic: the
+    extremes decide for every value), naming it."""
     if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
         raise UserError(f"{r.file}: tensor {r.key!r} holds NaN or Inf values")
     if not bool(torch.isfinite(torch.stack([lo, hi]).to(dtype)).all()):
@@ -290,38 +337,53 @@ def _hash_file(h, path: Path):
             h.update(block)
 
 
-def _safetensors_tensors(path: Path, h) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of a safetensors file in file order, read once: ``h`` is updated with the file's name and every
-    byte, and each tensor is a view of the bytes just hashed (one tensor in memory at a time). safetensors' own
-    reader maps the file, which would make hashing it a second read; its layout (8-byte little-endian header length,
-    JSON header with ``data_offsets`` relative to the data area) is the format's specification, and the header was
-    already checked by ``safe_open`` (``Weights``)."""
-    h.update(path.name.encode())
+def _safetensors_layout(path: Path) -> tuple[int, dict]:
+    """Where a safetensors file's tensors are: (start of the data area, {key: header entry}). safetensors' own reader
+    maps the file, which would make hashing it a second read and make a reader hold the mapped tensor; its layout
+    (8-byte little-endian header length, JSON header with ``data_offsets`` relative to the data area) is the
+    format's specification, and the header was already checked by ``safe_open`` (``Weights``)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
-            header = f.read(int.from_bytes(head, "little"))
-            h.update(head)
-            h.update(header)
-            entries = sorted(((k, v) for k, v in json.loads(header).items() if k != "__metadata__"),
-                             key=lambda kv: kv[1]["data_offsets"][0])
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+    header.pop("__metadata__", None)
+    return 8 + n, header
+
+
+def _scan_safetensors(path: Path, h) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(key, min, max) of every floating-point tensor of a safetensors file in file order, from one read of the file
+    in blocks of CHUNK_BYTES; ``h`` is updated with the file's name and every byte."""
+    data_start, header = _safetensors_layout(path)
+    h.update(path.name.encode())
+    buf = bytearray(CHUNK_BYTES)
+    try:
+        with open(path, "rb") as f:
+            h.update(f.read(data_start))
             pos = 0
-            for key, info in entries:
+            for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
                 start, end = info["data_offsets"]
                 if start > pos:
                     h.update(f.read(start - pos))
-                buf = bytearray(end - start)
-                if f.readinto(buf) != len(buf):
-                    raise OSError(f"tensor {key!r} is truncated")
-                h.update(buf)
-                pos = end
                 dtype = _SAFETENSORS_FLOATS.get(info["dtype"])
-                if dtype is not None and buf:
-                    yield key, torch.frombuffer(buf, dtype=dtype).view(info["shape"])
-                del buf
+                size = end - start
+                lo = hi = None
+                for off in range(0, size, CHUNK_BYTES):  # whole elements: itemsizes divide CHUNK_BYTES
+                    view = memoryview(buf)[:min(CHUNK_BYTES, size - off)]
+                    if f.readinto(view) != len(view):
+                        raise OSError(f"tensor {key!r} is truncated")
+                    h.update(view)
+                    if dtype is not None:
+                        a, b = torch.aminmax(torch.frombuffer(view, dtype=dtype))
+                        lo, hi = (a, b) if lo is None else (torch.minimum(lo, a), torch.maximum(hi, b))
+                    del view
+                pos = end
+                if lo is not None:
+                    yield key, lo, hi
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, KeyError, TypeError) as e:
         raise UserError(f"{path}: corrupt or truncated safetensors file ({e})") from None
 
 

@@ -290,8 +290,9 @@ def test_scanned_tensors_are_not_checked_again(hf_dir, monkeypatch):
     import ssd_deploy.checkpoint as checkpoint
 
     checked = []
-    real = checkpoint._check_values
-    monkeypatch.setattr(checkpoint, "_check_values", lambda r, t, d: (checked.append((r.name, d)), real(r, t, d)))
+    real = checkpoint._check_extremes
+    monkeypatch.setattr(checkpoint, "_check_extremes",
+                        lambda r, lo, hi, d: (checked.append((r.name, d)), real(r, lo, hi, d)))
     w = Weights(hf_dir)
     w.scan(lambda name: torch.float16)
     assert sorted(checked, key=str) == sorted({(n, d) for n in w.names() for d in (torch.float32, torch.float16)},
@@ -302,6 +303,36 @@ def test_scanned_tensors_are_not_checked_again(hf_dir, monkeypatch):
     assert checked == []
     w.read("backbone.norm_f.weight", torch.bfloat16)  # a dtype the scan did not cover is checked on reading
     assert checked == [("backbone.norm_f.weight", torch.bfloat16)]
+
+
+@pytest.mark.parametrize("fmt,shard,unpadded", [("hf", 40_000, False), ("mamba_ssm", None, False),
+                                                ("mamba_ssm", None, True)])
+def test_chunks_are_the_tensor_read_whole(tmp_path, monkeypatch, fmt, shard, unpadded):
+    import ssd_deploy.checkpoint as checkpoint
+
+    ckpt = write_checkpoint(random_model(TINY, 6), tmp_path / "c", fmt, max_shard_bytes=shard)
+    if unpadded:  # vocab 250 rows stored, padded to 256 on reading
+        sd = torch.load(ckpt / "pytorch_model.bin", weights_only=True)
+        sd["backbone.embedding.weight"] = sd["backbone.embedding.weight"][:TINY.vocab_size].clone()
+        sd.pop("lm_head.weight")
+        torch.save(sd, ckpt / "pytorch_model.bin")
+    monkeypatch.setattr(checkpoint, "CHUNK_BYTES", 5000)  # several blocks per matrix
+    w = Weights(ckpt)
+    blocks = 0
+    for name in w.names():
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            got = list(w.chunks(name, dtype))
+            # blocks of whole rows, at most CHUNK_BYTES as stored (fp32) unless one row is larger
+            assert all(b.dtype == dtype and b.numel() * 4 <= max(5000, 4 * b[0].numel()) for b in got)
+            assert torch.equal(torch.cat([b.reshape(-1) for b in got]), w.read(name, dtype).reshape(-1)), name
+            blocks = max(blocks, len(got))
+    assert blocks > 10
+
+
+def test_chunks_refuse_what_read_refuses(hf_dir):
+    edit_weights(hf_dir, lambda sd: sd["backbone.layers.0.mixer.in_proj.weight"].__setitem__((7, 0), float("nan")))
+    with pytest.raises(UserError, match="in_proj.weight' holds NaN or Inf"):
+        list(Weights(hf_dir).chunks("backbone.layers.0.mixer.in_proj.weight", torch.float16))
 
 
 def test_scan_refuses_a_truncated_tensor_naming_the_file(hf_dir):

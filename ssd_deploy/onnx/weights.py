@@ -15,13 +15,16 @@ initializer that reads W and transposes it while it is written. The graph is the
 ``write_external`` writes every initializer of at least ``INLINE_BYTES`` into one data file beside the graph, each
 at an offset aligned to ``ALIGNMENT``, and replaces its value by a reference to that range (``onnx_ir.ExternalTensor``:
 per-tensor ``location``/``offset``/``length`` in the saved graph); it returns the file's size and sha256, computed
-from the bytes as they are written.
+from the bytes as they are written. A checkpoint weight is read in blocks of rows (``Weights.chunks``) and written
+block by block; a transposed one is assembled once, converted, in its written layout. Memory holds at most one
+weight at the target dtype plus one block, never the stored tensor beside its converted copy.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx_ir
@@ -51,6 +54,23 @@ class CheckpointTensor(onnx_ir.LazyTensor):
         if self.perm is not None:
             t = t.permute(self.perm)
         return TorchTensor(t.contiguous(), name=self.name)
+
+    def blocks(self) -> Iterator[memoryview]:
+        """The tensor's bytes as written, from the checkpoint's blocks of rows: without a permutation each converted
+        block goes out as it is read (a block in memory, never the tensor); a permuted one is assembled once,
+        converted, in its final layout (the tensor at the target dtype, no further copy)."""
+        blocks = self.weights.chunks(self.key, self.torch_dtype)
+        if self.perm is None:
+            for block in blocks:
+                yield _bytes(block)
+            return
+        out = torch.empty([int(d) for d in self.shape], dtype=self.torch_dtype)
+        stored = out.permute(tuple(sorted(range(len(self.perm)), key=self.perm.__getitem__)))  # view, stored order
+        row = 0
+        for block in blocks:
+            stored[row:row + len(block)].copy_(block)
+            row += len(block)
+        yield _bytes(out)
 
     def transposed(self, perm: tuple[int, ...], name: str) -> "CheckpointTensor":
         base = self.perm or tuple(range(len(self.shape)))
@@ -95,17 +115,18 @@ def fold_transposes(model: onnx_ir.Model):
 
 def _bytes(tensor) -> memoryview:
     """The tensor's bytes without a copy where possible (torch tensors through an integer view: numpy has no bf16)."""
-    if isinstance(tensor, TorchTensor):
-        t = tensor.raw.contiguous()
+    if isinstance(tensor, (TorchTensor, torch.Tensor)):
+        t = (tensor.raw if isinstance(tensor, TorchTensor) else tensor).contiguous()
         as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
         return memoryview(t.view(as_int).numpy()).cast("B")
     return memoryview(np.ascontiguousarray(tensor.numpy())).cast("B")
 
 
 def write_external(model: onnx_ir.Model, data_path: Path) -> dict:
-    """Writes the initializers of at least INLINE_BYTES to ``data_path`` (aligned offsets, one tensor in memory at a
-    time) and points the graph at them; returns the file's size and sha256 as the export's weights record holds
-    them ({"bytes", "sha256"}; interface.record_weights)."""
+    """Writes the initializers of at least INLINE_BYTES to ``data_path`` (aligned offsets; a checkpoint weight
+    streamed in blocks, see ``CheckpointTensor.blocks``) and points the graph at them; returns the file's size and
+    sha256, computed from the bytes as they are written, as the export's weights record holds them
+    ({"bytes", "sha256"}; interface.record_weights)."""
     data_path = Path(data_path)
     values = [v for v in model.graph.initializers.values()
               if v.const_value is not None and v.const_value.nbytes >= INLINE_BYTES]
@@ -116,16 +137,18 @@ def write_external(model: onnx_ir.Model, data_path: Path) -> dict:
             tensor = value.const_value
             start = -(-offset // ALIGNMENT) * ALIGNMENT
             pad = bytes(start - offset)
-            data = _bytes(tensor._read() if isinstance(tensor, CheckpointTensor) else tensor)
-            if len(data) != tensor.nbytes:
-                raise AssertionError(f"{value.name}: {len(data)} bytes written for a {tensor.nbytes}-byte tensor")
             f.write(pad)
-            f.write(data)
             h.update(pad)
-            h.update(data)
-            offset = start + len(data)
-            value.const_value = onnx_ir.ExternalTensor(data_path.name, start, len(data), tensor.dtype,
+            length = 0
+            for data in tensor.blocks() if isinstance(tensor, CheckpointTensor) else [_bytes(tensor)]:
+                f.write(data)
+                h.update(data)
+                length += len(data)
+                del data
+            if length != tensor.nbytes:
+                raise AssertionError(f"{value.name}: {length} bytes written for a {tensor.nbytes}-byte tensor")
+            offset = start + length
+            value.const_value = onnx_ir.ExternalTensor(data_path.name, start, length, tensor.dtype,
                                                        shape=tensor.shape, name=value.name,
                                                        base_dir=str(data_path.parent))
-            del data
     return {"bytes": offset, "sha256": h.hexdigest()}
