@@ -6,8 +6,10 @@ mamba_ssm and Hugging Face are both accepted; they differ only in ``backbone.emb
 
 Reading is lazy (``Weights``): names, shapes and dtypes come from the files' headers and are checked against the
 config before any tensor is read; tensors are then read one at a time (each shard opened for one tensor, so that no
-mapping of a whole shard stays resident), checked for NaN/Inf and converted to the dtype the caller wants. Nothing
-here ever holds the whole model unless the caller keeps what it reads (``load_model`` does; export does not).
+mapping of a whole shard stays resident), checked for NaN/Inf and converted to the dtype the caller wants. Export
+reads the files twice: ``scan`` (checks and the checkpoint's hash from one read) and ``chunks`` (blocks of rows for
+the writer). Nothing here ever holds the whole model unless the caller keeps what it reads (``load_model`` does;
+export does not).
 """
 
 from __future__ import annotations
