@@ -210,7 +210,7 @@ def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_di
         t_short, t_long = statistics.median(gen_ms(short)), statistics.median(gen_ms(long_))
         point["decode_ms_mamba_ssm"] = {"median": (t_long - t_short) / decode_tokens}
         res["points"].append(point)
-        log(f"{name} b{b}: " + json.dumps({k: (v["median"] if isinstance(v, dict) else v) for k, v in point.items()}))
+        log(f"{name} b{b}: " + json.dumps({k: (v.get("median", v) if isinstance(v, dict) else v) for k, v in point.items()}))
 
         if profile_dir is not None and b == max(batches):
             from torch.profiler import ProfilerActivity, profile
@@ -273,7 +273,7 @@ def main():
     for name in args.presets.split(","):
         report["presets"].append(bench_preset(name, [int(b) for b in args.batches.split(",")], args.length,
                                               args.decode_tokens, args.out if args.profile else None))
-    (args.out / "bench_model_gpu.json").write_text(json.dumps(report, indent=1))
+        (args.out / "bench_model_gpu.json").write_text(json.dumps(report, indent=1))  # each preset as it ends
     # the short table, last
     print(f"\n{report['device']}, {report['date']}, commit {report['commit']}; bf16, prompt {args.length}")
     print("| model, b | prefill ms: scan-only / all / all+graph / mamba_ssm (x all, x graph) | decode ms/token: "

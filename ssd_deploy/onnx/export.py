@@ -69,12 +69,15 @@ def trace(model: Mamba2LM, opts: ExportOptions, bind: Callable[[onnx_ir.Model], 
     cfg = model.cfg
     batch = batch_dim()
     seq = 1 if opts.graph == "decode" else seq_dim()
-    ids = torch.zeros(2, 1 if opts.graph == "decode" else 5, dtype=torch.long)
-    conv, ssm = model.init_states(2)
+    # example inputs on the parameters' device: torch 2.11's fake-tensor propagation refuses meta weights with CPU
+    # inputs (later releases accept the mix)
+    device = next(model.parameters()).device
+    ids = torch.zeros(2, 1 if opts.graph == "decode" else 5, dtype=torch.long, device=device)
+    conv, ssm = model.init_states(2, device)
     states = [t for pair in zip(conv, ssm) for t in pair]
     names = state_names(cfg.n_layer)
     if opts.graph == "packed":  # two sequences of 2 and 3 tokens; T and n dynamic
-        cu = torch.tensor([0, 2, 5])
+        cu = torch.tensor([0, 2, 5], device=device)
         return to_onnx(PackedGraphInterface(model, opts), (ids[:1], cu, *states),
                        [INPUT_IDS, CU_SEQLENS] + [i for i, _ in names], [LOGITS] + [o for _, o in names],
                        {"input_ids": {1: seq}, "cu_seqlens": {0: batch + 1},
