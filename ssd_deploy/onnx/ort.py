@@ -189,7 +189,7 @@ def _fp32_rms(context, weight, eps, two, axes, **values) -> bool:
     return (all(v.dtype == onnx_ir.DataType.FLOAT for v in (*tensors, weight)) and len(shapes) == 1
             and None not in shapes and len(next(iter(shapes))) == 3 and weight.shape is not None
             and len(weight.shape) == 1 and all(c is not None and c.size == 1 for c in consts)
-            and float(consts[1]) == 2.0 and int(consts[2]) in (-1, 2))
+            and float(consts[1].item()) == 2.0 and int(consts[2].item()) in (-1, 2))
 
 
 # module docstring, "RMSNorm"
