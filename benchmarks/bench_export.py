@@ -53,6 +53,8 @@ def _size(path: Path) -> int:
 @click.option("--workdir", type=click.Path(path_type=Path), default=None, help="default: a temporary directory")
 @click.option("--json", "as_json", is_flag=True)
 def main(preset, ckpt_dtype, dtype, flavors, repeats, ckpt, workdir, as_json):
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-export-", dir=workdir))
     result = {"preset": preset, "ckpt_dtype": ckpt_dtype, "dtype": dtype, "date": time.strftime("%Y-%m-%d %H:%M"),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} "
