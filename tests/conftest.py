@@ -1,10 +1,15 @@
-"""Shared fixtures: tiny random checkpoints in both on-disk formats, built once per session, and the error metric
-of docs/verification.md."""
+"""Shared fixtures: tiny random checkpoints in both on-disk formats, built once per session, the error metric of
+docs/verification.md, and the Triton-interpreter run of a kernel test file."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +18,8 @@ import torch
 from ssd_deploy.checkpoint import random_model, write_checkpoint
 from ssd_deploy.interface import state_names
 from ssd_deploy.presets import preset
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def rel_err(out, ref) -> float:
@@ -23,6 +30,17 @@ def rel_err(out, ref) -> float:
     if not torch.isfinite(out).all():
         return float("nan")
     return float((out - ref).norm() / ref.norm())
+
+
+def triton_interpreter_results(script: str) -> dict:
+    """Runs a kernel test file as a script under Triton's interpreter and returns the JSON its last line prints.
+    Triton reads TRITON_INTERPRET when it is imported, so the cases run in a subprocess and the rest of the suite
+    keeps its own Triton."""
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, script], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def random_states(meta, batch, rng):

@@ -14,14 +14,12 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import rel_err
+from conftest import rel_err, triton_interpreter_results
 from ssd_deploy.ssd import reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,11 +160,7 @@ def check(name, errs, dtype):
 
 @pytest.fixture(scope="module")
 def interpreter_results():
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, __file__], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return triton_interpreter_results(__file__)
 
 
 @needs_triton

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import rel_err  # NaN for any NaN (an unwritten poisoned element, say), which fails every tolerance
+# rel_err: NaN for any NaN (an unwritten poisoned element, say), which fails every tolerance
+from conftest import rel_err, triton_interpreter_results
 from ssd_deploy.ssd import reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,12 +179,7 @@ def packed_errors(lengths, h, p, n, g, chunk_size, dtype, device="cpu", seed=0) 
 
 @pytest.fixture(scope="module")
 def interpreter_results():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get(
-        "PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, __file__], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return triton_interpreter_results(__file__)
 
 
 @needs_triton
