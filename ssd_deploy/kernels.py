@@ -70,34 +70,29 @@ class _DtParams(ctypes.Structure):
 
 # --------------------------------------------------------------------------------------------------- the library
 
-def library_path() -> Path:
-    """The shared library to load: ``$SSD_DEPLOY_KERNELS_LIB``, else ``DEFAULT_BUILD_DIR/libssd_kernels.so``."""
-    env = os.environ.get(ENV_LIB)
+def _built(env_var: str, name: str, what: str, how: str) -> Path:
+    """A library ``build_all`` makes: ``$env_var`` when set, else ``DEFAULT_BUILD_DIR/name``; refused when absent."""
+    env = os.environ.get(env_var)
     if env:
         path = Path(env)
         if not path.is_file():
-            raise UserError(f"{ENV_LIB}={env} is not a file")
+            raise UserError(f"{env_var}={env} is not a file")
         return path
-    path = DEFAULT_BUILD_DIR / LIB_NAME
+    path = DEFAULT_BUILD_DIR / name
     if not path.is_file():
-        raise UserError(f"the CUDA kernels are not built: no {path} (and {ENV_LIB} is unset); "
-                        "run `ssd-deploy plugins build`")
+        raise UserError(f"{what} not built: no {path} (and {env_var} is unset); run {how}")
     return path
+
+
+def library_path() -> Path:
+    """The shared library to load: ``$SSD_DEPLOY_KERNELS_LIB``, else ``DEFAULT_BUILD_DIR/libssd_kernels.so``."""
+    return _built(ENV_LIB, LIB_NAME, "the CUDA kernels are", "`ssd-deploy plugins build`")
 
 
 def ort_custom_ops_path() -> Path:
     """The ONNX Runtime custom-op library: ``$SSD_DEPLOY_ORT_CUSTOM_OPS``, else where ``build_all`` puts it."""
-    env = os.environ.get(ENV_ORT_OPS)
-    if env:
-        path = Path(env)
-        if not path.is_file():
-            raise UserError(f"{ENV_ORT_OPS}={env} is not a file")
-        return path
-    path = DEFAULT_BUILD_DIR / ORT_OPS_LIB_NAME
-    if not path.is_file():
-        raise UserError(f"the ONNX Runtime custom-op library is not built: no {path} (and {ENV_ORT_OPS} is unset); "
-                        f"run `ssd-deploy plugins build` with ONNX Runtime headers ({ORT_HEADERS_HINT})")
-    return path
+    return _built(ENV_ORT_OPS, ORT_OPS_LIB_NAME, "the ONNX Runtime custom-op library is",
+                  f"`ssd-deploy plugins build` with ONNX Runtime headers ({ORT_HEADERS_HINT})")
 
 
 @functools.lru_cache(maxsize=None)
