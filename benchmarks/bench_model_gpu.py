@@ -21,7 +21,15 @@ Parity in the same run: bf16 last-position logits of each side against ssd-deplo
 mamba_ssm vs ssd-deploy's listings and 32 greedy tokens compared. ``--profile`` writes torch.profiler tables of one
 8 × 2048 prefill per side.
 
-    MAMBA_SSM_SRC=.gpu/mamba_src PYTHONPATH=. python benchmarks/bench_model_gpu.py --out OUT [--presets 130m,2.7b]
+``--onnx WORK`` adds the ONNX artifacts of the same weights on ONNX Runtime's CUDA provider, in the same run: the
+exports ``bench_backends_gpu.py prepare --work WORK --dtypes fp16`` made (checkpoint from the same seed): the
+`ort` flavor as the ``ort-cuda-fp16`` recipe makes it (``ort-ort``), and the `trt` flavor, the graph TensorRT
+receives, with its plugin nodes on our CUDA kernels (plugins/ort_custom_ops; ``ort-trt-customops``). Times are
+``ssd_deploy.bench``'s (wall clock around a synchronised call, IO binding: states stay on the device), parity
+against the same fp32 listings.
+
+    MAMBA_SSM_SRC=.gpu/mamba_src PYTHONPATH=.:benchmarks python benchmarks/bench_model_gpu.py --out OUT \
+        [--presets 130m,2.7b] [--onnx WORK [--ort-custom-ops LIB]]
 """
 
 from __future__ import annotations
@@ -149,8 +157,43 @@ def warm_up(seconds: float = 5.0):
     torch.cuda.synchronize()
 
 
+def onnx_backends(work: Path, name: str, dtype: str, custom_ops: Path | None) -> tuple[dict, dict]:
+    """The ONNX Runtime CUDA rows' backends, by label, and why any is missing."""
+    from bench_backends_gpu import CUSTOM_OPS_FLAVOR, CUSTOM_OPS_LABEL, _custom_ops, _export_dir
+
+    from ssd_deploy.errors import UserError
+    from ssd_deploy.runtime.backends import OrtBackend
+
+    makers = {"ort-ort": lambda: OrtBackend(_export_dir(work, name, dtype, "ort"), "cuda"),
+              CUSTOM_OPS_LABEL: lambda: OrtBackend(_export_dir(work, name, dtype, CUSTOM_OPS_FLAVOR), "cuda",
+                                                   custom_ops=_custom_ops(custom_ops))}
+    opened, missing = {}, {}
+    for label, make in makers.items():
+        try:
+            opened[label] = make()
+        except (UserError, OSError, RuntimeError, ImportError) as e:
+            missing[label] = str(e)[:500]
+            log(f"{name} {label}: not run: {missing[label]}")
+    return opened, missing
+
+
+def onnx_points(backends: dict, ids: torch.Tensor, ref: torch.Tensor, decode_tokens: int, repeats: int) -> dict:
+    """Prefill ms and decode ms/token of each ONNX Runtime backend on the same prompt, parity against ``ref``."""
+    from ssd_deploy import bench
+
+    host = ids.cpu().numpy()
+    out = {}
+    for label, backend in backends.items():
+        logits, _ = backend.forward(host, backend.zero_states(host.shape[0]))
+        pre, step = bench.timings(backend, host, decode_tokens, repeats)
+        out[label] = {"prefill_ms": summary([t * 1e3 for t in pre]), "decode_ms": summary([t * 1e3 for t in step]),
+                      "err": rel(torch.from_numpy(logits), ref.cpu()), "dtype": backend.dtype}
+    return out
+
+
 @torch.no_grad()
-def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_dir: Path | None) -> dict:
+def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_dir: Path | None,
+                 onnx: tuple[Path, str, Path | None] | None = None) -> dict:
     cfg = preset(name)
     log(f"{name}: random weights")
     base = random_model(cfg, seed=0)
@@ -159,6 +202,7 @@ def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_di
     listing32 = base.cuda().eval()  # fp32 listings: the parity reference
     theirs = mamba_ssm_model(cfg, sd, torch.bfloat16)
     res = {"preset": name, "config": cfg.to_dict(), "points": []}
+    ort, res["onnx_missing"] = onnx_backends(onnx[0], name, onnx[1], onnx[2]) if onnx else ({}, {})
     gen = torch.Generator().manual_seed(1)
     for b in batches:
         ids = torch.randint(0, cfg.vocab_size, (b, length), generator=gen).cuda()
@@ -209,6 +253,8 @@ def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_di
                              repeats=3)
         t_short, t_long = statistics.median(gen_ms(short)), statistics.median(gen_ms(long_))
         point["decode_ms_mamba_ssm"] = {"median": (t_long - t_short) / decode_tokens}
+        if ort:
+            point["onnx"] = onnx_points(ort, ids, ref, decode_tokens, repeats=10)
         res["points"].append(point)
         log(f"{name} b{b}: " + json.dumps({k: (v.get("median", v) if isinstance(v, dict) else v) for k, v in point.items()}))
 
@@ -224,7 +270,7 @@ def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_di
                     torch.cuda.synchronize()
                 (profile_dir / f"profile_{name}_b{b}_{label}.txt").write_text(
                     prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
-    del ours, theirs, listing32, base
+    del ours, theirs, listing32, base, ort
     torch.cuda.empty_cache()
     return res
 
@@ -259,6 +305,9 @@ def main():
     ap.add_argument("--length", type=int, default=2048)
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--onnx", type=Path, default=None, help="bench_backends_gpu.py prepare's work folder")
+    ap.add_argument("--onnx-dtype", default="fp16")
+    ap.add_argument("--ort-custom-ops", type=Path, default=None)
     args = ap.parse_args()
     sys.path.insert(0, os.environ.get("MAMBA_SSM_SRC", ".gpu/mamba_src"))
     assert tri.register("cuda"), "Triton kernels not registered"
@@ -272,7 +321,8 @@ def main():
         f"{report['fp32_crosscheck']['greedy_identical']}")
     for name in args.presets.split(","):
         report["presets"].append(bench_preset(name, [int(b) for b in args.batches.split(",")], args.length,
-                                              args.decode_tokens, args.out if args.profile else None))
+                                              args.decode_tokens, args.out if args.profile else None,
+                                              (args.onnx, args.onnx_dtype, args.ort_custom_ops) if args.onnx else None))
         (args.out / "bench_model_gpu.json").write_text(json.dumps(report, indent=1))  # each preset as it ends
     # the short table, last
     print(f"\n{report['device']}, {report['date']}, commit {report['commit']}; bf16, prompt {args.length}")
@@ -290,6 +340,18 @@ def main():
                   f"{dec[3]:.3f} ({dec[3] / dec[1]:.2f}x) | "
                   f"{q['launches_ssd-all']['per_step']} ({q['launches_ssd-all']['per_layer']:.2f}) | "
                   f"{q['err_ssd-all']:.1e} / {q['err_mamba_ssm']:.1e} |")
+    onnx_rows = [(p["preset"], q, label, r) for p in report["presets"] for q in p["points"]
+                 for label, r in q.get("onnx", {}).items()]
+    if onnx_rows:
+        print("\n| model, b | ONNX Runtime CUDA | prefill ms (mamba_ssm ÷ it) | decode ms/token (mamba_ssm ÷ it) | err |")
+        for name, q, label, r in onnx_rows:
+            pre, dec = r["prefill_ms"]["median"], r["decode_ms"]["median"]
+            print(f"| {name}, {q['batch']} | {label} ({r['dtype']}) | {pre:.2f} "
+                  f"({q['prefill_ms_mamba_ssm']['median'] / pre:.2f}x) | {dec:.3f} "
+                  f"({q['decode_ms_mamba_ssm']['median'] / dec:.2f}x) | {r['err']:.1e} |")
+    for p in report["presets"]:
+        for label, why in p.get("onnx_missing", {}).items():
+            print(f"{p['preset']} {label}: not run: {why[:200]}")
 
 
 if __name__ == "__main__":
