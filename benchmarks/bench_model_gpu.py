@@ -158,36 +158,44 @@ def warm_up(seconds: float = 5.0):
 
 
 def onnx_backends(work: Path, name: str, dtype: str, custom_ops: Path | None) -> tuple[dict, dict]:
-    """The ONNX Runtime CUDA rows' backends, by label, and why any is missing."""
+    """The ONNX Runtime CUDA rows' (backend, export folder), by label, and why any is missing."""
     from bench_backends_gpu import CUSTOM_OPS_FLAVOR, CUSTOM_OPS_LABEL, _custom_ops, _export_dir
 
     from ssd_deploy.errors import UserError
     from ssd_deploy.runtime.backends import OrtBackend
 
-    makers = {"ort-ort": lambda: OrtBackend(_export_dir(work, name, dtype, "ort"), "cuda"),
-              CUSTOM_OPS_LABEL: lambda: OrtBackend(_export_dir(work, name, dtype, CUSTOM_OPS_FLAVOR), "cuda",
+    folders = {"ort-ort": _export_dir(work, name, dtype, "ort"),
+               CUSTOM_OPS_LABEL: _export_dir(work, name, dtype, CUSTOM_OPS_FLAVOR)}
+    makers = {"ort-ort": lambda: OrtBackend(folders["ort-ort"], "cuda"),
+              CUSTOM_OPS_LABEL: lambda: OrtBackend(folders[CUSTOM_OPS_LABEL], "cuda",
                                                    custom_ops=_custom_ops(custom_ops))}
     opened, missing = {}, {}
     for label, make in makers.items():
         try:
-            opened[label] = make()
+            opened[label] = (make(), folders[label])
         except (UserError, OSError, RuntimeError, ImportError) as e:
             missing[label] = str(e)[:500]
             log(f"{name} {label}: not run: {missing[label]}")
     return opened, missing
 
 
-def onnx_points(backends: dict, ids: torch.Tensor, ref: torch.Tensor, decode_tokens: int, repeats: int) -> dict:
-    """Prefill ms and decode ms/token of each ONNX Runtime backend on the same prompt, parity against ``ref``."""
+def onnx_points(backends: dict, ids: torch.Tensor, ref: torch.Tensor, decode_tokens: int, repeats: int,
+                profile: bool) -> dict:
+    """Prefill ms and decode ms/token of each ONNX Runtime backend on the same prompt, parity against ``ref``;
+    with ``profile``, ONNX Runtime's own profile of a prefill and a step (time by op type and provider)."""
+    from bench_backends_gpu import ort_placement
+
     from ssd_deploy import bench
 
     host = ids.cpu().numpy()
     out = {}
-    for label, backend in backends.items():
+    for label, (backend, folder) in backends.items():
         logits, _ = backend.forward(host, backend.zero_states(host.shape[0]))
         pre, step = bench.timings(backend, host, decode_tokens, repeats)
         out[label] = {"prefill_ms": summary([t * 1e3 for t in pre]), "decode_ms": summary([t * 1e3 for t in step]),
                       "err": rel(torch.from_numpy(logits), ref.cpu()), "dtype": backend.dtype}
+        if profile:
+            out[label]["ort_profile"] = ort_placement(folder, backend, host)
     return out
 
 
@@ -254,7 +262,7 @@ def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_di
         t_short, t_long = statistics.median(gen_ms(short)), statistics.median(gen_ms(long_))
         point["decode_ms_mamba_ssm"] = {"median": (t_long - t_short) / decode_tokens}
         if ort:
-            point["onnx"] = onnx_points(ort, ids, ref, decode_tokens, repeats=10)
+            point["onnx"] = onnx_points(ort, ids, ref, decode_tokens, repeats=10, profile=b == max(batches))
         res["points"].append(point)
         log(f"{name} b{b}: " + json.dumps({k: (v.get("median", v) if isinstance(v, dict) else v) for k, v in point.items()}))
 

@@ -84,8 +84,9 @@ def ncu_report_module():
     ncu = shutil.which("ncu")
     if ncu is None:
         raise SystemExit("ncu is not on the PATH")
-    root = Path(ncu).resolve().parent
-    for cand in [root / "extras" / "python", *root.glob("*/extras/python"), *root.parent.glob("*/extras/python")]:
+    root = Path(ncu).resolve().parent  # CUDA's bin/ncu launches the Nsight Compute install under /opt/nvidia
+    for cand in [root / "extras" / "python", *root.parent.glob("*/extras/python"),
+                 *sorted(Path("/opt/nvidia/nsight-compute").glob("*/extras/python"), reverse=True)]:
         if (cand / "ncu_report.py").is_file():
             sys.path.insert(0, str(cand))
             import ncu_report

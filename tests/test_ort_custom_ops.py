@@ -36,6 +36,7 @@ from onnx import TensorProto, helper
 from conftest import TINY, VARIANTS, reference_outputs, random_states, rel_err
 from ssd_deploy import plugin_contracts
 from ssd_deploy.onnx import trt
+from ssd_deploy.onnx.export import IR_VERSION  # the installed onnx may write a newer one than ORT loads
 
 REPO = Path(__file__).resolve().parents[1]
 LIB = "libssd_ort_custom_ops.so"
@@ -209,7 +210,7 @@ def _node_model(c: plugin_contracts.Contract, activation: int, attrs: dict | Non
     graph = helper.make_graph(
         [node], c.name, [helper.make_tensor_value_info(n, dtype[n], None) for n in ins],
         [helper.make_tensor_value_info(f"{t.name}_out", dtype[t.name], None) for t in c.outputs])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+    model = helper.make_model(graph, ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", 18),
                                                     helper.make_opsetid(c.domain, int(c.version))])
     return model.SerializeToString()
 
