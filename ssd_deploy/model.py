@@ -139,6 +139,21 @@ class Block(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mixer = Mamba2Mixer(cfg)
 
+    def step_in_place(self, residual: Tensor, conv_state: Tensor, ssm_state: Tensor,
+                      residual_dtype: torch.dtype) -> Tensor:
+        """One token through the block with the norms folded into the projections (``triton.norm_gemv``, three
+        launches: RMSNorm + in_proj, the in-place decode step, gated RMSNorm + out_proj + residual add): residual
+        [b, d_model] in, the next residual in ``residual_dtype`` out; the states rewritten."""
+        from .ssd import triton
+
+        m, cfg = self.mixer, self.mixer.cfg
+        zxbcdt = triton.norm_gemv(residual, self.norm.weight, cfg.norm_eps, m.in_proj.weight, m.in_proj.bias)
+        z, xBC, dt = torch.split(zxbcdt, [cfg.d_inner, cfg.conv_dim, cfg.nheads], dim=-1)
+        y = m._step_in_place(xBC[:, None], dt[:, None], conv_state, ssm_state)
+        return triton.norm_gemv(y.reshape(residual.shape[0], cfg.d_inner), m.norm.weight, cfg.norm_eps,
+                                m.out_proj.weight, m.out_proj.bias, gate=z, group_size=cfg.group_size,
+                                residual=residual, residual_dtype=residual_dtype)
+
 
 class Backbone(nn.Module):
     def __init__(self, cfg: Mamba2Config):
@@ -184,10 +199,16 @@ class Mamba2LM(nn.Module):
         in and out, and ``last_token_only`` gives each sequence's last-token logits, [n, 1, padded_vocab].
 
         ``in_place`` (decode, l = 1): the given state tensors are updated in place and returned, nothing else is
-        allocated for them (runtime/cuda_graphs.py replays this with the states it owns). Otherwise the given
+        allocated for them (runtime/cuda_graphs.py replays this with the states it owns); where the Triton kernels
+        are registered, with the norms folded into the projections (``_step_in_place``). Otherwise the given
         states are never written."""
         if in_place and (not decode or cu_seqlens is not None):
             raise ValueError("in_place needs decode=True and no cu_seqlens")
+        from .ssd import triton
+
+        if in_place and input_ids.shape[1] == 1 and triton.norm_gemv_enabled(input_ids.device.type,
+                                                                            input_ids.shape[0]):
+            return self._step_in_place(input_ids, conv_states, ssm_states)
         hidden = self.backbone.embedding(input_ids)
         residual = hidden.float() if self.cfg.residual_in_fp32 else hidden
         out = None  # the previous mixer's output, added to the residual by the next norm
@@ -204,3 +225,18 @@ class Mamba2LM(nn.Module):
         normed, _ = self.backbone.norm_f(residual, out)
         logits = F.linear(normed, self.lm_head.weight)
         return logits, new_conv, new_ssm
+
+    def _step_in_place(self, input_ids: Tensor, conv_states: States, ssm_states: States):
+        """``forward(in_place=True)`` of one token with the norms folded into the projections: three launches per
+        layer (``Block.step_in_place``), the embedding and the final RMSNorm + lm_head (docs/performance.md,
+        "Decode with CUDA graphs"). The residual add happens in each block's last kernel, so the layer-0 residual
+        is the embedding itself, whatever dtype the residual stream keeps."""
+        from .ssd import triton
+
+        residual = self.backbone.embedding(input_ids[:, 0])
+        residual_dtype = torch.float32 if self.cfg.residual_in_fp32 else residual.dtype
+        for layer, conv, ssm in zip(self.backbone.layers, conv_states, ssm_states):
+            residual = layer.step_in_place(residual, conv, ssm, residual_dtype)
+        norm_f = self.backbone.norm_f
+        logits = triton.norm_gemv(residual, norm_f.weight, norm_f.eps, self.lm_head.weight)
+        return logits[:, None], list(conv_states), list(ssm_states)

@@ -60,10 +60,12 @@ def test_a_step_that_allocates_new_states_is_refused():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("kernels", ["triton", "triton-two-kernels", "listings"])
+@pytest.mark.parametrize("kernels", ["triton", "triton-norms-apart", "triton-two-kernels", "listings"])
 @torch.no_grad()
 def test_graph_decode_matches_eager_decode(kernels, dtype):
-    """On the Triton kernels (the fused decode kernel, or the two-launch one), and on the listings: 48 greedy steps from a prefill at batch 2, then 5, then 2 again (new prompts: a hand-over into the existing
+    """On the Triton kernels (norms folded into the projections and the fused decode kernel; the norms and
+    projections apart; the two-launch decode), and on the listings: 48 greedy steps from a prefill at batch 2, then
+    5, then 2 again (new prompts: a hand-over into the existing
     graph): the captured in-place decode against the plain eager decode on the same kernels. fp32: the same tokens
     and logits within 1e-5; bf16: each side fed the eager side's tokens, logits within 1e-2."""
     from contextlib import nullcontext
@@ -78,7 +80,8 @@ def test_graph_decode_matches_eager_decode(kernels, dtype):
     model = random_model(cfg, seed=11).cast(dtype).cuda().eval()
     graphs = DecodeGraphs(partial(model, decode=True, last_token_only=True, in_place=True))
     gen = torch.Generator().manual_seed(12)
-    off = {"triton": (), "triton-two-kernels": ("decode_fused",), "listings": (*tri.OPS, "add_rmsnorm")}[kernels]
+    off = {"triton": (), "triton-norms-apart": ("decode_gemv",), "triton-two-kernels": ("decode_gemv", "decode_fused"),
+           "listings": (*tri.OPS, "add_rmsnorm")}[kernels]
     with tri.disabled("cuda", off) if off else nullcontext():
         for turn, batch in enumerate((2, 5, 2)):
             ids = torch.randint(0, cfg.vocab_size, (batch, 19), generator=gen).cuda()
@@ -99,21 +102,25 @@ def test_graph_decode_matches_eager_decode(kernels, dtype):
     assert sorted(graphs.captured) == [2, 5]
 
 
-TRITON_PER_LAYER = {  # decode_fused on: one kernel for conv + SSM step; off: two
-    True: {"_add_rmsnorm_kernel": 1, "_decode_kernel": 1, "_gated_rmsnorm_kernel": 1},
-    False: {"_add_rmsnorm_kernel": 1, "_conv_step_kernel": 1, "_step_kernel": 1, "_gated_rmsnorm_kernel": 1},
+TRITON_PER_LAYER = {  # what disabled() turns off, and the Triton kernels a layer launches then
+    # norms folded into the projections (ssd/triton/gemv.py): RMSNorm + in_proj, decode, gated norm + out_proj
+    "gemv": ((), {"_norm_gemv_kernel": 2, "_decode_kernel": 1}),
+    # the norms and cuBLAS's projections apart, decode_fused on: one kernel for conv + SSM step; off: two
+    "fused": (("decode_gemv",), {"_add_rmsnorm_kernel": 1, "_decode_kernel": 1, "_gated_rmsnorm_kernel": 1}),
+    "two-kernels": (("decode_gemv", "decode_fused"),
+                    {"_add_rmsnorm_kernel": 1, "_conv_step_kernel": 1, "_step_kernel": 1, "_gated_rmsnorm_kernel": 1}),
 }
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two-kernels"])
+@pytest.mark.parametrize("variant", list(TRITON_PER_LAYER))
 @torch.no_grad()
-def test_launches_per_layer(fused):
-    """Per layer, the in-place step launches add + RMSNorm, the decode kernel (or conv window and SSM step),
-    gated norm, in_proj's and out_proj's GEMMs, and nothing else: no PyTorch elementwise kernel (-exp(A_log)), no
-    copy. Counted with the profiler on the eager in-place step (what the graph replays), as the difference between
-    4 and 2 layers."""
+def test_launches_per_layer(variant):
+    """Per layer, the in-place step launches its Triton kernels (with the norms folded in: three, and nothing else;
+    apart: add + RMSNorm, the decode kernel (or conv window and SSM step), gated norm, and in_proj's and out_proj's
+    GEMMs) and no PyTorch elementwise kernel (-exp(A_log)), no copy. Counted with the profiler on the eager in-place
+    step (what the graph replays), as the difference between 4 and 2 layers."""
     from contextlib import nullcontext
 
     pytest.importorskip("triton", reason="the Triton kernels need triton")
@@ -125,24 +132,24 @@ def test_launches_per_layer(fused):
     from ssd_deploy.ssd import triton as tri
 
     assert tri.register("cuda")
+    off, triton_kernels = TRITON_PER_LAYER[variant]
     counts = {}
     for n_layer in (2, 4):
         model = random_model(dataclasses.replace(VARIANTS["g4"], n_layer=n_layer), seed=1)
         model = model.cast(torch.bfloat16).cuda().eval()
         conv, ssm = model.init_states(1, "cuda")
         token = torch.zeros(1, 1, dtype=torch.long, device="cuda")
-        with nullcontext() if fused else tri.disabled("cuda", ("decode_fused",)):
+        with tri.disabled("cuda", off) if off else nullcontext():
             model(token, conv, ssm, decode=True, last_token_only=True, in_place=True)  # compiles first
-        torch.cuda.synchronize()
-        with nullcontext() if fused else tri.disabled("cuda", ("decode_fused",)), \
-                profile(activities=[ProfilerActivity.CUDA]) as prof:
-            model(token, conv, ssm, decode=True, last_token_only=True, in_place=True)
             torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                model(token, conv, ssm, decode=True, last_token_only=True, in_place=True)
+                torch.cuda.synchronize()
         counts[n_layer] = Counter(e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
     per_layer = {name: (counts[4][name] - counts[2][name]) / 2 for name in counts[4] | counts[2]}
     per_layer = {name: n for name, n in per_layer.items() if n}
-    triton_kernels = TRITON_PER_LAYER[fused]
     assert {name: per_layer.get(name) for name in triton_kernels} == triton_kernels, per_layer
     others = {name: n for name, n in per_layer.items() if name not in triton_kernels}
     assert not [name for name in others if "at::native" in name or "Memcpy" in name or "Memset" in name], others
-    assert sum(others.values()) <= 4, others  # the two GEMMs (cuBLAS may split one in two kernels)
+    # apart: the two GEMMs (cuBLAS may split one in two kernels); folded: nothing else at all
+    assert sum(others.values()) <= (0 if variant == "gemv" else 4), others

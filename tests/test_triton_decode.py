@@ -165,19 +165,22 @@ def test_interpreter_parity(interpreter_results, name):
     check(name, interpreter_results[name], cases("cpu", large=False)[name][2])
 
 
-def sm90_ptx(kernel, types: dict, constexprs: dict) -> str:
+def sm90_ptx(kernel, types: dict, constexprs: dict, num_warps: int = 4, divisible: tuple[str, ...] = ()) -> str:
     """The kernel compiled for sm_90 by Triton's own pipeline (down to a cubin with the ptxas Triton ships), no GPU
-    needed: what the interpreter cannot check (types and shapes of compiled mode, the barriers and atomics)."""
+    needed: what the interpreter cannot check (types and shapes of compiled mode, the barriers and atomics).
+    ``divisible``: arguments specialised as multiples of 16 (pointers: 16-byte aligned), as a launch does for such
+    values: what vector loads depend on."""
     import inspect
 
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    names = inspect.signature(kernel.fn).parameters
+    names = list(inspect.signature(kernel.fn).parameters)
     signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in names}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     assert compiled.asm.get("cubin"), "no cubin"
     return compiled.asm["ptx"]
 

@@ -1,12 +1,13 @@
 """Triton kernels for the ops (``ssd_scan``, ``ssd_scan_packed``, ``ssd_step``, ``causal_conv1d``,
 ``causal_conv1d_packed``, ``gated_rmsnorm``), registered as their CUDA implementations; the block's residual add +
-RMSNorm and the in-place decode step, which the model calls through ``add_rmsnorm`` and ``decode_step_``.
+RMSNorm, the in-place decode step and the decode step's norms folded into its projections, which the model calls
+through ``add_rmsnorm``, ``decode_step_`` and ``norm_gemv``.
 
 Importing this package does not import Triton (``import ssd_deploy`` must work without it); ``register()`` does, and
 says through its return value why it registered nothing when Triton is missing. The kernels live in ``scan``
-(prefill, chunked; packed too), ``step`` (decode), ``conv``, ``conv_packed``, ``norm`` and ``decode`` (the in-place
-decode of a layer's conv and SSM step); ``NOTES.md`` beside this file records
-their design and measurements.
+(prefill, chunked; packed too), ``step`` (decode), ``conv``, ``conv_packed``, ``norm``, ``decode`` (the in-place
+decode of a layer's conv and SSM step) and ``gemv`` (norm + projection of a decode step); ``NOTES.md`` beside this
+file records their design and measurements.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import NamedTuple
 
 OPS = ("ssd_scan", "ssd_step", "ssd_scan_packed", "causal_conv1d", "causal_conv1d_packed", "gated_rmsnorm")
 _registered: set[str] = set()  # devices register() attached the kernels to
-_disabled: dict[str, set[str]] = {}  # device: the names (ops, "add_rmsnorm") inside a disabled() block
+_disabled: dict[str, set[str]] = {}  # device: the names inside a disabled() block (ops, "add_rmsnorm", "decode_...")
 
 
 class Registration(NamedTuple):
@@ -61,7 +62,9 @@ def disabled(device: str = "cuda", names: tuple[str, ...] = (*OPS, "add_rmsnorm"
     inside this block, even after ``register()``: one process can then time PyTorch eager and the Triton kernels
     side by side, or one kernel's share of a model. The in-place decode (``decode_step_``) counts as
     ``causal_conv1d`` and ``ssd_step``: disabling either disables it; the name ``decode_fused`` keeps it but in
-    two launches instead of one (``decode.py``)."""
+    two launches instead of one (``decode.py``). The decode step's norms folded into its projections
+    (``norm_gemv_enabled``) count as ``add_rmsnorm`` and ``gated_rmsnorm``; the name ``decode_gemv`` turns off only
+    the folding (the step then runs the norms and cuBLAS's projections, five launches per layer)."""
     with ExitStack() as stack:
         if device in _registered:  # set_kernel_enabled warns about a kernel that was never registered
             from .. import ops
@@ -90,6 +93,26 @@ def add_rmsnorm(residual, delta, weight, eps):
     from .norm import add_rmsnorm as kernel
 
     return kernel(residual, delta, weight, eps)
+
+
+def norm_gemv_enabled(device: str, batch: int) -> bool:
+    """Whether a CUDA-graph decode step of ``batch`` rows on ``device`` folds its norms into the projections
+    (``gemv.norm_gemv``: three launches per layer instead of five, the model's ``forward(in_place=True)``): where
+    ``register()`` attached the kernels, for batches up to ``gemv.MAX_BATCH``, and unless a ``disabled()`` block
+    covers ``decode_gemv`` or either norm it replaces (``add_rmsnorm``, ``gated_rmsnorm``)."""
+    if not _enabled(device, "decode_gemv", "add_rmsnorm", "gated_rmsnorm"):
+        return False
+    from .gemv import MAX_BATCH
+
+    return batch <= MAX_BATCH
+
+
+def norm_gemv(x, norm_weight, eps, weight, bias=None, **kwargs):
+    """The RMSNorm (or gated RMSNorm) + projection (+ residual add) of a decode step (``gemv.norm_gemv``, same
+    arguments); callers check ``norm_gemv_enabled`` first. Not an op: export traces the model's listings."""
+    from .gemv import norm_gemv as kernel
+
+    return kernel(x, norm_weight, eps, weight, bias, **kwargs)
 
 
 def decode_step_(xBC, dt, conv_state, ssm_state, *args, **kwargs):

@@ -21,11 +21,12 @@ AUTOTUNE = not INTERPRET and os.environ.get("SSD_DEPLOY_TRITON_AUTOTUNE", "1") !
 SOFTPLUS_THRESHOLD = tl.constexpr(reference.SOFTPLUS_THRESHOLD)
 
 
-def tuned(configs: list[triton.Config], key: list[str]):
-    """``triton.autotune`` over ``configs`` on a GPU, else the first config alone (one config is never timed).
+def tuned(configs: list[triton.Config], key: list[str], **options):
+    """``triton.autotune`` over ``configs`` on a GPU, else the first config alone (one config is never timed, nor
+    pruned). ``options``: more of ``triton.autotune``'s arguments (``prune_configs_by``).
 
     Only for kernels that write nothing they read: tuning runs a kernel several times on the same arguments."""
-    return triton.autotune(configs=configs if AUTOTUNE else configs[:1], key=key)
+    return triton.autotune(configs=configs if AUTOTUNE else configs[:1], key=key, **options)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
