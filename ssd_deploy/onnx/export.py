@@ -27,7 +27,7 @@ from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, L
                          read_metadata, record_weights, state_names)
 from ..model import Mamba2LM
 from ..progress import QUIET, Reporter
-from . import ort, portable, trt
+from . import ort, portable, static_shapes, trt
 from .options import ExportOptions
 from . import weights as streamed
 from .tracing import batch_dim, seq_dim, to_onnx
@@ -83,10 +83,13 @@ def trace(model: Mamba2LM, opts: ExportOptions, bind: Callable[[onnx_ir.Model], 
                        {"input_ids": {1: seq}, "cu_seqlens": {0: batch + 1},
                         "states": tuple({0: batch} for _ in states)},
                        FLAVORS[opts.flavor], cfg, opts.opset, opts.flavor_options(), bind)
-    return to_onnx(GraphInterface(model, opts), (ids, *states), [INPUT_IDS] + [i for i, _ in names],
-                   [LOGITS] + [o for _, o in names],
-                   {"input_ids": {0: batch, 1: seq}, "states": tuple({0: batch} for _ in states)},
-                   FLAVORS[opts.flavor], cfg, opts.opset, opts.flavor_options(), bind)
+    graph = to_onnx(GraphInterface(model, opts), (ids, *states), [INPUT_IDS] + [i for i, _ in names],
+                    [LOGITS] + [o for _, o in names],
+                    {"input_ids": {0: batch, 1: seq}, "states": tuple({0: batch} for _ in states)},
+                    FLAVORS[opts.flavor], cfg, opts.opset, opts.flavor_options(), bind)
+    if opts.graph == "decode":  # no shape arithmetic: capturable in ONNX Runtime's CUDA graphs (static_shapes.py)
+        static_shapes.fold_reshape_targets(graph)
+    return graph
 
 
 def strip_trace_metadata(model: onnx_ir.Model):
