@@ -15,6 +15,12 @@ Two phases, so that checkpoints and exports (CPU work) can be made while other t
     PYTHONPATH=. python benchmarks/bench_backends_gpu.py prepare --work /tmp/sb     # checkpoints + exports
     PYTHONPATH=. python benchmarks/bench_backends_gpu.py bench --work /tmp/sb --out OUT
 
+`decode` times ONNX Runtime's decode steps on the decode exports (`--graph decode`, made by `prepare`) with and
+without ONNX Runtime's CUDA graphs (docs/performance.md, "ONNX Runtime CUDA graphs"), beside the PyTorch model on
+Triton with CUDA graphs; the prompt is fed one token per call, then each step is timed (median of --steps):
+
+    PYTHONPATH=. python benchmarks/bench_backends_gpu.py decode --work /tmp/sb --out OUT
+
 needs onnxruntime-gpu (CUDA 13 build) for the ONNX Runtime rows, and the custom-op library (`ssd-deploy plugins
 build` with ONNX Runtime headers, or --ort-custom-ops PATH) for the `ort-trt-customops` row; without them those rows
 say why they are missing.
@@ -43,6 +49,7 @@ from ssd_deploy.presets import preset
 FLAVORS = ("portable", "ort")  # exports ONNX Runtime runs as they are
 # what `ort-cuda-fp16` makes: prompts through the chunked standard-op scan (RESULTS.md run 3); the others: defaults
 EXPORT_OPTIONS = {"ort": {"prefill": "chunked"}}
+DECODE_FLAVORS = ("portable", "ort", "trt")  # decode exports, timed with and without ONNX Runtime's CUDA graphs
 CUSTOM_OPS_FLAVOR = "trt"  # runs with the custom-op library: its plugin nodes on our CUDA kernels
 CUSTOM_OPS_LABEL = "ort-trt-customops"
 # preset → (dtypes, batches, prompt lengths)
@@ -59,12 +66,17 @@ def _export_dir(work: Path, name: str, dtype: str, flavor: str) -> Path:
     return work / f"{name}-{dtype}-{flavor}"
 
 
+def _decode_dir(work: Path, name: str, dtype: str, flavor: str) -> Path:
+    return work / f"{name}-{dtype}-{flavor}-decode"
+
+
 def _export_one(args) -> str:
-    ckpt, out, flavor, dtype = args
+    ckpt, out, flavor, dtype, graph = args
     if (out / "model.onnx").is_file():
         return f"{out.name}: already there"
     t = time.perf_counter()
-    export(ckpt, out, ExportOptions(flavor=flavor, dtype=dtype, logits="last", **EXPORT_OPTIONS.get(flavor, {})))
+    options = EXPORT_OPTIONS.get(flavor, {}) if graph == "unified" else {}  # a decode graph has no prefill
+    export(ckpt, out, ExportOptions(flavor=flavor, dtype=dtype, logits="last", graph=graph, **options))
     return f"{out.name}: exported in {time.perf_counter() - t:.0f} s"
 
 
@@ -77,8 +89,10 @@ def prepare(work: Path, presets: list[str], jobs: int, exports: bool = True, dty
             t = time.perf_counter()
             write_checkpoint(random_model(preset(name), seed=0), ckpt, "hf")
             _log(f"checkpoint {name} written in {time.perf_counter() - t:.0f} s")
-        tasks += [(ckpt, _export_dir(work, name, d, f), f, d) for d in dtypes or PLAN[name][0]
+        tasks += [(ckpt, _export_dir(work, name, d, f), f, d, "unified") for d in dtypes or PLAN[name][0]
                   for f in (*FLAVORS, CUSTOM_OPS_FLAVOR) if exports]
+        tasks += [(ckpt, _decode_dir(work, name, d, f), f, d, "decode") for d in dtypes or PLAN[name][0]
+                  for f in DECODE_FLAVORS if exports]
     # the exporter is mostly single-threaded Python; spawn, since forking a process that has run torch's thread
     # pools can deadlock the children
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -216,6 +230,92 @@ def run_bench(work: Path, out: Path, presets: list[str], provider: str, steps: i
     click.echo(table)
 
 
+def decode_backends(work: Path, name: str, dtype: str, provider: str, custom_ops: Path | None):
+    """The decode rows: PyTorch on Triton with CUDA graphs, and each decode export on ONNX Runtime CUDA, plain and
+    with CUDA graphs (the `trt` one through the custom-op library). On the CPU (a smoke run of the script) the rows
+    that need CUDA say why they are missing."""
+    from ssd_deploy.errors import UserError
+    from ssd_deploy.runtime.backends import OrtBackend, TorchBackend
+
+    makers = {}
+    if provider == "cuda":
+        makers["torch-cuda-triton-graphs"] = lambda: TorchBackend(work / f"ckpt-{name}", "cuda", dtype, triton=True,
+                                                                  cuda_graphs=True)
+    for flavor in DECODE_FLAVORS:
+        ops = (lambda: _custom_ops(custom_ops)) if flavor == CUSTOM_OPS_FLAVOR else (lambda: None)
+        for graphs in (False, True):
+            makers[f"{flavor}-decode{'-customops' * (flavor == CUSTOM_OPS_FLAVOR)}{'-graphs' * graphs}"] = (
+                lambda f=flavor, g=graphs, ops=ops: OrtBackend(_decode_dir(work, name, dtype, f), provider,
+                                                               custom_ops=ops(), cuda_graph=g))
+    opened, missing = {}, {}
+    for label, make in makers.items():
+        try:
+            opened[label] = make()
+        except (UserError, OSError, RuntimeError) as e:
+            missing[label] = str(e)[:500]
+            _log(f"{name} {dtype} {label}: not run: {missing[label]}")
+    return opened, missing
+
+
+def decode_point(backend, reference, ids: np.ndarray, steps: int) -> dict:
+    """The prompt fed one token per call (one call for a backend that prefills), the last logits and those after
+    one greedy step against the reference's, then ``steps`` timed steps from there."""
+    from ssd_deploy.generate import prefill
+
+    expected, ref_states = reference.forward(ids, reference.zero_states(ids.shape[0]))
+    logits, states = prefill(backend, ids.tolist())
+    err_pre = bench._rel(logits, expected)
+    token = expected.argmax(-1)[:, None]
+    expected_step, _ = reference.forward(token, ref_states)
+    logits, states = backend.forward(token, states)
+    err_step = bench._rel(logits, expected_step)
+    times = []
+    for _ in range(steps):
+        token = logits.argmax(-1)[:, None]
+        t, (logits, states) = bench._timed(backend, lambda: backend.forward(token, states))
+        times.append(t * 1e3)
+    return {"batch": ids.shape[0], "decode_ms": float(np.median(times)), "decode_ms_min": min(times),
+            "decode_ms_max": max(times), "prefill_err": err_pre, "decode_err": err_step}
+
+
+def run_decode(work: Path, out: Path, presets: list[str], provider: str, steps: int, prompt: int, commit: str,
+               custom_ops: Path | None = None):
+    import torch
+
+    from ssd_deploy.runtime.backends import TorchBackend
+
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"date": datetime.date.today().isoformat(), "commit": commit, "machine": machine(), "steps": steps,
+              "prompt": prompt, "rows": [], "missing": {}}
+    for name in presets:
+        dtypes, batches, _ = PLAN[name]
+        reference = TorchBackend(work / f"ckpt-{name}", provider, "fp32", triton=False)
+        for dtype in dtypes:
+            backends, result["missing"][f"{name}-{dtype}"] = decode_backends(work, name, dtype, provider, custom_ops)
+            for batch in batches:
+                ids = np.random.default_rng(batch).integers(0, reference.config.vocab_size, (batch, prompt))
+                for label, backend in backends.items():
+                    row = {"preset": name, "dtype": dtype, "backend": label, **decode_point(backend, reference, ids,
+                                                                                           steps)}
+                    _log(f"{name} {dtype} {label} b{batch}: {row['decode_ms']:.3f} ms/token "
+                         f"[{row['decode_ms_min']:.3f}-{row['decode_ms_max']:.3f}], err "
+                         f"{row['prefill_err']:.1e}/{row['decode_err']:.1e}")
+                    result["rows"].append(row)
+            del backends
+            if provider == "cuda":
+                torch.cuda.empty_cache()
+            (out / "bench_ort_decode_graphs.json").write_text(json.dumps(result, indent=2))
+        del reference
+    lines = ["| preset | dtype | backend | batch | decode ms/token [min-max] | err prompt | err step |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['preset']} | {r['dtype']} | {r['backend']} | {r['batch']} | {r['decode_ms']:.3f} "
+              f"[{r['decode_ms_min']:.3f}-{r['decode_ms_max']:.3f}] | {r['prefill_err']:.1e} | {r['decode_err']:.1e} |"
+              for r in result["rows"]]
+    (out / "bench_ort_decode_graphs.md").write_text("\n".join(lines) + "\n")
+    click.echo(json.dumps({"missing": result["missing"]}, indent=1))
+    click.echo("\n".join(lines))
+
+
 @click.group()
 def main():
     pass
@@ -244,6 +344,21 @@ def prepare_cmd(work, presets, jobs, exports, dtypes):
                    "build` puts it)")
 def bench_cmd(work, out, presets, provider, steps, repeats, commit, ort_custom_ops):
     run_bench(work, out, presets.split(","), provider, steps, repeats, commit, ort_custom_ops)
+
+
+@main.command("decode")
+@click.option("--work", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--presets", default="130m,2.7b", show_default=True)
+@click.option("--provider", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True)
+@click.option("--steps", type=int, default=64, show_default=True, help="decode steps timed per point")
+@click.option("--prompt", type=int, default=16, show_default=True, help="prompt tokens, fed one per call")
+@click.option("--commit", default="unknown")
+@click.option("--ort-custom-ops", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="libssd_ort_custom_ops.so (default: $SSD_DEPLOY_ORT_CUSTOM_OPS, else where `ssd-deploy plugins "
+                   "build` puts it)")
+def decode_cmd(work, out, presets, provider, steps, prompt, commit, ort_custom_ops):
+    run_decode(work, out, presets.split(","), provider, steps, prompt, commit, ort_custom_ops)
 
 
 if __name__ == "__main__":

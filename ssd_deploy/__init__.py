@@ -97,13 +97,15 @@ def validate(export_dir: str | Path, ckpt: str | Path, *, backend: str = "ort", 
 
 
 def open_backend(model: str | Path, backend: str = "ort", provider: str = "cpu", *, engine: str | Path | None = None,
-                 plugins: str | Path | None = None, dtype: str = "fp32") -> Backend:
+                 plugins: str | Path | None = None, dtype: str = "fp32", cuda_graph: bool = False) -> Backend:
     """A stateful backend for ``generate``: ``"torch"`` (``model`` is a checkpoint directory; ``dtype`` its
     precision), ``"ort"`` (an export directory, ONNX Runtime on ``provider``) or ``"trt"`` (an export directory and
-    its TensorRT ``engine``). States stay where the backend computes between calls."""
+    its TensorRT ``engine``). States stay where the backend computes between calls. ``cuda_graph``: ``"ort"`` on
+    a decode export (``--graph decode``) with the cuda provider replays each step from ONNX Runtime's CUDA
+    graphs (docs/performance.md)."""
     from .runtime.backends import open_backend as open_runtime
 
-    return open_runtime(Path(model), backend, provider, _path(plugins), _path(engine), dtype)
+    return open_runtime(Path(model), backend, provider, _path(plugins), _path(engine), dtype, cuda_graph)
 
 
 def generate(backend: Backend, prompts: Sequence[Sequence[int]], options: SamplingOptions | None = None, *,

@@ -239,9 +239,11 @@ def _ints(text: str, what: str, least: int = 1) -> list[int]:
 @json_option("the generated ids (instead of streaming them)")
 @click.option("--verify-weights", is_flag=True, help="hash an export's weight files whatever their size (they are "
                                                      "always size-checked, and hashed up to 1 GiB)")
+@click.option("--cuda-graph", is_flag=True, help="ort with --provider cuda on a decode export (--graph decode): "
+                                                 "replay each step from ONNX Runtime's CUDA graph of its batch size")
 @user_errors
 def run(model, backend, provider, engine, plugins, url, served_model, prompt, input_ids, batch_file, tokenizer,
-        max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json, verify_weights):
+        max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json, verify_weights, cuda_graph):
     """Generate from MODEL: the prompt prefilled in one call, then token by token with carried states."""
     from .generate import SamplingOptions, default_eos, find_tokenizer
 
@@ -273,9 +275,13 @@ def run(model, backend, provider, engine, plugins, url, served_model, prompt, in
 
         verify(model, always_hash=True)
     if backend == "triton":  # one server-side sequence per prompt, run concurrently
+        if cuda_graph:
+            raise UserError("--cuda-graph: ONNX Runtime CUDA graphs are an option of the ort backend (a Triton "
+                            "server runs its own model)")
         backend_obj = None
     else:
-        backend_obj = api.open_backend(model, backend, provider, engine=engine, plugins=plugins)
+        backend_obj = api.open_backend(model, backend, provider, engine=engine, plugins=plugins,
+                                       cuda_graph=cuda_graph)
         if backend_obj.one_token_per_call and any(len(p) > 1 for p in prompts):
             click.echo("note: this export is a decode-only graph (--graph decode): the prompt is prefilled one "
                        "token per call", err=True)

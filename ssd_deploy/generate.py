@@ -88,7 +88,12 @@ def prefill(backend: Backend, prompts: list[list[int]]):
         return _forward_prompt(backend, np.array(prompts, np.int64), backend.zero_states(len(prompts)))
     if backend.packed:
         return backend.forward_packed(prompts, backend.zero_states(len(prompts)))
-    parts = [_forward_prompt(backend, np.array([p], np.int64), backend.zero_states(1)) for p in prompts]
+    parts = []
+    for p in prompts:
+        logits, states = _forward_prompt(backend, np.array([p], np.int64), backend.zero_states(1))
+        # where a one-token call rewrites what the last one returned (decode_reuses_states), the next prompt's
+        # steps would overwrite these states: a copy of them is kept (concat_states of one part copies)
+        parts.append((logits, backend.concat_states([states]) if backend.decode_reuses_states else states))
     return np.concatenate([logits for logits, _ in parts]), backend.concat_states([s for _, s in parts])
 
 

@@ -89,6 +89,39 @@ def assert_parity_every_length(ckpt, export_dir, model_file=None):
             assert rel_err(got[name], ref) < 1e-4, (length, name)
 
 
+def assert_graph_decode_matches(plain, graphs, reference, batches=(1, 3, 1), steps=8):
+    """Decode steps of ``graphs`` (a backend replaying CUDA graphs) from zero states, one batch size after another
+    in the same backend (new states each time), against ``plain`` (the same export without graphs: logits and
+    states within 1e-5) and ``reference`` (the float32 PyTorch listings: logits within 1e-4)."""
+    rng = np.random.default_rng()
+    for batch in batches:
+        tokens = rng.integers(0, reference.config.vocab_size, (batch, steps))
+        s_ref, s_plain, s_graph = reference.zero_states(batch), plain.zero_states(batch), graphs.zero_states(batch)
+        for t in range(steps):
+            ids = tokens[:, t:t + 1]
+            expected, s_ref = reference.forward(ids, s_ref)
+            logits_plain, s_plain = plain.forward(ids, s_plain)
+            logits, s_graph = graphs.forward(ids, s_graph)
+            assert rel_err(logits, logits_plain) <= 1e-5, (batch, t)
+            assert rel_err(logits, expected) <= 1e-4, (batch, t)
+        for k, ref in s_plain.items():
+            assert rel_err(s_graph[k], ref) <= 1e-5, k
+
+
+def ort_cuda_available() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def ort_cuda_test(fn):
+    """Marks a test of ONNX Runtime's CUDA provider: gpu, skipped without CUDA or without onnxruntime-gpu."""
+    for mark in (pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+                 pytest.mark.skipif(not ort_cuda_available(), reason="needs onnxruntime-gpu (CUDAExecutionProvider)")):
+        fn = mark(fn)
+    return fn
+
+
 TINY = preset("tiny")
 # tiny variants covering every branch of the contract: one group, groups > 1, D per head-dim, dt clamp, untied head
 VARIANTS = {

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import TINY, rel_err
+from conftest import TINY, ort_cuda_available, ort_cuda_test, rel_err
 from ssd_deploy.cli import main
 from ssd_deploy.config import load_config
 from ssd_deploy.errors import UserError
@@ -224,7 +224,7 @@ def test_run_missing_runtime(untied):
     """A provider or device this machine does not have gets one message (the other half runs on the GPU)."""
     ckpt, exports = untied
     args = ["--input-ids", "1,2", "--max-new-tokens", "2", "--provider", "cuda"]
-    if not _ort_cuda():
+    if not ort_cuda_available():
         r = CliRunner().invoke(main, ["run", str(exports["ort"]), *args])
         assert r.exit_code == 2 and "install onnxruntime-gpu" in r.output
     if not torch.cuda.is_available():
@@ -271,19 +271,6 @@ def test_cuda_graph_decode_matches_eager(untied, triton):
 
 
 # ---------------------------------------------------------------- GPU: ONNX Runtime's CUDA provider
-
-def _ort_cuda() -> bool:
-    import onnxruntime
-
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-def ort_cuda_test(fn):
-    for mark in (pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-                 pytest.mark.skipif(not _ort_cuda(), reason="needs onnxruntime-gpu (CUDAExecutionProvider)")):
-        fn = mark(fn)
-    return fn
-
 
 @pytest.mark.parametrize("kernels", ["reference", "triton"])
 @ort_cuda_test

@@ -33,7 +33,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from conftest import TINY, VARIANTS, reference_outputs, random_states, rel_err
+from conftest import TINY, VARIANTS, ort_cuda_test, reference_outputs, random_states, rel_err
 from ssd_deploy import plugin_contracts
 from ssd_deploy.onnx import trt
 from ssd_deploy.onnx.export import IR_VERSION  # the installed onnx may write a newer one than ORT loads
@@ -424,17 +424,7 @@ def test_library_path_names_the_missing_build(monkeypatch, tmp_path):
 
 # --- on the GPU ---------------------------------------------------------------------------------------------------
 
-def _ort_cuda() -> bool:
-    import onnxruntime
-
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-def gpu_test(fn):
-    for mark in (pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-                 pytest.mark.skipif(not _ort_cuda(), reason="needs onnxruntime-gpu (CUDAExecutionProvider)")):
-        fn = mark(fn)
-    return fn
+gpu_test = ort_cuda_test
 
 
 def _cuda_session(model: bytes, lib: Path):
@@ -739,3 +729,20 @@ def test_greedy_generation_token_for_token(lib, make_checkpoint, tmp_path):
     path = export(ckpt, tmp_path / "trt-decode", ExportOptions(flavor="trt", graph="decode")).parent
     backend = OrtBackend(path, "cuda", custom_ops=lib)
     assert backend.one_token_per_call and generate(backend, prompts, opts) == expected
+
+
+@gpu_test
+def test_decode_graph_replayed_from_cuda_graphs(lib, make_checkpoint, tmp_path):
+    """The `trt` decode export with our kernels as custom ops, its steps replayed from ONNX Runtime's CUDA graphs
+    (the kernels launch on the stream ONNX Runtime hands them, the one it captures), batch 1 then 3 in one backend:
+    the plain custom-op steps' logits and states, the float32 PyTorch listings' logits."""
+    from conftest import assert_graph_decode_matches
+    from ssd_deploy.onnx.export import ExportOptions, export
+    from ssd_deploy.runtime.backends import OrtBackend, TorchBackend
+
+    ckpt = make_checkpoint(VARIANTS["g4"], "hf", seed=3)
+    path = export(ckpt, tmp_path / "trt-decode", ExportOptions(flavor="trt", graph="decode", logits="last")).parent
+    graphs = OrtBackend(path, "cuda", custom_ops=lib, cuda_graph=True)
+    assert graphs.name == "ort-trt-customops-cuda-graphs"
+    assert_graph_decode_matches(OrtBackend(path, "cuda", custom_ops=lib), graphs, TorchBackend(ckpt, "cpu"))
+    assert sorted(graphs.graphs.batches) == [1, 3]

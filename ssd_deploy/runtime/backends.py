@@ -6,10 +6,10 @@ for PyTorch and TensorRT, numpy on ONNX Runtime CPU, CUDA buffers bound through 
 there is no host round trip of the states per token. Only the last position's logits come back to the host.
 
 States handed to ``forward`` are never written, and what it returns is the caller's, except on a backend with
-``decode_reuses_states`` (the torch backend's CUDA-graph decode, runtime/cuda_graphs.py): there the states a
-one-token call returns stay valid only until the next one-token call with the same batch size, which rewrites them
-in place whatever states it is given (no copy per step). A caller that keeps such states past that call copies
-them first.
+``decode_reuses_states`` (the torch backend's CUDA-graph decode, runtime/cuda_graphs.py; ONNX Runtime's,
+runtime/ort_graphs.py): there the states a one-token call returns stay valid only until the next one-token call
+with the same batch size, which rewrites them whatever states it is given (no copy per step). A caller that keeps
+such states past that call copies them first.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from ..errors import UserError
 from ..config import Mamba2Config
-from ..interface import CU_SEQLENS, DTYPES, INPUT_IDS, LOGITS, dtype_of, read_metadata, verify_weights
+from ..interface import CU_SEQLENS, DTYPES, INPUT_IDS, LOGITS, read_metadata, verify_weights
 from .feeds import carried_states, zero_states
 from .kinds import BACKENDS
 
@@ -133,12 +133,15 @@ class TorchBackend(Backend):
 
 class OrtBackend(Backend):
     def __init__(self, export_dir: Path, provider: str = "cpu", io_binding: bool | None = None,
-                 custom_ops: Path | None = None):
+                 custom_ops: Path | None = None, cuda_graph: bool = False):
         """``io_binding`` (default: on for CUDA): states and logits live in torch tensors on the provider's device,
         bound to the session's inputs and outputs, instead of numpy arrays fed and fetched by ``run``.
         ``custom_ops``: for a `trt` export on the CUDA provider, the ONNX Runtime custom-op library of
         plugins/ort_custom_ops (``kernels.ort_custom_ops_path()``), which runs the shipped graph's plugin nodes with
-        our CUDA kernels; without it a `trt` export runs through its standard-op validation copy."""
+        our CUDA kernels; without it a `trt` export runs through its standard-op validation copy.
+        ``cuda_graph``: for a decode export (``--graph decode``) on the CUDA provider, each step replayed from
+        ONNX Runtime's CUDA graph of its batch size, the states in buffers the graphs own
+        (runtime/ort_graphs.py, ``decode_reuses_states``)."""
         from .ort_runner import ort_session
         from .validation_copy import validation_model
 
@@ -146,15 +149,19 @@ class OrtBackend(Backend):
         if custom_ops is not None and (self.meta.flavor != "trt" or provider != "cuda"):
             raise UserError(f"{export_dir}: the custom-op library runs `trt` exports on the cuda provider "
                             f"(this is a `{self.meta.flavor}` export, provider {provider})")
+        if cuda_graph and (provider != "cuda" or self.meta.graph != "decode" or io_binding is False):
+            raise UserError(f"{export_dir}: ONNX Runtime CUDA graphs replay a decode export (--graph decode) on the "
+                            f"cuda provider with IO binding (this is a `{self.meta.graph}` graph, provider "
+                            f"{provider}{', IO binding off' if io_binding is False else ''})")
         verify_weights(export_dir, self.meta)  # sizes always, sha256 up to interface.HASH_LIMIT
         self.config, self.recipe, self.dtype = self.meta.config, self.meta.recipe, self.meta.dtype
         self.one_token_per_call = self.meta.graph == "decode"
         self.custom_ops = custom_ops
         if custom_ops is not None:  # the very graph TensorRT receives, its plugin nodes on our kernels
-            self.session = ort_session(export_dir, provider, custom_ops=custom_ops)
+            self.session = ort_session(export_dir, provider, custom_ops=custom_ops, cuda_graph=cuda_graph)
         else:
             with validation_model(export_dir) as path:  # trt exports run through their standard-op validation copy
-                self.session = ort_session(export_dir, provider, path)
+                self.session = ort_session(export_dir, provider, path, cuda_graph=cuda_graph)
         self.provider = provider
         self.device = "cuda" if provider == "cuda" else "cpu"
         self.io_binding = provider == "cuda" if io_binding is None else io_binding
@@ -162,10 +169,16 @@ class OrtBackend(Backend):
         # a packed graph (cu_seqlens input) serves every call: packed prefills, equal-length batches, decode steps
         self.packed = self.meta.graph == "packed"
         self.name = (f"ort-{self.meta.flavor}{chunked}{'-packed' if self.packed else ''}"
-                     f"{'-customops' if custom_ops is not None else ''}-{provider}")
+                     f"{'-customops' if custom_ops is not None else ''}-{provider}{'-graphs' if cuda_graph else ''}")
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.vocab = self.session.get_outputs()[self.outputs.index(LOGITS)].shape[-1]
         self.logits_dtype = DTYPES[self.meta.dtype].torch
+        self.graphs = None
+        if cuda_graph:
+            from .ort_graphs import OrtDecodeGraphs
+
+            self.graphs = OrtDecodeGraphs(self.session, self.meta, self.vocab, self.logits_dtype)
+            self.decode_reuses_states = True
 
     def zero_states(self, batch: int):
         host = zero_states(self.meta, batch)
@@ -173,6 +186,9 @@ class OrtBackend(Backend):
 
     def forward(self, ids, states):
         ids = np.ascontiguousarray(ids, np.int64)
+        if self.graphs is not None and ids.shape[1] == 1:
+            logits, new = self.graphs(ids, states)  # the graphs' buffer: the caller's logits are a copy
+            return logits[:, -1].to("cpu", torch.float32, copy=True).numpy(), new
         if self.packed:  # b sequences of l tokens each
             b, l = ids.shape
             return self._run(ids.reshape(1, b * l), states, np.arange(0, b * l + 1, l, dtype=np.int64))
@@ -201,27 +217,26 @@ class OrtBackend(Backend):
     def _run_bound(self, inputs, states, cu):
         """States and logits bound to torch buffers on the device: on CUDA the states never leave it, and bf16
         logits (which numpy cannot hold) come back through torch."""
+        from .ort_runner import NO_GRAPH, bind_tensor, run_options
+
         binding = self.session.io_binding()
         for name, value in inputs.items():
             binding.bind_cpu_input(name, value)
         ids = inputs[INPUT_IDS]
-
-        def bind(bind_fn, name, t):  # IO binding takes ONNX element types: numpy has no bfloat16
-            bind_fn(name, self.device, 0, dtype_of(t.dtype).onnx, tuple(t.shape), t.data_ptr())
-
         for name, t in states.items():
-            bind(binding.bind_input, name, t)
+            bind_tensor(binding.bind_input, name, t)
         new = {s.name: torch.empty_like(states[s.name]) for s in self.meta.states}
         for s in self.meta.states:
-            bind(binding.bind_output, s.output, new[s.name])
+            bind_tensor(binding.bind_output, s.output, new[s.name])
         if self.meta.logits == "last":
             shape = (ids.shape[0] if cu is None else len(cu) - 1, 1)
         else:
             shape = ids.shape
         logits = torch.empty((*shape, self.vocab), dtype=self.logits_dtype, device=self.device)
-        bind(binding.bind_output, LOGITS, logits)
+        bind_tensor(binding.bind_output, LOGITS, logits)
         self.synchronize()  # torch's writes to the inputs must land before ORT's stream reads them
-        self.session.run_with_iobinding(binding)  # returns once ORT's stream is done (ORT's default)
+        # returns once ORT's stream is done (ORT's default); a CUDA-graph session runs other calls without a graph
+        self.session.run_with_iobinding(binding, run_options(NO_GRAPH) if self.graphs is not None else None)
         return self._last(logits, cu).float().cpu().numpy(), new
 
     def concat_states(self, parts):
@@ -254,10 +269,14 @@ class TrtBackend(Backend):
 
 
 def open_backend(model: Path, backend: str, provider: str = "cpu", plugins: Path | None = None,
-                 engine: Path | None = None, dtype: str = "fp32") -> Backend:
-    """MODEL is a checkpoint directory for the torch backend, an export directory otherwise."""
+                 engine: Path | None = None, dtype: str = "fp32", cuda_graph: bool = False) -> Backend:
+    """MODEL is a checkpoint directory for the torch backend, an export directory otherwise. ``cuda_graph``: ONNX
+    Runtime's CUDA-graph decode (OrtBackend); the torch backend on CUDA replays its decode from CUDA graphs anyway."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if cuda_graph and backend != "ort":
+        raise UserError(f"ONNX Runtime CUDA graphs are an option of the ort backend (got {backend}; the torch "
+                        f"backend on cuda replays its decode steps from CUDA graphs already)")
     model = Path(model)
     if not model.is_dir():
         raise UserError(f"{model}: not a directory")
@@ -266,5 +285,5 @@ def open_backend(model: Path, backend: str, provider: str = "cpu", plugins: Path
             raise UserError(f"{model}: the torch backend needs a checkpoint directory (with config.json)")
         return TorchBackend(model, provider, dtype, cuda_graphs=True)
     if backend == "ort":
-        return OrtBackend(model, provider)
+        return OrtBackend(model, provider, cuda_graph=cuda_graph)
     return TrtBackend(model, engine, plugins)
