@@ -19,7 +19,8 @@ Two phases, so that checkpoints and exports (CPU work) can be made while other t
 without ONNX Runtime's CUDA graphs (docs/performance.md, "ONNX Runtime CUDA graphs"), beside the PyTorch model on
 Triton with CUDA graphs; the prompt is fed one token per call, then each step is timed (median of --steps):
 
-    PYTHONPATH=. python benchmarks/bench_backends_gpu.py decode --work /tmp/sb --out OUT
+    PYTHONPATH=. python benchmarks/bench_backends_gpu.py prepare --work /tmp/sb --graphs decode --dtypes fp16
+    PYTHONPATH=. python benchmarks/bench_backends_gpu.py decode --work /tmp/sb --out OUT --dtypes fp16
 
 needs onnxruntime-gpu (CUDA 13 build) for the ONNX Runtime rows, and the custom-op library (`ssd-deploy plugins
 build` with ONNX Runtime headers, or --ort-custom-ops PATH) for the `ort-trt-customops` row; without them those rows
@@ -80,7 +81,8 @@ def _export_one(args) -> str:
     return f"{out.name}: exported in {time.perf_counter() - t:.0f} s"
 
 
-def prepare(work: Path, presets: list[str], jobs: int, exports: bool = True, dtypes: list[str] | None = None):
+def prepare(work: Path, presets: list[str], jobs: int, exports: bool = True, dtypes: list[str] | None = None,
+            graphs: tuple[str, ...] = ("unified", "decode")):
     work.mkdir(parents=True, exist_ok=True)
     tasks = []
     for name in presets:
@@ -90,9 +92,9 @@ def prepare(work: Path, presets: list[str], jobs: int, exports: bool = True, dty
             write_checkpoint(random_model(preset(name), seed=0), ckpt, "hf")
             _log(f"checkpoint {name} written in {time.perf_counter() - t:.0f} s")
         tasks += [(ckpt, _export_dir(work, name, d, f), f, d, "unified") for d in dtypes or PLAN[name][0]
-                  for f in (*FLAVORS, CUSTOM_OPS_FLAVOR) if exports]
+                  for f in (*FLAVORS, CUSTOM_OPS_FLAVOR) if exports and "unified" in graphs]
         tasks += [(ckpt, _decode_dir(work, name, d, f), f, d, "decode") for d in dtypes or PLAN[name][0]
-                  for f in DECODE_FLAVORS if exports]
+                  for f in DECODE_FLAVORS if exports and "decode" in graphs]
     # the exporter is mostly single-threaded Python; spawn, since forking a process that has run torch's thread
     # pools can deadlock the children
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -279,7 +281,7 @@ def decode_point(backend, reference, ids: np.ndarray, steps: int) -> dict:
 
 
 def run_decode(work: Path, out: Path, presets: list[str], provider: str, steps: int, prompt: int, commit: str,
-               custom_ops: Path | None = None):
+               custom_ops: Path | None = None, dtypes: list[str] | None = None):
     import torch
 
     from ssd_deploy.runtime.backends import TorchBackend
@@ -288,9 +290,9 @@ def run_decode(work: Path, out: Path, presets: list[str], provider: str, steps: 
     result = {"date": datetime.date.today().isoformat(), "commit": commit, "machine": machine(), "steps": steps,
               "prompt": prompt, "rows": [], "missing": {}}
     for name in presets:
-        dtypes, batches, _ = PLAN[name]
+        planned, batches, _ = PLAN[name]
         reference = TorchBackend(work / f"ckpt-{name}", provider, "fp32", triton=False)
-        for dtype in dtypes:
+        for dtype in dtypes or planned:
             backends, result["missing"][f"{name}-{dtype}"] = decode_backends(work, name, dtype, provider, custom_ops)
             for batch in batches:
                 ids = np.random.default_rng(batch).integers(0, reference.config.vocab_size, (batch, prompt))
@@ -327,8 +329,10 @@ def main():
 @click.option("--jobs", type=int, default=4, show_default=True)
 @click.option("--exports/--no-exports", default=True, show_default=True, help="--no-exports: the PyTorch rows only")
 @click.option("--dtypes", default=None, help="comma-separated export dtypes (default: the preset's plan)")
-def prepare_cmd(work, presets, jobs, exports, dtypes):
-    prepare(work, presets.split(","), jobs, exports, dtypes.split(",") if dtypes else None)
+@click.option("--graphs", default="unified,decode", show_default=True,
+              help="which exports: unified (for bench), decode (for decode)")
+def prepare_cmd(work, presets, jobs, exports, dtypes, graphs):
+    prepare(work, presets.split(","), jobs, exports, dtypes.split(",") if dtypes else None, tuple(graphs.split(",")))
 
 
 @main.command("bench")
@@ -353,12 +357,14 @@ def bench_cmd(work, out, presets, provider, steps, repeats, commit, ort_custom_o
 @click.option("--provider", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True)
 @click.option("--steps", type=int, default=64, show_default=True, help="decode steps timed per point")
 @click.option("--prompt", type=int, default=16, show_default=True, help="prompt tokens, fed one per call")
+@click.option("--dtypes", default=None, help="comma-separated export dtypes (default: the preset's plan)")
 @click.option("--commit", default="unknown")
 @click.option("--ort-custom-ops", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="libssd_ort_custom_ops.so (default: $SSD_DEPLOY_ORT_CUSTOM_OPS, else where `ssd-deploy plugins "
                    "build` puts it)")
-def decode_cmd(work, out, presets, provider, steps, prompt, commit, ort_custom_ops):
-    run_decode(work, out, presets.split(","), provider, steps, prompt, commit, ort_custom_ops)
+def decode_cmd(work, out, presets, provider, steps, prompt, dtypes, commit, ort_custom_ops):
+    run_decode(work, out, presets.split(","), provider, steps, prompt, commit, ort_custom_ops,
+               dtypes.split(",") if dtypes else None)
 
 
 if __name__ == "__main__":
