@@ -50,6 +50,7 @@ from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ssd_deploy.checkpoint import random_model
@@ -162,42 +163,72 @@ def warm_up(seconds: float = 5.0):
 
 
 def onnx_backends(work: Path, name: str, dtype: str, custom_ops: Path | None) -> tuple[dict, dict]:
-    """The ONNX Runtime CUDA rows' (backend, export folder), by label, and why any is missing."""
-    from bench_backends_gpu import CUSTOM_OPS_FLAVOR, CUSTOM_OPS_LABEL, _custom_ops, _export_dir
+    """The ONNX Runtime CUDA rows, by label: (backend, export folder, its decode-graph backend or None), and why
+    any is missing. The decode graphs (``--graph decode`` exports of the same flavor, ONNX Runtime's CUDA graphs:
+    runtime/ort_graphs.py) take over the unified export's prefill states, as a server would."""
+    from bench_backends_gpu import CUSTOM_OPS_FLAVOR, CUSTOM_OPS_LABEL, _custom_ops, _decode_dir, _export_dir
 
     from ssd_deploy.errors import UserError
     from ssd_deploy.runtime.backends import OrtBackend
 
-    folders = {"ort-ort": _export_dir(work, name, dtype, "ort"),
-               CUSTOM_OPS_LABEL: _export_dir(work, name, dtype, CUSTOM_OPS_FLAVOR)}
-    makers = {"ort-ort": lambda: OrtBackend(folders["ort-ort"], "cuda"),
-              CUSTOM_OPS_LABEL: lambda: OrtBackend(folders[CUSTOM_OPS_LABEL], "cuda",
-                                                   custom_ops=_custom_ops(custom_ops))}
+    flavors = {"ort-ort": ("ort", None), CUSTOM_OPS_LABEL: (CUSTOM_OPS_FLAVOR, lambda: _custom_ops(custom_ops))}
     opened, missing = {}, {}
-    for label, make in makers.items():
+    for label, (flavor, ops) in flavors.items():
         try:
-            opened[label] = (make(), folders[label])
+            folder = _export_dir(work, name, dtype, flavor)
+            backend = OrtBackend(folder, "cuda", custom_ops=ops and ops())
         except (UserError, OSError, RuntimeError, ImportError) as e:
             missing[label] = str(e)[:500]
             log(f"{name} {label}: not run: {missing[label]}")
+            continue
+        try:
+            graphs = OrtBackend(_decode_dir(work, name, dtype, flavor), "cuda", custom_ops=ops and ops(),
+                                cuda_graph=True)
+        except (UserError, OSError, RuntimeError, ImportError) as e:
+            graphs, missing[f"{label}-decode-graphs"] = None, str(e)[:500]
+            log(f"{name} {label}-decode-graphs: not run: {missing[f'{label}-decode-graphs']}")
+        opened[label] = (backend, folder, graphs)
     return opened, missing
+
+
+def graph_decode(unified, graphs, host, steps: int) -> dict:
+    """Decode ms/token through ``graphs`` from the unified export's prefill states, and the relative error of its
+    first step against the unified graph's own step from the same states."""
+    from ssd_deploy import bench
+
+    logits, states = unified.forward(host, unified.zero_states(host.shape[0]))
+    token = logits.argmax(-1)[:, None]
+    want, _ = unified.forward(token, states)
+    got, states = graphs.forward(token, states)
+    out = {"err_vs_unified_step": float(np.linalg.norm(got - want) / np.linalg.norm(want))}
+    for _ in range(3):  # warm-up: the first call of a batch size captures its graphs
+        got, states = graphs.forward(got.argmax(-1)[:, None], states)
+    times = []
+    for _ in range(steps):
+        t, (got, states) = bench._timed(graphs, lambda: graphs.forward(got.argmax(-1)[:, None], states))
+        times.append(t * 1e3)
+    out["decode_ms"] = summary(times)
+    return out
 
 
 def onnx_points(backends: dict, ids: torch.Tensor, ref: torch.Tensor, decode_tokens: int, repeats: int,
                 profile: bool) -> dict:
-    """Prefill ms and decode ms/token of each ONNX Runtime backend on the same prompt, parity against ``ref``;
-    with ``profile``, ONNX Runtime's own profile of a prefill and a step (time by op type and provider)."""
+    """Prefill ms and decode ms/token of each ONNX Runtime backend on the same prompt, parity against ``ref``, and
+    its decode graphs' ms/token; with ``profile``, ONNX Runtime's own profile of a prefill and a step (time by op
+    type and provider)."""
     from bench_backends_gpu import ort_placement
 
     from ssd_deploy import bench
 
     host = ids.cpu().numpy()
     out = {}
-    for label, (backend, folder) in backends.items():
+    for label, (backend, folder, graphs) in backends.items():
         logits, _ = backend.forward(host, backend.zero_states(host.shape[0]))
         pre, step = bench.timings(backend, host, decode_tokens, repeats)
         out[label] = {"prefill_ms": summary([t * 1e3 for t in pre]), "decode_ms": summary([t * 1e3 for t in step]),
                       "err": rel(torch.from_numpy(logits), ref.cpu()), "dtype": backend.dtype}
+        if graphs is not None:
+            out[label]["decode_graphs"] = graph_decode(backend, graphs, host, decode_tokens)
         if profile:
             out[label]["ort_profile"] = ort_placement(folder, backend, host)
     return out
@@ -357,12 +388,15 @@ def main():
     onnx_rows = [(p["preset"], q, label, r) for p in report["presets"] for q in p["points"]
                  for label, r in q.get("onnx", {}).items()]
     if onnx_rows:
-        print("\n| model, b | ONNX Runtime CUDA | prefill ms (mamba_ssm ÷ it) | decode ms/token (mamba_ssm ÷ it) | err |")
+        print("\n| model, b | ONNX Runtime CUDA | prefill ms (mamba_ssm ÷ it) | decode ms/token (mamba_ssm ÷ it) | "
+              "decode graphs ms/token (mamba_ssm ÷ it) | err |")
         for name, q, label, r in onnx_rows:
-            pre, dec = r["prefill_ms"]["median"], r["decode_ms"]["median"]
+            pre, dec, theirs = r["prefill_ms"]["median"], r["decode_ms"]["median"], q["decode_ms_mamba_ssm"]["median"]
+            g = r.get("decode_graphs")
+            graphs = f"{g['decode_ms']['median']:.3f} ({theirs / g['decode_ms']['median']:.2f}x)" if g else "–"
             print(f"| {name}, {q['batch']} | {label} ({r['dtype']}) | {pre:.2f} "
-                  f"({q['prefill_ms_mamba_ssm']['median'] / pre:.2f}x) | {dec:.3f} "
-                  f"({q['decode_ms_mamba_ssm']['median'] / dec:.2f}x) | {r['err']:.1e} |")
+                  f"({q['prefill_ms_mamba_ssm']['median'] / pre:.2f}x) | {dec:.3f} ({theirs / dec:.2f}x) | {graphs} | "
+                  f"{r['err']:.1e} |")
     for p in report["presets"]:
         for label, why in p.get("onnx_missing", {}).items():
             print(f"{p['preset']} {label}: not run: {why[:200]}")
