@@ -165,7 +165,8 @@ def test_interpreter_parity(interpreter_results, name):
     check(name, interpreter_results[name], cases("cpu", large=False)[name][2])
 
 
-def sm90_ptx(kernel, types: dict, constexprs: dict, num_warps: int = 4, divisible: tuple[str, ...] = ()) -> str:
+def sm90_ptx(kernel, types: dict, constexprs: dict, num_warps: int = 4, divisible: tuple[str, ...] = (),
+             num_stages: int = 3) -> str:
     """The kernel compiled for sm_90 by Triton's own pipeline (down to a cubin with the ptxas Triton ships), no GPU
     needed: what the interpreter cannot check (types and shapes of compiled mode, the barriers and atomics).
     ``divisible``: arguments specialised as multiples of 16 (pointers: 16-byte aligned), as a launch does for such
@@ -180,7 +181,7 @@ def sm90_ptx(kernel, types: dict, constexprs: dict, num_warps: int = 4, divisibl
     signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
     assert compiled.asm.get("cubin"), "no cubin"
     return compiled.asm["ptx"]
 

@@ -11,12 +11,13 @@ own; here every program recomputes it: the row is at most a few thousand channel
 BLOCK_N × K weight block the program streams.
 
 One pass: the norm is a per-row (per-group) scalar, so the program accumulates the products with the UNnormalised
-activations and each group's sum of squares side by side and scales at the end of the group. The listings round the
-normalised activations to the model dtype before the projection; this kernel does not (fp32 throughout): in bf16 the
-results differ by that rounding, well inside the 1e-2 tolerance, and in fp32 by summation order only.
+activations (times the norm weight) and each group's sum of squares side by side and scales at the end of the
+group. The products run on the tensor cores, the activations rounded to the weight's dtype as the listings round the
+normalised activations before the projection (the rounding differs by the rstd factor: bf16 results differ from the
+listing's by rounding, well inside 1e-2; fp32 operands are not rounded, ``dot_precision``).
 
-Each program owns BLOCK_N output channels for every row of the batch (BB, the batch rounded up to a power of two,
-at most ``MAX_BATCH``), so each weight block is read from memory once per step.
+Each program owns BLOCK_N output channels for every row of the batch (a tile of ``MAX_BATCH`` rows, the rows past
+the batch zero), so each weight block is read from memory once per step.
 """
 
 from __future__ import annotations
@@ -25,57 +26,61 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import on_device, tuned
+from .common import dot_precision, on_device, tuned
 
-MAX_BATCH = 8  # the [BB, BLOCK_N, BLOCK_K] product lives in registers; larger batches are GEMMs (cuBLAS)
-_REGISTERS = 128  # fp32 product elements per thread that a config may hold (more spills)
+MAX_BATCH = 16  # the rows of one tensor-core tile; larger batches are GEMMs (cuBLAS)
 
-
-def _fits(configs, named_args, **kwargs):
-    """Configs whose product tile fits in registers at this batch; the smallest one if none does."""
-    bb = named_args["BB"] if "BB" in named_args else kwargs["BB"]
-    size = {id(c): bb * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] / (32 * c.num_warps) for c in configs}
-    fit = [c for c in configs if size[id(c)] <= _REGISTERS]
-    return fit or [min(configs, key=lambda c: size[id(c)])]
-
-
-# The first config is the one used untuned (interpreter, SSD_DEPLOY_TRITON_AUTOTUNE=0): 16 rows × 256 channels of
-# bf16 per iteration are 16-byte loads, 4 per thread, and 660 programs for a 2.7b in_proj.
-CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
-           for n, k, w in ((16, 256, 4), (8, 256, 4), (4, 512, 4), (32, 128, 4), (8, 512, 8), (16, 512, 8),
-                           (32, 256, 8), (4, 128, 4))]
+# (BLOCK_N, BLOCK_K, warps, stages). The first is the one used untuned (interpreter,
+# SSD_DEPLOY_TRITON_AUTOTUNE=0): 660 programs for a 2.7b in_proj, each with two 8 KB weight blocks in flight.
+# Longer blocks of K and more stages put more bytes in flight per program, which a batch-1 GEMV is bound by where
+# the grid is small (out_proj: d_model outputs).
+CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+           for n, k, w, st in ((16, 256, 4, 3), (16, 512, 4, 3), (16, 256, 4, 5), (16, 128, 4, 6), (32, 256, 4, 3),
+                               (32, 128, 4, 4), (64, 128, 4, 4), (16, 1024, 4, 2))]
 
 
-@tuned(CONFIGS, key=["N", "K", "BB", "ngroups", "GATED", "ADD_RESIDUAL"],
-       prune_configs_by={"early_config_prune": _fits})
+@triton.jit
+def _k_block(i, blocks_per_group, group_size, K, BLOCK_K: tl.constexpr):
+    """Channels of the i-th block of K and their mask: the blocks walk each group in turn, none straddles two."""
+    within = (i % blocks_per_group) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs = (i // blocks_per_group) * group_size + within
+    return offs, (within < group_size) & (offs < K)
+
+
+@tuned(CONFIGS, key=["N", "K", "ngroups", "GATED", "ADD_RESIDUAL"])
 @triton.jit
 def _norm_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, batch, N, K, ngroups, group_size,
                       stride_xb, stride_zb, eps,
                       GATED: tl.constexpr, HAS_BIAS: tl.constexpr, ADD_RESIDUAL: tl.constexpr, BB: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # A [BB, BLOCK_K] x [BLOCK_K, BLOCK_N] product per block of K on the tensor cores (rows past the batch are
+    # zeros): Triton streams the weight blocks of a tl.dot loop through shared memory ahead of use (num_stages),
+    # which is what keeps enough bytes in flight; it pipelines no plain loads.
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_b = tl.arange(0, BB)
     nmask = offs_n < N
     bmask = offs_b < batch
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * K
+    blocks_per_group = tl.cdiv(group_size, BLOCK_K)
     acc = tl.zeros([BB, BLOCK_N], dtype=tl.float32)
-    for g in range(0, ngroups):
-        part = tl.zeros([BB, BLOCK_N], dtype=tl.float32)
-        sumsq = tl.zeros([BB], dtype=tl.float32)
-        for k0 in range(0, group_size, BLOCK_K):
-            offs_k = g * group_size + k0 + tl.arange(0, BLOCK_K)
-            kmask = k0 + tl.arange(0, BLOCK_K) < group_size
-            xmask = bmask[:, None] & kmask[None, :]
-            v = tl.load(x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :], mask=xmask, other=0.0).to(tl.float32)
-            if GATED:
-                z = tl.load(z_ptr + offs_b[:, None] * stride_zb + offs_k[None, :], mask=xmask, other=0.0)
-                z = z.to(tl.float32)
-                v = v * z * tl.sigmoid(z)
-            sumsq += tl.sum(v * v, axis=1)
-            v = v * tl.load(nw_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)[None, :]
-            w = tl.load(w_rows + offs_k[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
-            part += tl.sum(v[:, None, :] * w[None, :, :], axis=2)
-        acc += part / tl.sqrt(sumsq / group_size + eps)[:, None]
+    part = tl.zeros([BB, BLOCK_N], dtype=tl.float32)  # the current group's products, unnormalised
+    squares = tl.zeros([BB, BLOCK_K], dtype=tl.float32)
+    for i in range(0, ngroups * blocks_per_group):
+        offs_k, kmask = _k_block(i, blocks_per_group, group_size, K, BLOCK_K)
+        w = tl.load(w_rows + offs_k[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+        xmask = bmask[:, None] & kmask[None, :]
+        v = tl.load(x_ptr + offs_b[:, None] * stride_xb + offs_k[None, :], mask=xmask, other=0.0).to(tl.float32)
+        if GATED:
+            z = tl.load(z_ptr + offs_b[:, None] * stride_zb + offs_k[None, :], mask=xmask, other=0.0)
+            z = z.to(tl.float32)
+            v = v * z * tl.sigmoid(z)
+        squares += v * v
+        v = v * tl.load(nw_ptr + offs_k, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        part = tl.dot(v.to(w.dtype), tl.trans(w), part, input_precision=PRECISION)
+        if i % blocks_per_group == blocks_per_group - 1:  # the group ends: its rms is known
+            acc += part / tl.sqrt(tl.sum(squares, axis=1) / group_size + eps)[:, None]
+            part = tl.zeros([BB, BLOCK_N], dtype=tl.float32)
+            squares = tl.zeros([BB, BLOCK_K], dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
     # the projection's output is in the weight's dtype, as F.linear's
@@ -124,5 +129,5 @@ def norm_gemv(x, norm_weight, eps, weight, bias=None, *, gate=None, group_size=N
             x if residual is None else residual, out, b, n, k, k // group_size, group_size, x.stride(0),
             0 if gate is None else gate.stride(0), float(eps),
             GATED=gate is not None, HAS_BIAS=bias is not None, ADD_RESIDUAL=residual is not None,
-            BB=max(1, triton.next_power_of_2(b)))
+            BB=MAX_BATCH, PRECISION=dot_precision(weight.dtype))
     return out
