@@ -81,6 +81,9 @@ def export_options(fn):
         click.option("--prefill", type=Choice(CHOICES["prefill"], "prefill"), default=None,
                      help="ort flavor: calls of more than one token on LinearAttention, or on the portable chunked "
                           "scan (faster on ONNX Runtime's CUDA provider)  [default: contrib]"),
+        click.option("--companion", type=Choice(CHOICES["companion"], "companion"), default=None,
+                     help="decode: also a single-token graph on the same weights file, which `run` uses for decode "
+                          "steps (docs/graph-interface.md)  [default: none]"),
         click.option("--quant", type=Choice(CHOICES["quant"], "quantization"), default=None,
                      help="weight-only quantization of in_proj, out_proj and lm_head (docs/quantization.md)  "
                           "[default: none]"),

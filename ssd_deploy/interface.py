@@ -24,6 +24,9 @@ from .errors import UserError
 PREFIX = "ssd_deploy."
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+# the decode companion (ExportMetadata.companion == "decode"): a single-token graph beside model.onnx whose weights
+# are references into the same DATA_FILE (same names, offsets and lengths); runtimes use it for one-token calls
+DECODE_FILE = "decode.onnx"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class ExportMetadata:
     state_dtype: str = "fp32"
     ssm_layout: str = LAYOUT_SSM
     prefill: str | None = None  # ort flavor: the scan of calls longer than one token, "contrib" | "chunked"
+    companion: str = "none"  # "decode": DECODE_FILE is beside this graph (its size and sha256 in ``weights``)
     recipe: dict = field(default_factory=dict)
     # {file name or INLINE_WEIGHTS: {"bytes": n, "sha256": hex}}, recorded after the weights were written
     weights: dict = field(default_factory=dict)
@@ -115,7 +119,8 @@ class ExportMetadata:
                                      ("state dtype", self.state_dtype, tuple(DTYPES)),
                                      ("graph", self.graph, options.GRAPHS), ("logits", self.logits, options.LOGITS),
                                      ("ssm layout", self.ssm_layout, (LAYOUT_SSM, LAYOUT_SSM_NP)),
-                                     ("prefill", self.prefill, (None, *options.PREFILLS))]:
+                                     ("prefill", self.prefill, (None, *options.PREFILLS)),
+                                     ("companion", self.companion, options.COMPANIONS)]:
             if value not in allowed:
                 raise UserError(f"metadata: {what} {value!r} is not one of {', '.join(map(str, allowed))}")
         if not isinstance(self.opset, int) or isinstance(self.opset, bool):
@@ -160,6 +165,8 @@ class ExportMetadata:
         }
         if self.prefill is not None:
             props["prefill"] = self.prefill
+        if self.companion != "none":
+            props["companion"] = self.companion
         if self.weights:
             props["weights"] = json.dumps(self.weights, sort_keys=True)
         if self.quant != "none":
@@ -178,6 +185,7 @@ class ExportMetadata:
                        opset=int(p["opset"]), exporter=p["exporter"], checkpoint_sha256=p["checkpoint_sha256"],
                        logits=p["logits"], graph=p["graph"], state_dtype=states[0]["dtype"] if states else "fp32",
                        ssm_layout=states[1]["layout"] if len(states) > 1 else LAYOUT_SSM, prefill=p.get("prefill"),
+                       companion=p.get("companion", "none"),
                        recipe=json.loads(p.get("recipe", "{}")), weights=json.loads(p.get("weights", "{}")),
                        quant=p.get("quant", "none"),
                        quant_block=int(p["quant_block"]) if "quant_block" in p else None,
@@ -268,12 +276,46 @@ def check_graph(meta: ExportMetadata, proto: onnx.ModelProto, where: str = "mode
 
 
 def read_metadata(export_dir: Path) -> ExportMetadata:
-    """The export's metadata, checked against its own values and against the graph."""
+    """The export's metadata, checked against its own values and against the graph (and its companion's)."""
     proto = load_graph(export_dir)
     where = str(model_path(export_dir))
     meta = ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props}, where)
     check_graph(meta, proto, where)
+    if meta.companion != "none":
+        companion_metadata(export_dir, meta)
     return meta
+
+
+def companion_path(export_dir: Path, meta: ExportMetadata) -> Path:
+    """The decode companion's file (``meta.companion == "decode"``)."""
+    return model_path(export_dir).parent / DECODE_FILE
+
+
+def companion_metadata(export_dir: Path, meta: ExportMetadata) -> ExportMetadata:
+    """The companion's own metadata, checked against its graph and against the main graph's: the same model
+    (config, flavor, dtype, source checkpoint, state layout, logits), a single-token graph, the same weights file."""
+    path = companion_path(export_dir, meta)
+    if DECODE_FILE not in meta.weights:
+        raise UserError(f"{model_path(export_dir)}: metadata: a {meta.companion} companion without a record of "
+                        f"{DECODE_FILE} (size and sha256)")
+    if not path.is_file():
+        raise UserError(f"{path}: missing (the export's decode companion graph); export again")
+    proto = load_graph(path)
+    own = ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props}, str(path))
+    check_graph(own, proto, str(path))
+    mismatch = [name for name in ("flavor", "dtype", "checkpoint_sha256", "ssm_layout", "logits", "state_dtype",
+                                  "quant") if getattr(own, name) != getattr(meta, name)]
+    if own.config.to_dict() != meta.config.to_dict():
+        mismatch.append("config")
+    if own.graph != "decode" or own.companion != "none":
+        mismatch.append("graph")
+    shared = {k: v for k, v in meta.weights.items() if k not in (DECODE_FILE, INLINE_WEIGHTS)}
+    if {k: v for k, v in own.weights.items() if k != INLINE_WEIGHTS} != shared:
+        mismatch.append("weights file")
+    if mismatch:
+        raise UserError(f"{path}: not the decode companion of {model_path(export_dir)} ({', '.join(mismatch)} "
+                        f"differ); export again")
+    return own
 
 
 def file_sha256(path: Path) -> str:
@@ -315,13 +357,14 @@ def weights_record(model_file: Path, written: dict | None = None) -> dict:
     return record
 
 
-def record_weights(model_file: Path, written: dict | None = None):
+def record_weights(model_file: Path, written: dict | None = None, graphs: dict | None = None):
     """Stores ``weights_record`` in the model's metadata (``ssd_deploy.weights``); the file is rewritten without
     touching external data, which is why this runs after the weights were written (onnx/export.py
     ``save_atomically``: any writer of an export, a streaming one included, calls it once every weight file is
-    complete, before the export is checked and renamed into place)."""
+    complete, before the export is checked and renamed into place). ``graphs``: records of other graph files of
+    the export ({DECODE_FILE: {"bytes", "sha256"}}), kept in the same record."""
     proto = onnx.load(str(model_file), load_external_data=False)
-    record = weights_record(model_file, written)
+    record = {**weights_record(model_file, written), **(graphs or {})}
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key != PREFIX + "weights"]
     del proto.metadata_props[:]
     for k, v in kept + [(PREFIX + "weights", json.dumps(record, sort_keys=True))]:
@@ -335,6 +378,12 @@ def verify_weights(export_dir: Path, meta: ExportMetadata | None = None, always_
     meta = meta or read_metadata(export_dir)
     directory = model_path(export_dir).parent
     for name, rec in meta.weights.items():
+        if name == DECODE_FILE:  # a graph file, small: always hashed, its inline constants with it
+            path = directory / name
+            if not path.is_file() or path.stat().st_size != rec["bytes"] or file_sha256(path) != rec["sha256"]:
+                raise UserError(f"{path}: missing, or not the decode companion graph written at export (size or "
+                                f"sha256 differ): modified or corrupted; export again")
+            continue
         if name == INLINE_WEIGHTS:
             got = _inline_digest(load_graph(export_dir))
             if got != rec:
@@ -357,6 +406,8 @@ def verify_weights(export_dir: Path, meta: ExportMetadata | None = None, always_
 def summary(meta: ExportMetadata) -> dict[str, Any]:
     cfg = meta.config
     prefill = {} if meta.prefill is None else {"prefill": meta.prefill}
+    if meta.companion != "none":
+        prefill["companion"] = meta.companion
     quant = {} if meta.quant == "none" else {"quant": meta.quant, "quant_block": meta.quant_block,
                                               "quant_format": meta.quant_format, "quantization": meta.quantization}
     return {"flavor": meta.flavor, "dtype": meta.dtype, "graph": meta.graph, "logits": meta.logits, **prefill, **quant,

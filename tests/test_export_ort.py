@@ -319,3 +319,90 @@ def test_bf16_export_is_refused_by_ort_cpu_with_a_clear_message(exports):
     _, out = exports("g1", "bf16")
     with pytest.raises(UserError, match="bf16"):
         ort_session(out)
+
+
+# ---- the decode companion (docs/graph-interface.md, "Decode companion") ------------------------------------------
+
+def _initializers(path):
+    proto = onnx.load(str(path), load_external_data=False)
+    ext = {t.name: {e.key: e.value for e in t.external_data} for t in proto.graph.initializer
+           if t.data_location == TensorProto.EXTERNAL}
+    return proto, ext
+
+
+def test_decode_companion_shares_the_weights_file(exports):
+    """decode.onnx: the single-token graph without any If, every weight a reference to the same range of the same
+    model.onnx.data under the same name as in model.onnx (one copy on disk); recorded in the metadata."""
+    _, out = exports("g4", logits="last", companion="decode")
+    main_proto, main_ext = _initializers(out / "model.onnx")
+    dec_proto, dec_ext = _initializers(out / "decode.onnx")
+    assert sorted(p.name for p in out.iterdir()) == ["decode.onnx", "model.onnx", "model.onnx.data"]
+    assert "If" in {n.op_type for n in main_proto.graph.node}
+    assert not {"If", "Conv"} & {n.op_type for n in dec_proto.graph.node}
+    assert ("com.microsoft", "CausalConvWithState") in {(n.domain, n.op_type) for n in dec_proto.graph.node}
+    assert dec_ext and all(main_ext.get(name) == where for name, where in dec_ext.items())
+    big = [t.name for t in dec_proto.graph.initializer if t.data_location != TensorProto.EXTERNAL and
+           len(t.raw_data) > 1 << 12]
+    assert not big  # no weight kept inline
+    meta = read_metadata(out)
+    assert meta.companion == "decode" and meta.weights["decode.onnx"]["bytes"] == (out / "decode.onnx").stat().st_size
+    own = {p.key: p.value for p in dec_proto.metadata_props}
+    assert own["ssd_deploy.graph"] == "decode" and "ssd_deploy.companion" not in own
+    onnx.checker.check_model(str(out / "decode.onnx"), full_check=True)
+
+
+@pytest.mark.parametrize("variant", ["g4", pytest.param("hdimD-limit", marks=pytest.mark.slow)])
+def test_decode_companion_steps_match_the_unified_graph_and_pytorch(exports, variant):
+    """OrtBackend decodes through the companion: several steps at batch 3 from a prefilled prompt, each step's
+    logits and states against the unified graph's session fed the same states, and the carried run against the
+    PyTorch reference."""
+    from ssd_deploy.checkpoint import load_model
+    from ssd_deploy.runtime.backends import OrtBackend
+    from ssd_deploy.runtime.feeds import carried_states, feed
+
+    ckpt, out = exports(variant, logits="last", companion="decode")
+    backend = OrtBackend(out)
+    assert backend.decode_session is not None
+    model = load_model(ckpt)
+    rng = np.random.default_rng()
+    cfg = backend.config
+    prompt = rng.integers(0, cfg.vocab_size, (3, cfg.chunk_size + 5))
+    logits, states = backend.forward(prompt, backend.zero_states(3))
+    with torch.no_grad():
+        conv, ssm = model.init_states(3)
+        ref, conv, ssm = model(torch.from_numpy(prompt), conv, ssm, last_token_only=True)
+    assert rel_err(logits, ref[:, -1]) < 1e-4
+    for step in range(5):
+        token = rng.integers(0, cfg.vocab_size, (3, 1))
+        assert backend.session_for(token) is backend.decode_session
+        unified = dict(zip(backend.outputs, backend.session.run(None, feed(token, states))))
+        logits, new = backend.forward(token, states)
+        assert rel_err(logits, unified["logits"][:, -1]) < 1e-5, step
+        for name, value in carried_states(backend.meta, unified).items():
+            assert rel_err(new[name], value) < 1e-5, (step, name)
+        with torch.no_grad():
+            ref, conv, ssm = model(torch.from_numpy(token), conv, ssm, decode=True, last_token_only=True)
+        assert rel_err(logits, ref[:, -1]) < 1e-4, step
+        for i in range(cfg.n_layer):  # the export's ssm layout is [b,h,n,p]
+            assert rel_err(new[f"conv_state.{i}"], conv[i]) < 1e-4
+            assert rel_err(np.swapaxes(new[f"ssm_state.{i}"], -1, -2), ssm[i]) < 1e-4
+        states = new
+
+
+def test_validate_runs_the_decode_steps_on_the_companion(exports):
+    ckpt, out = exports("g4", logits="last", companion="decode")
+    runner = ort_runner(out)
+    report = validate(out, ckpt, runner, steps=3, batch=2)
+    assert report.ok and report.backend == "onnxruntime-cpu-companion", report.to_dict()
+
+
+@pytest.mark.parametrize("opts,message", [
+    (ExportOptions(flavor="ort", graph="decode", companion="decode"), "beside a unified graph"),
+    (ExportOptions(flavor="trt", companion="decode"), "beside a unified graph"),
+    (ExportOptions(flavor="ort", external_data="never", companion="decode"), "external-data never"),
+    (ExportOptions(flavor="ort", companion="both"), "unknown companion 'both'"),
+])
+def test_bad_companion_is_refused_before_any_work(tiny_ckpt, tmp_path, opts, message):
+    with pytest.raises(UserError, match=message):
+        export(tiny_ckpt, tmp_path / "x", opts)
+    assert not (tmp_path / "x").exists()

@@ -220,6 +220,21 @@ def test_decode_only_export_prefills_token_by_token(untied, tmp_path):
     assert "decode-only graph" in r.stderr and "one token per call" in r.stderr
 
 
+@pytest.mark.slow
+def test_run_command_on_an_export_with_a_decode_companion(untied, tmp_path):
+    """`ssd-deploy export --recipe cpu-fp32` writes the decode companion; `run` on it (decode steps through the
+    companion, batch of two unequal prompts) gives the tokens of the torch backend on the checkpoint."""
+    ckpt, _ = untied
+    r = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(tmp_path / "cpu"), "--recipe", "cpu-fp32"])
+    assert r.exit_code == 0 and (tmp_path / "cpu" / "decode.onnx").is_file(), r.output
+    (tmp_path / "prompts.txt").write_text("5,6,7,8\n9,10\n")
+    args = ["--batch-file", str(tmp_path / "prompts.txt"), "--max-new-tokens", "6", "--json"]
+    expected = CliRunner().invoke(main, ["run", str(ckpt), "--backend", "torch", *args], catch_exceptions=False)
+    r = CliRunner().invoke(main, ["run", str(tmp_path / "cpu"), "--backend", "ort", *args], catch_exceptions=False)
+    assert r.exit_code == 0 and json.loads(r.stdout) == json.loads(expected.stdout), r.output
+    assert OrtBackend(tmp_path / "cpu").decode_session is not None
+
+
 def test_run_missing_runtime(untied):
     """A provider or device this machine does not have gets one message (the other half runs on the GPU)."""
     ckpt, exports = untied

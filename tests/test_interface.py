@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from conftest import TINY
 from ssd_deploy.cli import main
 from ssd_deploy.errors import UserError
-from ssd_deploy.interface import (DATA_FILE, DTYPES, INLINE_WEIGHTS, MODEL_FILE, PREFIX, dtype_of, read_metadata,
-                                  verify_weights)
+from ssd_deploy.interface import (DATA_FILE, DECODE_FILE, DTYPES, INLINE_WEIGHTS, MODEL_FILE, PREFIX, dtype_of,
+                                  read_metadata, verify_weights)
 from ssd_deploy.onnx.export import ExportOptions
 
 
@@ -27,11 +27,11 @@ def test_dtype_vocabulary():
     assert len({d.kernel_code for d in DTYPES.values()}) == 3 and len({d.trt for d in DTYPES.values()}) == 3
 
 
-def _tamper(src, dst, props=None, graph=None):
-    """A copy of export ``src`` with metadata props replaced (key → value, None deletes) and/or ``graph(proto)``
-    applied; the weights file is copied as is."""
+def _tamper(src, dst, props=None, graph=None, file=MODEL_FILE):
+    """A copy of export ``src`` with metadata props of ``file`` (the main graph, or the decode companion) replaced
+    (key → value, None deletes) and/or ``graph(proto)`` applied; the weights file is copied as is."""
     shutil.copytree(src, dst)
-    proto = onnx.load(str(dst / MODEL_FILE), load_external_data=False)
+    proto = onnx.load(str(dst / file), load_external_data=False)
     if props:
         kept = {p.key: p.value for p in proto.metadata_props}
         for k, v in props.items():
@@ -44,7 +44,7 @@ def _tamper(src, dst, props=None, graph=None):
             proto.metadata_props.add(key=k, value=v)
     if graph:
         graph(proto)
-    onnx.save(proto, str(dst / MODEL_FILE))
+    onnx.save(proto, str(dst / file))
     return dst
 
 
@@ -169,6 +169,53 @@ def test_inline_weights_are_checked(tiny_export, tmp_path):
     bad = _tamper(tiny_export, tmp_path / "bad", graph=flip)
     with pytest.raises(UserError, match="differ from those written at export"):
         verify_weights(bad)
+
+
+def _flip_inline_constant(proto):
+    t = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    raw = bytearray(t.raw_data)
+    raw[3] ^= 1
+    t.raw_data = bytes(raw)
+
+
+def _shift_a_weight(proto):
+    """Points one external weight of the companion 4 bytes further into the data file (a valid graph, wrong
+    weights)."""
+    t = next(t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    offset = next(e for e in t.external_data if e.key == "offset")
+    offset.value = str(int(offset.value) + 4)
+
+
+COMPANION_TAMPERINGS = {  # (props, graph, file) → the message
+    "constant flipped": ((None, _flip_inline_constant, DECODE_FILE), "not the decode companion graph written"),
+    "weight moved": ((None, _shift_a_weight, DECODE_FILE), "not the decode companion graph written"),
+    "other checkpoint": (({"checkpoint_sha256": "0" * 64}, None, DECODE_FILE), "not the decode companion of"),
+    "unified graph as companion": (({"graph": "unified"}, None, DECODE_FILE), "not the decode companion of"),
+    "record removed": (({"weights": lambda w: json.dumps({k: v for k, v in json.loads(w).items()
+                                                          if k != DECODE_FILE})}, None, MODEL_FILE),
+                       "without a record of decode.onnx"),
+    "companion removed": (None, "decode.onnx: missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPANION_TAMPERINGS))
+def test_tampered_decode_companion_is_refused(make_export, tmp_path, case):
+    """The companion is checked as the main graph is: its metadata against its graph and against the main graph's,
+    its bytes against the main graph's record (read_metadata, verify_weights); run and validate exit 2."""
+    ckpt, out = make_export(TINY, "ort", logits="last", companion="decode")
+    how, message = COMPANION_TAMPERINGS[case]
+    if how is None:
+        bad = shutil.copytree(out, tmp_path / "bad")
+        (bad / DECODE_FILE).unlink()
+    else:
+        props, graph, file = how
+        bad = _tamper(out, tmp_path / "bad", props, graph, file)
+    with pytest.raises(UserError, match=message):
+        verify_weights(bad, read_metadata(bad))
+    for args in (["run", str(bad), "--backend", "ort", "--input-ids", "1,2", "--max-new-tokens", "2"],
+                 ["validate", str(bad), "--against", str(ckpt), "--steps", "1"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and message.split("(")[0] in r.output and "Traceback" not in r.output, r.output
 
 
 @pytest.mark.parametrize("opset", ["99", "17", "-1"])

@@ -23,8 +23,8 @@ from ..atomic import atomic_dir, check_target
 from ..checkpoint import Weights, expected_shapes, param_dtype
 from .. import plan, quantize, recipes
 from ..errors import UserError
-from ..interface import (CU_SEQLENS, DATA_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE, ExportMetadata,
-                         read_metadata, record_weights, state_names)
+from ..interface import (CU_SEQLENS, DATA_FILE, DECODE_FILE, DTYPES, INPUT_IDS, LAYOUT_SSM, LOGITS, MODEL_FILE,
+                         ExportMetadata, file_sha256, read_metadata, record_weights, state_names)
 from ..model import Mamba2LM
 from ..progress import QUIET, Reporter
 from . import ort, portable, static_shapes, trt
@@ -116,14 +116,26 @@ def _use_external(weights: Weights, dtype: torch.dtype, mode: str) -> bool:
 
 
 def save_atomically(model: onnx_ir.Model, out_dir: Path, external: bool, check: Callable[[Path], None],
-                    force: bool = False) -> Path:
+                    force: bool = False, companion: onnx_ir.Model | None = None) -> Path:
     """Writes and checks the model in a temporary sibling directory, then renames it: a failure leaves nothing.
-    External weights are streamed one at a time (onnx/weights.py); inline ones are serialised with the graph."""
+    External weights are streamed one at a time (onnx/weights.py); inline ones are serialised with the graph.
+    ``companion`` (a decode companion graph, ``external`` required): saved as DECODE_FILE with every weight it
+    shares with ``model`` pointing into the same data file (weights.share_external); the main graph's metadata
+    records its size and sha256."""
     with atomic_dir(out_dir, force, MODEL_FILE) as tmp:
+        sources = streamed.external_sources(model) if companion is not None else {}
         written = {DATA_FILE: streamed.write_external(model, tmp / DATA_FILE)} if external else {}
         onnx_ir.save(model, tmp / MODEL_FILE)  # external tensors stay references
+        graphs = {}
+        if companion is not None:
+            inline = streamed.share_external(companion, sources)
+            assert inline < streamed.COMPANION_INLINE_LIMIT, f"the companion keeps {inline} bytes of its own constants"
+            onnx_ir.save(companion, tmp / DECODE_FILE)
+            record_weights(tmp / DECODE_FILE, written)
+            check(tmp / DECODE_FILE)
+            graphs[DECODE_FILE] = {"bytes": (tmp / DECODE_FILE).stat().st_size, "sha256": file_sha256(tmp / DECODE_FILE)}
         # sizes and sha256 of the weights as written (hashed while writing), checked before build/run
-        record_weights(tmp / MODEL_FILE, written)
+        record_weights(tmp / MODEL_FILE, written, graphs)
         check(tmp / MODEL_FILE)
         read_metadata(tmp)  # the metadata describes the graph written (opset, interface, dtypes, shapes)
     return Path(out_dir) / MODEL_FILE
@@ -147,35 +159,50 @@ def export(ckpt_dir: Path, out_dir: Path, opts: ExportOptions = ExportOptions(),
     cfg = weights.cfg
     plan.require(cfg, recipe or {}, str(ckpt_dir))  # a recipe for a Jetson device: the model must fit it
     dtype = DTYPES[opts.dtype].torch
-    external = _use_external(weights, dtype, opts.external_data)
+    # a companion graph shares the weights file (docs/graph-interface.md, "Decode companion")
+    external = _use_external(weights, dtype, opts.external_data) or opts.companion != "none"
     with progress.step(f"checking {ckpt_dir}'s weights for NaN/Inf and hashing them"):
         # refused before any work, naming the tensor; one read of the files serves the check and the hash
         sha256 = weights.scan(lambda name: param_dtype(name, dtype))
     with torch.device("meta"):
         model = Mamba2LM(cfg).cast(dtype).eval()
     flavor = FLAVORS[opts.flavor]
+    bind = lambda m: (streamed.bind(m, weights), streamed.fold_transposes(m))  # noqa: E731
     with progress.step(f"tracing and lowering to the {opts.flavor} flavor ({opts.dtype})"):
-        graph = trace(model, opts, bind=lambda m: (streamed.bind(m, weights), streamed.fold_transposes(m)))
-    strip_trace_metadata(graph)
-    graph.ir_version = IR_VERSION
+        graph = trace(model, opts, bind=bind)
+    companion = None
+    if opts.companion == "decode":
+        with progress.step("tracing the decode companion graph (single token)"):
+            companion = trace(model, dataclasses.replace(opts, graph="decode"), bind=bind)
     record, opset = {}, opts.opset
+    for g in (graph, companion) if companion is not None else (graph,):
+        strip_trace_metadata(g)
+        g.ir_version = IR_VERSION
     if opts.quant != "none":  # ONNX Runtime's quantizer works on a ModelProto
         with progress.step(f"quantizing ({opts.quant})"):
-            proto, record = quantize.quantize(onnx_ir.serde.serialize_model(graph), cfg, opts.quant, opts.quant_block,
-                                              opts.resolved_quant_format)
-        graph = onnx_ir.serde.deserialize_model(proto)
+            graph, record = _quantize(graph, cfg, opts)
+            if companion is not None:  # the same weights quantize to the same bytes: shared by content
+                companion, _ = _quantize(companion, cfg, opts)
         opset = graph.opset_imports[""]  # the dq format needs opset 21
     meta = ExportMetadata(
         config=cfg, flavor=opts.flavor, dtype=opts.dtype, opset=opset,
         exporter=f"ssd-deploy {__version__}; torch {torch.__version__}; onnx {onnx.__version__}",
         checkpoint_sha256=sha256, logits=opts.logits,
-        graph=opts.graph, prefill=opts.flavor_options().get("prefill"),
+        graph=opts.graph, prefill=opts.flavor_options().get("prefill"), companion=opts.companion,
         recipe=recipe or {}, ssm_layout=getattr(flavor, "SSM_LAYOUT", LAYOUT_SSM), quant=opts.quant,
         quant_block=opts.quant_block if record else None, quant_format=opts.resolved_quant_format,
         quantization=record)
     graph.metadata_props.update(meta.to_props())
+    if companion is not None:
+        companion.metadata_props.update(dataclasses.replace(meta, graph="decode", companion="none").to_props())
     with progress.step(f"streaming the weights, saving and checking {Path(out_dir) / MODEL_FILE}"):
-        return save_atomically(graph, out_dir, external, check_model, force)
+        return save_atomically(graph, out_dir, external, check_model, force, companion)
+
+
+def _quantize(graph: onnx_ir.Model, cfg, opts: ExportOptions) -> tuple[onnx_ir.Model, dict]:
+    proto, record = quantize.quantize(onnx_ir.serde.serialize_model(graph), cfg, opts.quant, opts.quant_block,
+                                      opts.resolved_quant_format)
+    return onnx_ir.serde.deserialize_model(proto), record
 
 
 def resolve_options(recipe: str | Path | None = None, notify: Callable[[str], None] | None = None,

@@ -21,6 +21,8 @@ LOGITS = ("all", "last")  # logits of every position, or of the last one only
 GRAPHS = ("unified", "decode", "packed")  # prefill and decode in one graph; a single-token graph on ssd_step;
 # sequences of several lengths end to end in one call (cu_seqlens)
 PREFILLS = ("contrib", "chunked")  # ort flavor: calls of more than one token on LinearAttention, or the chunked scan
+COMPANIONS = ("none", "decode")  # a second graph beside the unified one, on the same weights file: none, or a
+# single-token graph (the --graph decode lowering) that runtimes use for decode steps (docs/graph-interface.md)
 QUANTS = ("none", "int8", "int4")  # weight-only quantization of in_proj, out_proj, lm_head (quantize.py)
 QUANT_BLOCKS = (32, 64, 128)  # weights per scale along K
 QUANT_FORMATS = ("auto", "matmulnbits", "dq")  # ONNX Runtime's MatMulNBits | block-wise DequantizeLinear (TensorRT);
@@ -37,7 +39,7 @@ def max_opset() -> int:
 
 # option → its choices (options not listed take any value of their type)
 CHOICES = {"flavor": FLAVORS, "dtype": DTYPES, "external_data": EXTERNAL_DATA, "logits": LOGITS, "graph": GRAPHS,
-           "prefill": PREFILLS, "quant": QUANTS, "quant_format": QUANT_FORMATS}
+           "prefill": PREFILLS, "companion": COMPANIONS, "quant": QUANTS, "quant_format": QUANT_FORMATS}
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ExportOptions:
     logits: str = "all"
     graph: str = "unified"
     prefill: str = "contrib"
+    companion: str = "none"
     quant: str = "none"
     quant_block: int = 128
     quant_format: str = "auto"
@@ -64,6 +67,12 @@ class ExportOptions:
         if self.prefill != "contrib" and self.flavor != "ort":
             raise UserError(f"prefill {self.prefill!r} is an option of the ort flavor (the {self.flavor} flavor's "
                             f"scan is chunked already)")
+        if self.companion != "none" and (self.graph != "unified" or self.flavor == "trt"):
+            raise UserError(f"a {self.companion} companion graph goes beside a unified graph of the portable or ort "
+                            f"flavor (this export: {self.graph} graph, {self.flavor} flavor); pass --companion none")
+        if self.companion != "none" and self.external_data == "never":
+            raise UserError("a companion graph shares the export's weights file: --external-data never cannot hold "
+                            "it; use auto or always")
         if self.quant_block not in QUANT_BLOCKS:
             raise UserError(f"quant block {self.quant_block} not supported; choose one of "
                             f"{', '.join(map(str, QUANT_BLOCKS))}")

@@ -23,6 +23,7 @@ weight at the target dtype plus one block, never the stored tensor beside its co
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 from typing import Iterator
 
@@ -152,3 +153,64 @@ def write_external(model: onnx_ir.Model, data_path: Path) -> dict:
                                                        shape=tensor.shape, name=value.name,
                                                        base_dir=str(data_path.parent))
     return {"bytes": offset, "sha256": h.hexdigest()}
+
+
+# ---- a second graph on the same data file (the decode companion, docs/graph-interface.md) ------------------------
+
+# constants a second graph may keep inline (those only it folded: shapes, scalars); a weight there would be a copy
+COMPANION_INLINE_LIMIT = 1 << 20
+
+def source_key(tensor) -> tuple:
+    """What identifies an initializer's bytes across two graphs traced from one checkpoint: a checkpoint weight by
+    its key, dtype and permutation (never read for this); an in-memory tensor (a folded constant, a quantized
+    weight) by dtype, shape and the sha256 of its bytes."""
+    if isinstance(tensor, CheckpointTensor):
+        return "checkpoint", tensor.key, str(tensor.torch_dtype), tensor.perm
+    return "bytes", str(tensor.dtype), tuple(tensor.shape), hashlib.sha256(_bytes(tensor)).hexdigest()
+
+
+def external_sources(model: onnx_ir.Model) -> dict[tuple, onnx_ir.Value]:
+    """The initializers ``write_external`` will write, by ``source_key``: taken before writing, read after it (the
+    values then hold their ranges of the data file)."""
+    return {source_key(v.const_value): v for v in model.graph.initializers.values()
+            if v.const_value is not None and v.const_value.nbytes >= INLINE_BYTES}
+
+
+def _all_values(graph: onnx_ir.Graph):
+    yield from graph.inputs
+    yield from graph.initializers.values()
+    for node in onnx_ir.traversal.RecursiveGraphIterator(graph):
+        yield from node.outputs
+
+
+def share_external(model: onnx_ir.Model, written: dict[tuple, onnx_ir.Value]) -> int:
+    """Points each initializer of ``model`` whose bytes another graph wrote (``written``: that graph's
+    ``external_sources``, after ``write_external``) at the same range of the same data file, under that graph's
+    name, so that both graphs name and locate every shared weight alike (a runtime may then share the buffers).
+    Initializers the other graph does not have (small constants only this graph folded) stay inline. Returns the
+    number of bytes left inline."""
+    graph = model.graph
+    matches = []
+    for value in list(graph.initializers.values()):
+        tensor = value.const_value
+        if tensor is not None and tensor.nbytes >= INLINE_BYTES and source_key(tensor) in written:
+            matches.append((value, written[source_key(tensor)]))
+    moving = {id(v) for v, _ in matches}
+    wanted = {other.name for _, other in matches}
+    taken = {v.name for v in _all_values(graph)} | wanted
+    fresh = (name for name in (f"c{i}" for i in itertools.count()) if name not in taken)
+    # values of this graph that hold one of the wanted names (the exporter numbers values per trace) step aside,
+    # and the moving ones go through fresh names, so that no rename meets a name still in use
+    for value in list(_all_values(graph)):
+        if value.name in wanted and id(value) not in moving:
+            value.name = next(fresh)
+    for value, _ in matches:
+        value.name = next(fresh)
+    for value, other in matches:
+        ext = other.const_value
+        assert isinstance(ext, onnx_ir.ExternalTensor), f"{other.name}: not written to a data file yet"
+        value.name = other.name
+        value.const_value = onnx_ir.ExternalTensor(ext.location, ext.offset, ext.length, ext.dtype, shape=ext.shape,
+                                                   name=other.name, base_dir=ext.base_dir)
+    return sum(v.const_value.nbytes for v in graph.initializers.values()
+               if v.const_value is not None and not isinstance(v.const_value, onnx_ir.ExternalTensor))

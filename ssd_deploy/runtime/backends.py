@@ -24,7 +24,7 @@ import torch
 
 from ..errors import UserError
 from ..config import Mamba2Config
-from ..interface import CU_SEQLENS, DTYPES, INPUT_IDS, LOGITS, read_metadata, verify_weights
+from ..interface import CU_SEQLENS, DTYPES, INPUT_IDS, LOGITS, companion_path, read_metadata, verify_weights
 from .feeds import carried_states, zero_states
 from .kinds import BACKENDS
 
@@ -141,7 +141,11 @@ class OrtBackend(Backend):
         our CUDA kernels; without it a `trt` export runs through its standard-op validation copy.
         ``cuda_graph``: for a decode export (``--graph decode``) on the CUDA provider, each step replayed from
         ONNX Runtime's CUDA graph of its batch size, the states in buffers the graphs own
-        (runtime/ort_graphs.py, ``decode_reuses_states``)."""
+        (runtime/ort_graphs.py, ``decode_reuses_states``).
+
+        An export with a decode companion (``meta.companion == "decode"``, docs/graph-interface.md) gets a second
+        session on it: one-token calls (decode steps) run there, without the unified graph's conv ``If``; every
+        other call runs on the unified graph. Both read the same weights file."""
         from .ort_runner import ort_session
         from .validation_copy import validation_model
 
@@ -162,6 +166,9 @@ class OrtBackend(Backend):
         else:
             with validation_model(export_dir) as path:  # trt exports run through their standard-op validation copy
                 self.session = ort_session(export_dir, provider, path, cuda_graph=cuda_graph)
+        self.decode_session = None
+        if self.meta.companion == "decode" and custom_ops is None:
+            self.decode_session = ort_session(export_dir, provider, companion_path(export_dir, self.meta))
         self.provider = provider
         self.device = "cuda" if provider == "cuda" else "cpu"
         self.io_binding = provider == "cuda" if io_binding is None else io_binding
@@ -200,12 +207,18 @@ class OrtBackend(Backend):
         ids, cu = pack(prompts)
         return self._run(ids, states, cu)
 
+    def session_for(self, ids: np.ndarray):
+        """The session that runs a call of these input_ids: the decode companion's for one token per sequence (if
+        the export has one), else the unified graph's."""
+        return self.decode_session if self.decode_session is not None and ids.shape[1] == 1 else self.session
+
     def _run(self, ids, states, cu=None):
         inputs = {INPUT_IDS: ids} if cu is None else {INPUT_IDS: ids, CU_SEQLENS: cu}
+        session = self.session_for(ids) if cu is None else self.session
         if not self.io_binding:
-            out = dict(zip(self.outputs, self.session.run(None, {**inputs, **states})))
+            out = dict(zip(self.outputs, session.run(None, {**inputs, **states})))
             return np.asarray(self._last(out[LOGITS], cu), np.float32), carried_states(self.meta, out)
-        return self._run_bound(inputs, states, cu)
+        return self._run_bound(session, inputs, states, cu)
 
     def _last(self, logits, cu):
         """Each sequence's last-position logits [n, V] from the graph's logits output: [n, 1, V] for last-position
@@ -214,12 +227,12 @@ class OrtBackend(Backend):
             return logits[:, -1]
         return logits[0, cu[1:] - 1]
 
-    def _run_bound(self, inputs, states, cu):
+    def _run_bound(self, session, inputs, states, cu):
         """States and logits bound to torch buffers on the device: on CUDA the states never leave it, and bf16
         logits (which numpy cannot hold) come back through torch."""
         from .ort_runner import NO_GRAPH, bind_tensor, run_options
 
-        binding = self.session.io_binding()
+        binding = session.io_binding()
         for name, value in inputs.items():
             binding.bind_cpu_input(name, value)
         ids = inputs[INPUT_IDS]
@@ -236,7 +249,7 @@ class OrtBackend(Backend):
         bind_tensor(binding.bind_output, LOGITS, logits)
         self.synchronize()  # torch's writes to the inputs must land before ORT's stream reads them
         # returns once ORT's stream is done (ORT's default); a CUDA-graph session runs other calls without a graph
-        self.session.run_with_iobinding(binding, run_options(NO_GRAPH) if self.graphs is not None else None)
+        session.run_with_iobinding(binding, run_options(NO_GRAPH) if self.graphs is not None else None)
         return self._last(logits, cu).float().cpu().numpy(), new
 
     def concat_states(self, parts):

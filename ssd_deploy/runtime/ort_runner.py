@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from ..errors import UserError
-from ..interface import dtype_of, model_path
+from ..interface import INPUT_IDS, companion_path, dtype_of, model_path, read_metadata
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 # an fp32 export means fp32 math: the CUDA provider would otherwise round MatMul inputs to TF32 (docs/verification.md's 1e-4)
@@ -67,8 +68,35 @@ def run_options(graph_id: int):
     return opts
 
 
+class CompanionRunner(OnnxrtRunner):
+    """An export with a decode companion (docs/graph-interface.md): one-token calls on the companion's session, the
+    others on the unified graph's, as OrtBackend runs them (so that validate proves both graphs)."""
+
+    def __init__(self, sess, decode_sess, name=None):
+        super().__init__(sess, name=name)
+        self._decode_sess = decode_sess
+
+    def activate_impl(self):
+        self.unified, self.decode = self._sess(), self._decode_sess()
+        self.sess = self.unified
+
+    def infer_impl(self, feed_dict):
+        self.sess = self.decode if np.shape(feed_dict[INPUT_IDS])[1] == 1 else self.unified
+        return OnnxrtRunner.infer_impl.__wrapped__(self, feed_dict)  # (undecorated: called from here on purpose)
+
+    def deactivate_impl(self):
+        del self.sess, self.unified, self.decode
+
+
 def ort_runner(export_dir: Path, provider: str = "cpu", model_file: Path | None = None) -> OnnxrtRunner:
-    return OnnxrtRunner(lambda: ort_session(export_dir, provider, model_file), name=f"onnxruntime-{provider}")
+    """The export's graph (or ``model_file``, e.g. a trt validation copy) on ONNX Runtime; with its decode companion
+    for one-token calls where it has one."""
+    meta = read_metadata(export_dir)
+    name = f"onnxruntime-{provider}"
+    if meta.companion == "decode" and model_file in (None, model_path(export_dir)):
+        return CompanionRunner(lambda: ort_session(export_dir, provider), lambda: ort_session(
+            export_dir, provider, companion_path(export_dir, meta)), name=f"{name}-companion")
+    return OnnxrtRunner(lambda: ort_session(export_dir, provider, model_file), name=name)
 
 
 def bind_tensor(bind_fn, name: str, t):

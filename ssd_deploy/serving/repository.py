@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..atomic import atomic_dir
 from ..errors import UserError
-from ..interface import DATA_FILE, MODEL_FILE, ExportMetadata, file_sha256, read_metadata
+from ..interface import DATA_FILE, DECODE_FILE, MODEL_FILE, ExportMetadata, file_sha256, read_metadata
 from . import pbtxt
 from .pbtxt import ServeOptions
 
@@ -39,7 +39,10 @@ def _link_or_copy(src: Path, dst: Path):
 
 
 def _export_files(export_dir: Path) -> list[Path]:
-    files = [export_dir / MODEL_FILE] + [export_dir / f for f in (DATA_FILE, TOKENIZER) if (export_dir / f).is_file()]
+    # the decode companion (docs/graph-interface.md) goes along: the python backend decodes through it, and the
+    # main graph's metadata names it (Triton's onnxruntime backend loads model.onnx only)
+    files = [export_dir / MODEL_FILE] + [export_dir / f for f in (DATA_FILE, DECODE_FILE, TOKENIZER)
+                                         if (export_dir / f).is_file()]
     return files
 
 
