@@ -56,7 +56,7 @@ def test_graph_interface_lists_every_metadata_key():
     from ssd_deploy.interface import ExportMetadata
 
     meta = ExportMetadata(config=TINY, flavor="ort", dtype="fp32", opset=18, exporter="x", checkpoint_sha256="0" * 64,
-                          prefill="contrib", weights={"initializers": {"bytes": 1, "sha256": "0" * 64}},
+                          prefill="contrib", companion="decode", weights={"initializers": {"bytes": 1, "sha256": "0" * 64}},
                           quant="int4", quant_block=128, quant_format="matmulnbits")
     text = (ROOT / "docs" / "graph-interface.md").read_text()
     section = text[text.index("## Metadata"):]
