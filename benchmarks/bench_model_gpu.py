@@ -12,7 +12,9 @@ keys); ssd-deploy's ``Mamba2LM`` runs on its Triton kernels in two configuration
   what the fusion saves;
 * ``ssd-all-apart`` (decode only): ``ssd-all`` with the decode step's norms and projections apart (``decode_gemv``
   off: add + RMSNorm, cuBLAS in_proj, decode kernel, gated norm, cuBLAS out_proj) instead of folded into three
-  launches per layer (``ssd/triton/gemv.py``): what the folding saves.
+  launches per layer (``ssd/triton/gemv.py``): what the folding saves;
+* ``ssd-all-nopdl`` (decode only): ``ssd-all`` with its kernels launched plainly (``decode_pdl`` off) instead of as
+  programmatic dependent launches (Hopper: each kernel's launch overlaps the previous kernel's end).
 
 Prefill: one forward of b × l tokens returning the last position's logits (``num_last_tokens=1`` for mamba_ssm),
 CUDA events, median of repeats after warm-up. Decode: ssd-deploy's per-step time with its CUDA graphs
@@ -60,7 +62,7 @@ from ssd_deploy.ssd import triton as tri
 
 SCAN_ONLY_OFF = ("causal_conv1d", "gated_rmsnorm", "add_rmsnorm")  # left on their listings in "ssd-scan-only"
 OFF = {"ssd-scan-only": SCAN_ONLY_OFF, "ssd-all": (), "ssd-all-2k": ("decode_fused",),
-       "ssd-all-apart": ("decode_gemv",)}
+       "ssd-all-apart": ("decode_gemv",), "ssd-all-nopdl": ("decode_pdl",)}
 
 
 def log(msg):
@@ -272,7 +274,7 @@ def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_di
 
         # decode: ours through CUDA graphs, after a real prefill: its states handed over at the first step, then
         # each step updates the graph's own states in place (the steady state of a decode loop)
-        for conf in ("ssd-scan-only", "ssd-all", "ssd-all-2k", "ssd-all-apart"):
+        for conf in ("ssd-scan-only", "ssd-all", "ssd-all-2k", "ssd-all-apart", "ssd-all-nopdl"):
             with ours_config(conf):
                 _, conv, ssm = ours(ids, *ours.init_states(b, "cuda"), last_token_only=True)
                 graphs = DecodeGraphs(partial(ours, decode=True, last_token_only=True, in_place=True))
@@ -370,8 +372,8 @@ def main():
     # the short table, last
     print(f"\n{report['device']}, {report['date']}, commit {report['commit']}; bf16, prompt {args.length}")
     print("| model, b | prefill ms: scan-only / all / all+graph / mamba_ssm (x all, x graph) | decode ms/token: "
-          "scan-only / all (2 kernels; apart) / replay / mamba_ssm (x) | launches per step (per layer; apart) | err: "
-          "all / mamba_ssm |")
+          "scan-only / all (2 kernels; apart; no PDL) / replay / mamba_ssm (x) | launches per step (per layer; "
+          "apart) | err: all / mamba_ssm |")
     for p in report["presets"]:
         for q in p["points"]:
             pre = [q[f"prefill_ms_{c}"]["median"] for c in ("ssd-scan-only", "ssd-all", "ssd-all-graph", "mamba_ssm")]
@@ -380,7 +382,8 @@ def main():
             print(f"| {p['preset']}, {q['batch']} | {pre[0]:.2f} / {pre[1]:.2f} / {pre[2]:.2f} / {pre[3]:.2f} "
                   f"({pre[3] / pre[1]:.2f}x, {pre[3] / pre[2]:.2f}x)"
                   f" | {dec[0]:.3f} / {dec[1]:.3f} ({q['decode_ms_ssd-all-2k']['median']:.3f}; "
-                  f"{q['decode_ms_ssd-all-apart']['median']:.3f}) / {dec[2]:.3f} / {dec[3]:.3f} "
+                  f"{q['decode_ms_ssd-all-apart']['median']:.3f}; {q['decode_ms_ssd-all-nopdl']['median']:.3f}) / "
+                  f"{dec[2]:.3f} / {dec[3]:.3f} "
                   f"({dec[3] / dec[1]:.2f}x) | "
                   f"{q['launches_ssd-all']['per_step']} ({q['launches_ssd-all']['per_layer']:.2f}; "
                   f"{q['launches_ssd-all-apart']['per_layer']:.2f}) | "

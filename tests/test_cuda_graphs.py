@@ -60,11 +60,13 @@ def test_a_step_that_allocates_new_states_is_refused():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("kernels", ["triton", "triton-norms-apart", "triton-two-kernels", "listings"])
+@pytest.mark.parametrize("kernels", ["triton", "triton-no-pdl", "triton-norms-apart", "triton-two-kernels",
+                                     "listings"])
 @torch.no_grad()
 def test_graph_decode_matches_eager_decode(kernels, dtype):
-    """On the Triton kernels (norms folded into the projections and the fused decode kernel; the norms and
-    projections apart; the two-launch decode), and on the listings: 48 greedy steps from a prefill at batch 2, then
+    """On the Triton kernels (norms folded into the projections and the fused decode kernel, launched as
+    programmatic dependent launches on Hopper, and not; the norms and projections apart; the two-launch decode), and
+    on the listings: 48 greedy steps from a prefill at batch 2, then
     5, then 2 again (new prompts: a hand-over into the existing
     graph): the captured in-place decode against the plain eager decode on the same kernels. fp32: the same tokens
     and logits within 1e-5; bf16: each side fed the eager side's tokens, logits within 1e-2."""
@@ -80,8 +82,8 @@ def test_graph_decode_matches_eager_decode(kernels, dtype):
     model = random_model(cfg, seed=11).cast(dtype).cuda().eval()
     graphs = DecodeGraphs(partial(model, decode=True, last_token_only=True, in_place=True))
     gen = torch.Generator().manual_seed(12)
-    off = {"triton": (), "triton-norms-apart": ("decode_gemv",), "triton-two-kernels": ("decode_gemv", "decode_fused"),
-           "listings": (*tri.OPS, "add_rmsnorm")}[kernels]
+    off = {"triton": (), "triton-no-pdl": ("decode_pdl",), "triton-norms-apart": ("decode_gemv",),
+           "triton-two-kernels": ("decode_gemv", "decode_fused"), "listings": (*tri.OPS, "add_rmsnorm")}[kernels]
     with tri.disabled("cuda", off) if off else nullcontext():
         for turn, batch in enumerate((2, 5, 2)):
             ids = torch.randint(0, cfg.vocab_size, (batch, 19), generator=gen).cuda()

@@ -190,7 +190,8 @@ def sm90_ptx(kernel, types: dict, constexprs: dict, num_warps: int = 4, divisibl
 @pytest.mark.slow
 def test_kernels_compile_for_sm90():
     """The fused decode kernel (bf16 activations, bias, D per head-dim), the in-place conv step and the SSM step
-    with A_log compile for Hopper; the fused kernel counts programs in with one thread's atomic after a barrier."""
+    with A_log compile for Hopper; the fused kernel counts programs in with one thread's atomic after a barrier, and
+    as a programmatic dependent launch waits for the previous kernel first."""
     pytest.importorskip("triton.backends.nvidia", reason="Triton's NVIDIA backend is not installed")
     from ssd_deploy.ssd.triton.conv import _conv_step_kernel
     from ssd_deploy.ssd.triton.decode import _decode_kernel
@@ -201,9 +202,11 @@ def test_kernels_compile_for_sm90():
         "xBC_ptr": act, "dt_ptr": act, "y_ptr": act, "count_ptr": "*i32", "dt_min": "fp32", "dt_max": "fp32",
         "stride_xb": "i64", "stride_dtb": "i64", **{n: f32 for n in ("w_ptr", "bias_ptr", "conv_ptr", "state_ptr",
                                                                    "A_log_ptr", "D_ptr", "dt_bias_ptr")}},
-        {"HAS_BIAS": True, "D_HAS_HDIM": True, "K": 4, "BLOCK_W": 4, "BLOCK_P": 8, "BLOCK_N": 128})
+        {"HAS_BIAS": True, "D_HAS_HDIM": True, "K": 4, "BLOCK_W": 4, "BLOCK_P": 8, "BLOCK_N": 128, "PDL": True})
     counting = ptx.index("atom.global.gpu.acq_rel.add")
     assert "bar.sync" in ptx[:counting] and "atom.global.gpu.acq_rel.exch" in ptx[counting:]
+    # as a programmatic dependent launch: it waits for the previous kernel before it reads anything
+    assert ptx.index("griddepcontrol.wait") < ptx.index("ld.global")
     sm90_ptx(_conv_step_kernel, {"x_ptr": act, "w_ptr": f32, "bias_ptr": f32, "state_ptr": f32, "y_ptr": act,
                                  "stride_xb": "i64"},
              {"HAS_BIAS": True, "SILU": True, "K": 4, "BLOCK_W": 4, "BLOCK_D": 256})

@@ -174,7 +174,8 @@ def test_kernel_compiles_for_sm90(gated, act):
     """The kernel compiles for Hopper in compiled mode, plain and gated with the residual add, every config in bf16
     (what the interpreter cannot check): the products on the tensor cores and the weight blocks streamed into shared
     memory ahead of use (cp.async), which is what the design rests on (model-sized dimensions are multiples of 16,
-    and a launch specialises on that)."""
+    and a launch specialises on that); launched as a programmatic dependent launch, nothing is read before the wait
+    for the previous kernel."""
     pytest.importorskip("triton.backends.nvidia", reason="Triton's NVIDIA backend is not installed")
     from test_triton_decode import sm90_ptx
 
@@ -190,9 +191,12 @@ def test_kernel_compiles_for_sm90(gated, act):
     for config in CONFIGS if act == "*bf16" else CONFIGS[:1]:
         ptx = sm90_ptx(_norm_gemv_kernel.fn, types,
                        {"GATED": gated, "HAS_BIAS": not gated, "ADD_RESIDUAL": gated, "BB": MAX_BATCH,
-                        "PRECISION": precision, **config.kwargs},
+                        "PRECISION": precision, "PDL": True, **config.kwargs},
                        num_warps=config.num_warps, num_stages=config.num_stages, divisible=divisible)
         assert "cp.async" in ptx, config.kwargs
+        # as a programmatic dependent launch: it waits for the previous kernel before it reads or writes anything
+        assert ptx.index("griddepcontrol.wait") < min(ptx.index(op) for op in ("ld.global", "cp.async", "st.global")
+                                                      if op in ptx)
         if act != "*fp32":
             assert "mma.sync" in ptx or "wgmma" in ptx, config.kwargs
 

@@ -64,7 +64,8 @@ def disabled(device: str = "cuda", names: tuple[str, ...] = (*OPS, "add_rmsnorm"
     ``causal_conv1d`` and ``ssd_step``: disabling either disables it; the name ``decode_fused`` keeps it but in
     two launches instead of one (``decode.py``). The decode step's norms folded into its projections
     (``norm_gemv_enabled``) count as ``add_rmsnorm`` and ``gated_rmsnorm``; the name ``decode_gemv`` turns off only
-    the folding (the step then runs the norms and cuBLAS's projections, five launches per layer)."""
+    the folding (the step then runs the norms and cuBLAS's projections, five launches per layer); ``decode_pdl``
+    launches those kernels plainly instead of as programmatic dependent launches (``_pdl``)."""
     with ExitStack() as stack:
         if device in _registered:  # set_kernel_enabled warns about a kernel that was never registered
             from .. import ops
@@ -112,7 +113,7 @@ def norm_gemv(x, norm_weight, eps, weight, bias=None, **kwargs):
     arguments); callers check ``norm_gemv_enabled`` first. Not an op: export traces the model's listings."""
     from .gemv import norm_gemv as kernel
 
-    return kernel(x, norm_weight, eps, weight, bias, **kwargs)
+    return kernel(x, norm_weight, eps, weight, bias, pdl=_pdl(x), **kwargs)
 
 
 def decode_step_(xBC, dt, conv_state, ssm_state, *args, **kwargs):
@@ -124,4 +125,14 @@ def decode_step_(xBC, dt, conv_state, ssm_state, *args, **kwargs):
         return None
     from .decode import decode_step_ as kernels
 
-    return kernels(xBC, dt, conv_state, ssm_state, *args, fused=_enabled(device, "decode_fused"), **kwargs)
+    return kernels(xBC, dt, conv_state, ssm_state, *args, fused=_enabled(device, "decode_fused"), pdl=_pdl(xBC),
+                   **kwargs)
+
+
+def _pdl(t) -> bool:
+    """Whether the decode step's kernels (``norm_gemv``, the fused ``decode_step_``) launch as programmatic
+    dependent launches (``common.dependent_launch``): on CUDA devices of compute capability 9 (Hopper) and later,
+    unless a ``disabled()`` block covers ``decode_pdl``."""
+    import torch
+
+    return t.is_cuda and _enabled(t.device.type, "decode_pdl") and torch.cuda.get_device_capability(t.device)[0] >= 9

@@ -8,6 +8,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .. import reference
 
@@ -47,3 +48,15 @@ def process_dt(dt, dt_bias, dt_min, dt_max, DT_SOFTPLUS: tl.constexpr):
     if DT_SOFTPLUS:
         v = tl.where(v <= SOFTPLUS_THRESHOLD, tl.log(1.0 + tl.exp(v)), v)
     return tl.minimum(tl.maximum(v, dt_min), dt_max)
+
+
+@triton.jit
+def dependent_launch(PDL: tl.constexpr):
+    """First thing in a kernel launched with ``launch_pdl`` (programmatic dependent launch, Hopper and later): let
+    the next kernel's programs start (they wait in their own call of this), then wait until the previous kernel has
+    finished and its writes are visible. What the kernel does before this call may only read what no kernel writes
+    (it does nothing here). Since every program of every such kernel waits, each kernel still finishes after all
+    earlier ones: only the launch latency overlaps (docs/performance.md, "Decode with CUDA graphs")."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import on_device, process_dt
+from .common import dependent_launch, on_device, process_dt
 from .conv import causal_conv1d_step_, conv_token, new_window, store_window
 from .step import default_block_p, ssd_step, update_rows
 
@@ -45,7 +45,8 @@ def _counters_on(device: torch.device) -> torch.Tensor:
 def _decode_kernel(xBC_ptr, dt_ptr, w_ptr, bias_ptr, conv_ptr, state_ptr, A_log_ptr, D_ptr, dt_bias_ptr, y_ptr,
                    count_ptr, nheads, hdim, ngroups, dstate, heads_per_group, dt_min, dt_max, stride_xb, stride_dtb,
                    HAS_BIAS: tl.constexpr, D_HAS_HDIM: tl.constexpr, K: tl.constexpr, BLOCK_W: tl.constexpr,
-                   BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+                   BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+    dependent_launch(PDL)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // nheads
     h = bh % nheads
@@ -94,10 +95,11 @@ def _decode_kernel(xBC_ptr, dt_ptr, w_ptr, bias_ptr, conv_ptr, state_ptr, A_log_
 
 
 def decode_step_(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A_log, D, dt_bias, *, headdim: int,
-                 ngroups: int, dt_min: float, dt_max: float, fused: bool = True):
+                 ngroups: int, dt_min: float, dt_max: float, fused: bool = True, pdl: bool = False):
     """xBC [b, d + 2gn] and dt [b, h] (rows may be strided: slices of in_proj's output; channels contiguous), the
     block's conv (SiLU) and SSM parameters (A_log, not A) → y [b, h, p] in xBC's dtype; conv_state [b, d + 2gn, k-1]
-    and ssm_state [b, h, p, n] (both contiguous, fp32 ssm state) rewritten."""
+    and ssm_state [b, h, p, n] (both contiguous, fp32 ssm state) rewritten. ``pdl``: the fused kernel launched as a
+    programmatic dependent launch (``common.dependent_launch``; Hopper and later)."""
     b, h = dt.shape
     d = h * headdim
     gn = (xBC.shape[1] - d) // 2
@@ -130,5 +132,5 @@ def decode_step_(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A_log, 
             dt_bias, y, _counters_on(xBC.device), h, headdim, ngroups, n, h // ngroups, float(dt_min),
             float(dt_max), xBC.stride(0), dt.stride(0),
             HAS_BIAS=conv_bias is not None, D_HAS_HDIM=D.dim() == 2, K=k, BLOCK_W=max(2, triton.next_power_of_2(k - 1)),
-            BLOCK_P=block_p, BLOCK_N=triton.next_power_of_2(n), num_warps=4)
+            BLOCK_P=block_p, BLOCK_N=triton.next_power_of_2(n), PDL=pdl, num_warps=4, launch_pdl=pdl)
     return y

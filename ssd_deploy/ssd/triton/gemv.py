@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot_precision, on_device, tuned
+from .common import dependent_launch, dot_precision, on_device, tuned
 
 MAX_BATCH = 16  # the rows of one tensor-core tile; larger batches are GEMMs (cuBLAS)
 
@@ -52,10 +52,11 @@ def _k_block(i, blocks_per_group, group_size, K, BLOCK_K: tl.constexpr):
 def _norm_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, batch, N, K, ngroups, group_size,
                       stride_xb, stride_zb, eps,
                       GATED: tl.constexpr, HAS_BIAS: tl.constexpr, ADD_RESIDUAL: tl.constexpr, BB: tl.constexpr,
-                      PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      PRECISION: tl.constexpr, PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # A [BB, BLOCK_K] x [BLOCK_K, BLOCK_N] product per block of K on the tensor cores (rows past the batch are
     # zeros): Triton streams the weight blocks of a tl.dot loop through shared memory ahead of use (num_stages),
     # which is what keeps enough bytes in flight; it pipelines no plain loads.
+    dependent_launch(PDL)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_b = tl.arange(0, BB)
     nmask = offs_n < N
@@ -96,13 +97,14 @@ def _norm_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, b
 
 
 def norm_gemv(x, norm_weight, eps, weight, bias=None, *, gate=None, group_size=None, residual=None,
-              residual_dtype=None):
+              residual_dtype=None, pdl: bool = False):
     """``rmsnorm(x) * norm_weight @ weight.T (+ bias)`` for x [b, K] (b ≤ ``MAX_BATCH``; rows may be strided,
     channels contiguous), weight [N, K] contiguous: [b, N] in weight's dtype, fp32 accumulation.
 
     ``gate`` [b, K] (rows may be strided): the gated norm instead, ``rmsnorm(x * silu(gate))`` over groups of
     ``group_size`` channels (the ``gated_rmsnorm`` op). ``residual`` [b, N] (contiguous, any float dtype): returns
-    ``residual + projection`` in ``residual_dtype`` (default: the residual's) instead of the projection."""
+    ``residual + projection`` in ``residual_dtype`` (default: the residual's) instead of the projection. ``pdl``:
+    launched as a programmatic dependent launch (``common.dependent_launch``; Hopper and later)."""
     b, k = x.shape
     n = weight.shape[0]
     group_size = k if group_size is None else group_size
@@ -129,5 +131,5 @@ def norm_gemv(x, norm_weight, eps, weight, bias=None, *, gate=None, group_size=N
             x if residual is None else residual, out, b, n, k, k // group_size, group_size, x.stride(0),
             0 if gate is None else gate.stride(0), float(eps),
             GATED=gate is not None, HAS_BIAS=bias is not None, ADD_RESIDUAL=residual is not None,
-            BB=MAX_BATCH, PRECISION=dot_precision(weight.dtype))
+            BB=MAX_BATCH, PRECISION=dot_precision(weight.dtype), PDL=pdl, launch_pdl=pdl)
     return out
