@@ -97,14 +97,15 @@ def _norm_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, b
 
 
 def norm_gemv(x, norm_weight, eps, weight, bias=None, *, gate=None, group_size=None, residual=None,
-              residual_dtype=None, pdl: bool = False):
+              residual_dtype=None, pdl: bool = False, config: triton.Config | None = None):
     """``rmsnorm(x) * norm_weight @ weight.T (+ bias)`` for x [b, K] (b ≤ ``MAX_BATCH``; rows may be strided,
     channels contiguous), weight [N, K] contiguous: [b, N] in weight's dtype, fp32 accumulation.
 
     ``gate`` [b, K] (rows may be strided): the gated norm instead, ``rmsnorm(x * silu(gate))`` over groups of
     ``group_size`` channels (the ``gated_rmsnorm`` op). ``residual`` [b, N] (contiguous, any float dtype): returns
     ``residual + projection`` in ``residual_dtype`` (default: the residual's) instead of the projection. ``pdl``:
-    launched as a programmatic dependent launch (``common.dependent_launch``; Hopper and later)."""
+    launched as a programmatic dependent launch (``common.dependent_launch``; Hopper and later). ``config``: one of
+    ``CONFIGS`` instead of the tuned one (benchmarks/bench_gemv_gpu.py times each)."""
     b, k = x.shape
     n = weight.shape[0]
     group_size = k if group_size is None else group_size
@@ -125,11 +126,13 @@ def norm_gemv(x, norm_weight, eps, weight, bias=None, *, gate=None, group_size=N
         out = torch.empty(b, n, dtype=residual_dtype or residual.dtype, device=x.device)
     else:
         out = torch.empty(b, n, dtype=weight.dtype, device=x.device)
+    kernel = _norm_gemv_kernel if config is None else _norm_gemv_kernel.fn
+    options = {} if config is None else config.all_kwargs()
     with on_device(x):
-        _norm_gemv_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+        kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
             x, x if gate is None else gate, norm_weight.contiguous(), weight, weight if bias is None else bias,
             x if residual is None else residual, out, b, n, k, k // group_size, group_size, x.stride(0),
             0 if gate is None else gate.stride(0), float(eps),
             GATED=gate is not None, HAS_BIAS=bias is not None, ADD_RESIDUAL=residual is not None,
-            BB=MAX_BATCH, PRECISION=dot_precision(weight.dtype), PDL=pdl, launch_pdl=pdl)
+            BB=MAX_BATCH, PRECISION=dot_precision(weight.dtype), PDL=pdl, launch_pdl=pdl, **options)
     return out
