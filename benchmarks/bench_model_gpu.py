@@ -131,8 +131,9 @@ def prefill_graph(model, ids):
     return graph.replay
 
 
-def cuda_kernels(fn) -> Counter:
-    """Kernel (and copy) launches on the GPU during one call of ``fn``, by name, from the torch profiler."""
+def gpu_kernels(fn) -> dict:
+    """Kernel (and copy) launches on the GPU during one call of ``fn``: name -> [launches, device µs], from the
+    torch profiler. CUPTI sees the whole process, so ONNX Runtime's kernels (its own and our custom ops') count too."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -140,7 +141,24 @@ def cuda_kernels(fn) -> Counter:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return Counter(e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    out = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            n, us = out.get(e.name, (0, 0.0))
+            out[e.name] = (n + 1, us + e.device_time_total)
+    return out
+
+
+def cuda_kernels(fn) -> Counter:
+    """Launches during one call of ``fn``, by kernel name."""
+    return Counter({name: n for name, (n, _) in gpu_kernels(fn).items()})
+
+
+def kernel_profile(fn, top: int = 10) -> dict:
+    """Launches and device time of one call of ``fn``, in total and for its costliest kernels."""
+    k = gpu_kernels(fn)
+    return {"launches": sum(n for n, _ in k.values()), "device_us": sum(us for _, us in k.values()),
+            "top": {name[:90]: [n, round(us, 1)] for name, (n, us) in sorted(k.items(), key=lambda kv: -kv[1][1])[:top]}}
 
 
 def launch_counts(model, b: int, replay) -> dict:
@@ -203,13 +221,19 @@ def graph_decode(unified, graphs, host, steps: int) -> dict:
     want, _ = unified.forward(token, states)
     got, states = graphs.forward(token, states)
     out = {"err_vs_unified_step": float(np.linalg.norm(got - want) / np.linalg.norm(want))}
+    carry = [got, states]
+
+    def step():
+        carry[0], carry[1] = graphs.forward(carry[0].argmax(-1)[:, None], carry[1])
+
     for _ in range(3):  # warm-up: the first call of a batch size captures its graphs
-        got, states = graphs.forward(got.argmax(-1)[:, None], states)
+        step()
     times = []
     for _ in range(steps):
-        t, (got, states) = bench._timed(graphs, lambda: graphs.forward(got.argmax(-1)[:, None], states))
+        t, _ = bench._timed(graphs, step)
         times.append(t * 1e3)
     out["decode_ms"] = summary(times)
+    out["step_kernels"] = kernel_profile(step)  # what one replay launches: the decode gap's profile
     return out
 
 
@@ -233,6 +257,8 @@ def onnx_points(backends: dict, ids: torch.Tensor, ref: torch.Tensor, decode_tok
             out[label]["decode_graphs"] = graph_decode(backend, graphs, host, decode_tokens)
         if profile:
             out[label]["ort_profile"] = ort_placement(folder, backend, host)
+            out[label]["prefill_kernels"] = kernel_profile(
+                lambda: backend.forward(host, backend.zero_states(host.shape[0])))
     return out
 
 

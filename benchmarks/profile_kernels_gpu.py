@@ -31,12 +31,13 @@ COLUMNS = {  # label: (metric, format)
     "L2 %": ("lts__throughput.avg.pct_of_peak_sustained_elapsed", "{:.0f}".format),
     "HMMA %": ("sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active", "{:.0f}".format),
     "GMMA %": ("sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active", "{:.0f}".format),
-    "issue %": ("sm__inst_issued.avg.pct_of_peak_sustained_active", "{:.0f}".format),
+    "issue %": ("smsp__issue_active.avg.pct_of_peak_sustained_active", "{:.0f}".format),
     "occupancy %": ("sm__warps_active.avg.pct_of_peak_sustained_active", "{:.0f}".format),
     "regs": ("launch__registers_per_thread", "{:.0f}".format),
     "grid": ("launch__grid_size", "{:.0f}".format),
 }
-STALLS = "smsp__average_warp_latency_issue_stalled_"  # ncu's per-reason stall metrics (WarpStateStats section)
+# ncu's per-reason stall metrics (WarpStateStats section): smsp__average_warps_issue_stalled_<reason>_per_issue_active
+STALLS = ("smsp__average_warps_issue_stalled_", "_per_issue_active.ratio")
 
 
 def run(mamba: Path):
@@ -107,9 +108,14 @@ def nvtx_label(action) -> str:
     return ranges[-1] if ranges else "?"
 
 
-def table(report: Path):
+def table(report: Path, names: str | None = None):
+    """The markdown table; with ``names``, instead the metric names of the first kernel that contain it (for
+    finding a metric's spelling in this ncu version)."""
     ncu_report = ncu_report_module()
     ctx = ncu_report.load_report(str(report))
+    if names is not None:
+        print("\n".join(n for n in ctx.range_by_idx(0).action_by_idx(0).metric_names() if names in n))
+        return
     print("| range | kernel | " + " | ".join(COLUMNS) + " | top stall (cycles per issue) |")
     print("|---" * (len(COLUMNS) + 3) + "|")
     for r in range(ctx.num_ranges()):
@@ -121,8 +127,8 @@ def table(report: Path):
             for metric_name, fmt in COLUMNS.values():
                 v = metric(action, metric_name)
                 cells.append("–" if v is None else fmt(v))
-            stalls = {n[len(STALLS):].removesuffix(".ratio"): action.metric_by_name(n).as_double()
-                      for n in action.metric_names() if n.startswith(STALLS) and n.endswith(".ratio")
+            stalls = {n[len(STALLS[0]):-len(STALLS[1])]: action.metric_by_name(n).as_double()
+                      for n in action.metric_names() if n.startswith(STALLS[0]) and n.endswith(STALLS[1])
                       and "not_issued" not in n}
             top = sorted(stalls.items(), key=lambda kv: -kv[1])[:2]
             print(f"| {label} | {action.name()[:48]} | " + " | ".join(cells) + " | "
@@ -136,8 +142,9 @@ def main():
     r.add_argument("--mamba", type=Path, default=Path("third_party/mamba"))
     t = sub.add_parser("table")
     t.add_argument("--report", type=Path, required=True)
+    t.add_argument("--names", default=None, help="list the metric names containing this instead")
     args = ap.parse_args()
-    run(args.mamba) if args.cmd == "run" else table(args.report)
+    run(args.mamba) if args.cmd == "run" else table(args.report, args.names)
 
 
 if __name__ == "__main__":
