@@ -242,8 +242,9 @@ def _ints(text: str, what: str, least: int = 1) -> list[int]:
 @json_option("the generated ids (instead of streaming them)")
 @click.option("--verify-weights", is_flag=True, help="hash an export's weight files whatever their size (they are "
                                                      "always size-checked, and hashed up to 1 GiB)")
-@click.option("--cuda-graph", is_flag=True, help="ort with --provider cuda on a decode export (--graph decode): "
-                                                 "replay each step from ONNX Runtime's CUDA graph of its batch size")
+@click.option("--cuda-graph", is_flag=True, help="ort with --provider cuda on a decode export (--graph decode) or "
+                                                 "a decode companion: replay each step from ONNX Runtime's CUDA graph "
+                                                 "of its batch size")
 @user_errors
 def run(model, backend, provider, engine, plugins, url, served_model, prompt, input_ids, batch_file, tokenizer,
         max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json, verify_weights, cuda_graph):

@@ -86,8 +86,11 @@ def test_refused_where_it_cannot_run(decode_export, make_export):
     with pytest.raises(UserError, match="IO binding off"):
         OrtBackend(out, "cuda", io_binding=False, cuda_graph=True)
     _, unified = make_export(UNTIED, "ort", logits="last")
-    with pytest.raises(UserError, match="`unified` graph"):
+    with pytest.raises(UserError, match="`unified` graph, provider cuda"):
         OrtBackend(unified, "cuda", cuda_graph=True)
+    _, companion = make_export(UNTIED, "ort", logits="last", companion="decode")
+    with pytest.raises(UserError, match="`unified` graph with a companion, provider cpu"):
+        OrtBackend(companion, "cpu", cuda_graph=True)
     with pytest.raises(UserError, match="need the cuda provider"):
         ort_session(out, "cpu", cuda_graph=True)
     with pytest.raises(UserError, match="option of the ort backend"):
@@ -149,3 +152,16 @@ def test_run_command_with_cuda_graph(decode_export, tmp_path):
                                   str(tmp_path / "prompts.txt"), "--max-new-tokens", "10", "--json"],
                            catch_exceptions=False)
     assert r.exit_code == 0 and json.loads(r.stdout)["generated"] == expected
+
+
+@ort_cuda_test
+def test_companion_steps_replayed_from_cuda_graphs(make_export):
+    """A unified export with a decode companion: prompts on the unified graph, one-token calls replayed from CUDA
+    graphs of the companion (the unified graph's session captures nothing): PyTorch's greedy tokens, and the plain
+    backend's steps."""
+    ckpt, out = make_export(UNTIED, "ort", logits="last", companion="decode")
+    graphs = OrtBackend(out, "cuda", cuda_graph=True)
+    assert graphs.graphs.session is graphs.decode_session
+    prompts, opts = [[5, 6, 7, 8, 9, 10, 11], [3] * 40], SamplingOptions(max_new_tokens=32)
+    assert generate(graphs, prompts, opts) == generate(open_backend(ckpt, "torch"), prompts, opts)
+    assert_graph_decode_matches(OrtBackend(out, "cuda"), graphs, TorchBackend(ckpt, "cpu"))

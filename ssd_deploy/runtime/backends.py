@@ -139,9 +139,9 @@ class OrtBackend(Backend):
         ``custom_ops``: for a `trt` export on the CUDA provider, the ONNX Runtime custom-op library of
         plugins/ort_custom_ops (``kernels.ort_custom_ops_path()``), which runs the shipped graph's plugin nodes with
         our CUDA kernels; without it a `trt` export runs through its standard-op validation copy.
-        ``cuda_graph``: for a decode export (``--graph decode``) on the CUDA provider, each step replayed from
-        ONNX Runtime's CUDA graph of its batch size, the states in buffers the graphs own
-        (runtime/ort_graphs.py, ``decode_reuses_states``).
+        ``cuda_graph``: for a decode export (``--graph decode``) or one with a decode companion on the CUDA
+        provider, each one-token call replayed from ONNX Runtime's CUDA graph of its batch size (on the companion
+        where there is one), the states in buffers the graphs own (runtime/ort_graphs.py, ``decode_reuses_states``).
 
         An export with a decode companion (``meta.companion == "decode"``, docs/graph-interface.md) gets a second
         session on it: one-token calls (decode steps) run there, without the unified graph's conv ``If``; every
@@ -153,22 +153,27 @@ class OrtBackend(Backend):
         if custom_ops is not None and (self.meta.flavor != "trt" or provider != "cuda"):
             raise UserError(f"{export_dir}: the custom-op library runs `trt` exports on the cuda provider "
                             f"(this is a `{self.meta.flavor}` export, provider {provider})")
-        if cuda_graph and (provider != "cuda" or self.meta.graph != "decode" or io_binding is False):
-            raise UserError(f"{export_dir}: ONNX Runtime CUDA graphs replay a decode export (--graph decode) on the "
-                            f"cuda provider with IO binding (this is a `{self.meta.graph}` graph, provider "
+        companion = self.meta.companion == "decode"
+        if cuda_graph and (provider != "cuda" or not (self.meta.graph == "decode" or companion)
+                           or io_binding is False):
+            raise UserError(f"{export_dir}: ONNX Runtime CUDA graphs replay a decode graph (--graph decode, or a "
+                            f"unified one's --companion decode) on the cuda provider with IO binding (this is a "
+                            f"`{self.meta.graph}` graph{' with a companion' if companion else ''}, provider "
                             f"{provider}{', IO binding off' if io_binding is False else ''})")
         verify_weights(export_dir, self.meta)  # sizes always, sha256 up to interface.HASH_LIMIT
         self.config, self.recipe, self.dtype = self.meta.config, self.meta.recipe, self.meta.dtype
         self.one_token_per_call = self.meta.graph == "decode"
         self.custom_ops = custom_ops
+        graph_here = cuda_graph and not companion  # the session that runs one-token calls captures them
         if custom_ops is not None:  # the very graph TensorRT receives, its plugin nodes on our kernels
-            self.session = ort_session(export_dir, provider, custom_ops=custom_ops, cuda_graph=cuda_graph)
+            self.session = ort_session(export_dir, provider, custom_ops=custom_ops, cuda_graph=graph_here)
         else:
             with validation_model(export_dir) as path:  # trt exports run through their standard-op validation copy
-                self.session = ort_session(export_dir, provider, path, cuda_graph=cuda_graph)
+                self.session = ort_session(export_dir, provider, path, cuda_graph=graph_here)
         self.decode_session = None
-        if self.meta.companion == "decode" and custom_ops is None:
-            self.decode_session = ort_session(export_dir, provider, companion_path(export_dir, self.meta))
+        if companion and custom_ops is None:
+            self.decode_session = ort_session(export_dir, provider, companion_path(export_dir, self.meta),
+                                              cuda_graph=cuda_graph)
         self.provider = provider
         self.device = "cuda" if provider == "cuda" else "cpu"
         self.io_binding = provider == "cuda" if io_binding is None else io_binding
@@ -184,7 +189,8 @@ class OrtBackend(Backend):
         if cuda_graph:
             from .ort_graphs import OrtDecodeGraphs
 
-            self.graphs = OrtDecodeGraphs(self.session, self.meta, self.vocab, self.logits_dtype)
+            self.graphs = OrtDecodeGraphs(self.decode_session or self.session, self.meta, self.vocab,
+                                          self.logits_dtype)
             self.decode_reuses_states = True
 
     def zero_states(self, batch: int):
