@@ -82,7 +82,7 @@ def _export_one(args) -> str:
 
 
 def prepare(work: Path, presets: list[str], jobs: int, exports: bool = True, dtypes: list[str] | None = None,
-            graphs: tuple[str, ...] = ("unified", "decode")):
+            graphs: tuple[str, ...] = ("unified", "decode"), flavors: tuple[str, ...] | None = None):
     work.mkdir(parents=True, exist_ok=True)
     tasks = []
     for name in presets:
@@ -92,9 +92,9 @@ def prepare(work: Path, presets: list[str], jobs: int, exports: bool = True, dty
             write_checkpoint(random_model(preset(name), seed=0), ckpt, "hf")
             _log(f"checkpoint {name} written in {time.perf_counter() - t:.0f} s")
         tasks += [(ckpt, _export_dir(work, name, d, f), f, d, "unified") for d in dtypes or PLAN[name][0]
-                  for f in (*FLAVORS, CUSTOM_OPS_FLAVOR) if exports and "unified" in graphs]
+                  for f in (*FLAVORS, CUSTOM_OPS_FLAVOR) if exports and "unified" in graphs and f in (flavors or f)]
         tasks += [(ckpt, _decode_dir(work, name, d, f), f, d, "decode") for d in dtypes or PLAN[name][0]
-                  for f in DECODE_FLAVORS if exports and "decode" in graphs]
+                  for f in DECODE_FLAVORS if exports and "decode" in graphs and f in (flavors or f)]
     # the exporter is mostly single-threaded Python; spawn, since forking a process that has run torch's thread
     # pools can deadlock the children
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -331,8 +331,10 @@ def main():
 @click.option("--dtypes", default=None, help="comma-separated export dtypes (default: the preset's plan)")
 @click.option("--graphs", default="unified,decode", show_default=True,
               help="which exports: unified (for bench), decode (for decode)")
-def prepare_cmd(work, presets, jobs, exports, dtypes, graphs):
-    prepare(work, presets.split(","), jobs, exports, dtypes.split(",") if dtypes else None, tuple(graphs.split(",")))
+@click.option("--flavors", default=None, help="comma-separated flavors to export (default: all)")
+def prepare_cmd(work, presets, jobs, exports, dtypes, graphs, flavors):
+    prepare(work, presets.split(","), jobs, exports, dtypes.split(",") if dtypes else None, tuple(graphs.split(",")),
+            tuple(flavors.split(",")) if flavors else None)
 
 
 @main.command("bench")

@@ -264,7 +264,7 @@ def onnx_points(backends: dict, ids: torch.Tensor, ref: torch.Tensor, decode_tok
 
 @torch.no_grad()
 def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_dir: Path | None,
-                 onnx: tuple[Path, str, Path | None] | None = None) -> dict:
+                 onnx: tuple[Path, str, Path | None] | None = None, configs: tuple[str, ...] = tuple(OFF)) -> dict:
     cfg = preset(name)
     log(f"{name}: random weights")
     base = random_model(cfg, seed=0)
@@ -282,14 +282,15 @@ def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_di
         # parity first (bf16 vs the fp32 listings, last position)
         with tri.disabled("cuda"):
             ref = listing32(ids, *listing32.init_states(b, "cuda"), last_token_only=True)[0][:, -1]
-        for conf in ("ssd-scan-only", "ssd-all"):
+        prefill_configs = [c for c in ("ssd-scan-only", "ssd-all") if c in configs]
+        for conf in prefill_configs:
             with ours_config(conf):
                 point[f"err_{conf}"] = rel(ours(ids, *ours.init_states(b, "cuda"), last_token_only=True)[0][:, -1],
                                            ref)
         point["err_mamba_ssm"] = rel(theirs(ids, num_last_tokens=1).logits[:, -1], ref)
 
         # prefill
-        for conf in ("ssd-scan-only", "ssd-all"):
+        for conf in prefill_configs:
             with ours_config(conf):
                 t = cuda_time(lambda: ours(ids, *ours.init_states(b, "cuda"), last_token_only=True))
             point[f"prefill_ms_{conf}"] = summary(t)
@@ -300,7 +301,7 @@ def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_di
 
         # decode: ours through CUDA graphs, after a real prefill: its states handed over at the first step, then
         # each step updates the graph's own states in place (the steady state of a decode loop)
-        for conf in ("ssd-scan-only", "ssd-all", "ssd-all-2k", "ssd-all-apart", "ssd-all-nopdl"):
+        for conf in configs:
             with ours_config(conf):
                 _, conv, ssm = ours(ids, *ours.init_states(b, "cuda"), last_token_only=True)
                 graphs = DecodeGraphs(partial(ours, decode=True, last_token_only=True, in_place=True))
@@ -379,7 +380,13 @@ def main():
     ap.add_argument("--onnx", type=Path, default=None, help="bench_backends_gpu.py prepare's work folder")
     ap.add_argument("--onnx-dtype", default="fp16")
     ap.add_argument("--ort-custom-ops", type=Path, default=None)
+    ap.add_argument("--configs", default=",".join(OFF), help=f"ssd-deploy configurations to run, of {', '.join(OFF)} "
+                    "(prefill: ssd-scan-only and ssd-all; ssd-all always runs)")
     args = ap.parse_args()
+    configs = tuple(dict.fromkeys(["ssd-all", *args.configs.split(",")]))
+    unknown = [c for c in configs if c not in OFF]
+    if unknown:
+        ap.error(f"unknown configuration(s) {unknown}")
     sys.path.insert(0, os.environ.get("MAMBA_SSM_SRC", ".gpu/mamba_src"))
     assert tri.register("cuda"), "Triton kernels not registered"
     warm_up()
@@ -393,27 +400,33 @@ def main():
     for name in args.presets.split(","):
         report["presets"].append(bench_preset(name, [int(b) for b in args.batches.split(",")], args.length,
                                               args.decode_tokens, args.out if args.profile else None,
-                                              (args.onnx, args.onnx_dtype, args.ort_custom_ops) if args.onnx else None))
+                                              (args.onnx, args.onnx_dtype, args.ort_custom_ops) if args.onnx else None,
+                                              configs))
         (args.out / "bench_model_gpu.json").write_text(json.dumps(report, indent=1))  # each preset as it ends
-    # the short table, last
-    print(f"\n{report['device']}, {report['date']}, commit {report['commit']}; bf16, prompt {args.length}")
-    print("| model, b | prefill ms: scan-only / all / all+graph / mamba_ssm (x all, x graph) | decode ms/token: "
-          "scan-only / all (2 kernels; apart; no PDL) / replay / mamba_ssm (x) | launches per step (per layer; "
-          "apart) | err: all / mamba_ssm |")
-    for p in report["presets"]:
-        for q in p["points"]:
-            pre = [q[f"prefill_ms_{c}"]["median"] for c in ("ssd-scan-only", "ssd-all", "ssd-all-graph", "mamba_ssm")]
-            dec = [q["decode_ms_ssd-scan-only"]["median"], q["decode_ms_ssd-all"]["median"],
-                   q["decode_replay_ms_ssd-all"]["median"], q["decode_ms_mamba_ssm"]["median"]]
-            print(f"| {p['preset']}, {q['batch']} | {pre[0]:.2f} / {pre[1]:.2f} / {pre[2]:.2f} / {pre[3]:.2f} "
-                  f"({pre[3] / pre[1]:.2f}x, {pre[3] / pre[2]:.2f}x)"
-                  f" | {dec[0]:.3f} / {dec[1]:.3f} ({q['decode_ms_ssd-all-2k']['median']:.3f}; "
-                  f"{q['decode_ms_ssd-all-apart']['median']:.3f}; {q['decode_ms_ssd-all-nopdl']['median']:.3f}) / "
-                  f"{dec[2]:.3f} / {dec[3]:.3f} "
-                  f"({dec[3] / dec[1]:.2f}x) | "
-                  f"{q['launches_ssd-all']['per_step']} ({q['launches_ssd-all']['per_layer']:.2f}; "
-                  f"{q['launches_ssd-all-apart']['per_layer']:.2f}) | "
-                  f"{q['err_ssd-all']:.1e} / {q['err_mamba_ssm']:.1e} |")
+    tables(report, configs, args.length)  # the short tables, last
+
+
+def tables(report: dict, configs: tuple[str, ...], length: int):
+    """The short tables (markdown) of a report."""
+    print(f"\n{report['device']}, {report['date']}, commit {report['commit']}; bf16, prompt {length}")
+    points = [(p["preset"], q) for p in report["presets"] for q in p["points"]]
+    pre_confs = [c for c in ("ssd-scan-only", "ssd-all") if c in configs] + ["ssd-all-graph", "mamba_ssm"]
+    print(f"| model, b | prefill ms: {' / '.join(pre_confs)} | mamba_ssm ÷ ssd-all, ÷ ssd-all-graph | err: ssd-all / "
+          "mamba_ssm |")
+    for name, q in points:
+        pre = {c: q[f"prefill_ms_{c}"]["median"] for c in pre_confs}
+        print(f"| {name}, {q['batch']} | {' / '.join(f'{pre[c]:.2f}' for c in pre_confs)} | "
+              f"{pre['mamba_ssm'] / pre['ssd-all']:.2f}x, {pre['mamba_ssm'] / pre['ssd-all-graph']:.2f}x | "
+              f"{q['err_ssd-all']:.1e} / {q['err_mamba_ssm']:.1e} |")
+    print(f"\n| model, b | decode ms/token (replay): {' / '.join(configs)} / mamba_ssm | mamba_ssm ÷ each | launches "
+          "per step (per layer) |")
+    for name, q in points:
+        theirs = q["decode_ms_mamba_ssm"]["median"]
+        ms = [f"{q[f'decode_ms_{c}']['median']:.3f} ({q[f'decode_replay_ms_{c}']['median']:.3f})" for c in configs]
+        print(f"| {name}, {q['batch']} | {' / '.join(ms)} / {theirs:.3f} | "
+              + ", ".join(f"{theirs / q[f'decode_ms_{c}']['median']:.2f}x" for c in configs) + " | "
+              + ", ".join(f"{q[f'launches_{c}']['per_step']} ({q[f'launches_{c}']['per_layer']:.2f})"
+                          for c in configs) + " |")
     onnx_rows = [(p["preset"], q, label, r) for p in report["presets"] for q in p["points"]
                  for label, r in q.get("onnx", {}).items()]
     if onnx_rows:
