@@ -183,7 +183,7 @@ def warm_up(seconds: float = 5.0):
 
 
 def onnx_backends(work: Path, name: str, dtype: str, custom_ops: Path | None) -> tuple[dict, dict]:
-    """The ONNX Runtime CUDA rows, by label: (backend, export folder, its decode-graph backend or None), and why
+    """The ONNX Runtime CUDA rows, by label: (backend, its decode-graph backend or None), and why
     any is missing. The decode graphs (``--graph decode`` exports of the same flavor, ONNX Runtime's CUDA graphs:
     runtime/ort_graphs.py) take over the unified export's prefill states, as a server would."""
     from bench_backends_gpu import CUSTOM_OPS_FLAVOR, CUSTOM_OPS_LABEL, _custom_ops, _decode_dir, _export_dir
@@ -195,8 +195,7 @@ def onnx_backends(work: Path, name: str, dtype: str, custom_ops: Path | None) ->
     opened, missing = {}, {}
     for label, (flavor, ops) in flavors.items():
         try:
-            folder = _export_dir(work, name, dtype, flavor)
-            backend = OrtBackend(folder, "cuda", custom_ops=ops and ops())
+            backend = OrtBackend(_export_dir(work, name, dtype, flavor), "cuda", custom_ops=ops and ops())
         except (UserError, OSError, RuntimeError, ImportError) as e:
             missing[label] = str(e)[:500]
             log(f"{name} {label}: not run: {missing[label]}")
@@ -207,7 +206,7 @@ def onnx_backends(work: Path, name: str, dtype: str, custom_ops: Path | None) ->
         except (UserError, OSError, RuntimeError, ImportError) as e:
             graphs, missing[f"{label}-decode-graphs"] = None, str(e)[:500]
             log(f"{name} {label}-decode-graphs: not run: {missing[f'{label}-decode-graphs']}")
-        opened[label] = (backend, folder, graphs)
+        opened[label] = (backend, graphs)
     return opened, missing
 
 
@@ -240,15 +239,12 @@ def graph_decode(unified, graphs, host, steps: int) -> dict:
 def onnx_points(backends: dict, ids: torch.Tensor, ref: torch.Tensor, decode_tokens: int, repeats: int,
                 profile: bool) -> dict:
     """Prefill ms and decode ms/token of each ONNX Runtime backend on the same prompt, parity against ``ref``, and
-    its decode graphs' ms/token; with ``profile``, ONNX Runtime's own profile of a prefill and a step (time by op
-    type and provider)."""
-    from bench_backends_gpu import ort_placement
-
+    its decode graphs' ms/token; with ``profile``, the device time of a prefill by kernel (CUPTI)."""
     from ssd_deploy import bench
 
     host = ids.cpu().numpy()
     out = {}
-    for label, (backend, folder, graphs) in backends.items():
+    for label, (backend, graphs) in backends.items():
         logits, _ = backend.forward(host, backend.zero_states(host.shape[0]))
         pre, step = bench.timings(backend, host, decode_tokens, repeats)
         out[label] = {"prefill_ms": summary([t * 1e3 for t in pre]), "decode_ms": summary([t * 1e3 for t in step]),
@@ -256,7 +252,6 @@ def onnx_points(backends: dict, ids: torch.Tensor, ref: torch.Tensor, decode_tok
         if graphs is not None:
             out[label]["decode_graphs"] = graph_decode(backend, graphs, host, decode_tokens)
         if profile:
-            out[label]["ort_profile"] = ort_placement(folder, backend, host)
             out[label]["prefill_kernels"] = kernel_profile(
                 lambda: backend.forward(host, backend.zero_states(host.shape[0])))
     return out
@@ -264,7 +259,8 @@ def onnx_points(backends: dict, ids: torch.Tensor, ref: torch.Tensor, decode_tok
 
 @torch.no_grad()
 def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_dir: Path | None,
-                 onnx: tuple[Path, str, Path | None] | None = None, configs: tuple[str, ...] = tuple(OFF)) -> dict:
+                 onnx: tuple[Path, str, Path | None] | None = None, configs: tuple[str, ...] = tuple(OFF),
+                 save=lambda res: None) -> dict:
     cfg = preset(name)
     log(f"{name}: random weights")
     base = random_model(cfg, seed=0)
@@ -328,6 +324,7 @@ def bench_preset(name: str, batches, length: int, decode_tokens: int, profile_di
         if ort:
             point["onnx"] = onnx_points(ort, ids, ref, decode_tokens, repeats=10, profile=b == max(batches))
         res["points"].append(point)
+        save(res)
         log(f"{name} b{b}: " + json.dumps({k: (v.get("median", v) if isinstance(v, dict) else v) for k, v in point.items()}))
 
         if profile_dir is not None and b == max(batches):
@@ -397,12 +394,14 @@ def main():
     report["fp32_crosscheck"] = fp32_crosscheck()
     log(f"fp32 cross-check: {report['fp32_crosscheck']['logits_rel_err']:.2e}, greedy identical: "
         f"{report['fp32_crosscheck']['greedy_identical']}")
+    def save(res: dict):  # after every point: a run stopped by its time limit keeps what it measured
+        report["presets"] = [p for p in report["presets"] if p is not res] + [res]
+        (args.out / "bench_model_gpu.json").write_text(json.dumps(report, indent=1))
+
     for name in args.presets.split(","):
-        report["presets"].append(bench_preset(name, [int(b) for b in args.batches.split(",")], args.length,
-                                              args.decode_tokens, args.out if args.profile else None,
-                                              (args.onnx, args.onnx_dtype, args.ort_custom_ops) if args.onnx else None,
-                                              configs))
-        (args.out / "bench_model_gpu.json").write_text(json.dumps(report, indent=1))  # each preset as it ends
+        bench_preset(name, [int(b) for b in args.batches.split(",")], args.length, args.decode_tokens,
+                     args.out if args.profile else None,
+                     (args.onnx, args.onnx_dtype, args.ort_custom_ops) if args.onnx else None, configs, save)
     tables(report, configs, args.length)  # the short tables, last
 
 
