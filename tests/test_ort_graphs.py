@@ -5,6 +5,7 @@ the float32 PyTorch listings, at two batch sizes in one backend, from zero state
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,10 +97,37 @@ def test_refused_where_it_cannot_run(decode_export, make_export):
     with pytest.raises(UserError, match="option of the ort backend"):
         open_backend(ckpt, "torch", cuda_graph=True)
     args = ["--input-ids", "1,2", "--max-new-tokens", "2", "--cuda-graph"]
-    for cmd in (["run", str(out)], ["run", str(unified), "--provider", "cuda"], ["run", str(ckpt), "--backend", "torch"],
-                ["run", "--backend", "triton"]):
+    for cmd in (["run", str(out)], ["run", str(unified), "--provider", "cuda"],
+                ["run", str(ckpt), "--backend", "torch"], ["run", "--backend", "triton"]):
         r = CliRunner().invoke(main, [*cmd, *args])
         assert r.exit_code == 2 and "Traceback" not in r.output and "CUDA graphs" in r.output, r.output
+
+
+@pytest.mark.parametrize("companion", [False, True])
+def test_the_one_token_session_is_the_capturing_one(make_export, monkeypatch, companion):
+    """Option plumbing, without a GPU: the session that runs one-token calls (the decode export's, or the decode
+    companion's) is created with `enable_cuda_graph` beside the fp32 setting, any other without it, and the graphs
+    run on it. ONNX Runtime is asked for CUDA sessions that are made on the CPU provider instead."""
+    import onnxruntime
+
+    _, out = make_export(UNTIED, "ort", logits="last", **({"companion": "decode"} if companion else
+                                                           {"graph": "decode"}))
+    made = {}
+    real = onnxruntime.InferenceSession
+
+    def record(path, opts, providers, provider_options):
+        made[Path(path).name] = dict(zip(providers, provider_options))
+        return real(path, opts, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", record)
+    backend = OrtBackend(out, "cuda", cuda_graph=True)
+    capturing = {name for name, opts in made.items() if opts["CUDAExecutionProvider"].get("enable_cuda_graph") == "1"}
+    assert capturing == {"decode.onnx" if companion else "model.onnx"} and len(made) == 1 + companion
+    assert all(opts["CUDAExecutionProvider"]["use_tf32"] == "0" for opts in made.values())
+    assert backend.graphs.session is (backend.decode_session if companion else backend.session)
+    assert backend.decode_reuses_states and backend.name == "ort-ort-cuda-graphs"
 
 
 # ---------------------------------------------------------------- GPU: ONNX Runtime's CUDA provider
