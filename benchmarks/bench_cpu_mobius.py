@@ -13,8 +13,15 @@ ONNX Runtime (CPU provider, the same session options), side by side in one run.
 * ONNX Runtime's profiler (SessionOptions.enable_profiling) on each graph: time per op type in a prefill and in a
   decode step.
 
+Our export is timed twice in the same run: as ``ssd-deploy`` (what OrtBackend does: prompts on ``model.onnx``,
+decode steps on its decode companion ``decode.onnx``, docs/graph-interface.md) and as ``ssd-deploy unified`` (the
+old form: every call on ``model.onnx``, whose conv is an ``If`` on the length). Each graph is one ONNX Runtime
+session per file, as ``ssd-deploy run`` opens them. The process's resident memory after opening each graph's
+sessions is recorded too (the companion is a second session on the same weights file).
+
 mobius is the PyPI package ``mobius-onnx`` (the ``bench`` extra); without it the script says so and stops.
-``--export LABEL=DIR`` adds more exports to the same run (an export made by another commit, for a before/after).
+``--export LABEL=DIR`` adds more exports to the same run (an export made by another commit, for a before/after;
+with a ``decode.onnx`` its decode steps run there).
 
     PYTHONPATH=. python benchmarks/bench_cpu_mobius.py [--workdir DIR] [--repeats 7] [--steps 60] [--json OUT]
 """
@@ -39,6 +46,7 @@ import torch
 
 from bench_cpu_flavors import _commit
 from ssd_deploy.checkpoint import load_model, random_model, write_checkpoint
+from ssd_deploy.interface import DECODE_FILE
 from ssd_deploy.onnx.export import export, resolve_options
 from ssd_deploy.presets import preset
 
@@ -71,14 +79,23 @@ class Graph:
     and ssm states; logits, then the new states in the same order (checked by shape)."""
     name: str
     path: Path
+    decode_path: Path | None = None  # a decode companion: one-token calls run there
     session: ort.InferenceSession = field(init=False)
+    decode_session: ort.InferenceSession | None = field(init=False, default=None)
+    rss_mib: float = field(init=False, default=0.0)  # resident memory the sessions added when opened
 
     def __post_init__(self):
+        before = _rss_mib()
         self.open()
+        self.rss_mib = _rss_mib() - before
 
     def open(self, profile_prefix: str | None = None):
         self.session = ort.InferenceSession(str(self.path), session_options(profile_prefix),
                                             providers=["CPUExecutionProvider"])
+        if self.decode_path is not None:
+            self.decode_session = ort.InferenceSession(
+                str(self.decode_path), session_options(profile_prefix and profile_prefix + "-decode"),
+                providers=["CPUExecutionProvider"])
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
         self.ids_name, self.state_in = ins[0].name, [i.name for i in ins[1:]]
         self.state_out = [o.name for o in outs[1:]]
@@ -90,29 +107,40 @@ class Graph:
         return {n: np.zeros([batch, *s], np.float32) for n, s in zip(self.state_in, self.state_shapes)}
 
     def __call__(self, ids: np.ndarray, states: dict):
-        out = self.session.run(None, {self.ids_name: ids, **states})
+        session = self.decode_session if self.decode_session is not None and ids.shape[1] == 1 else self.session
+        out = session.run(None, {self.ids_name: ids, **states})
         return out[0][:, -1], dict(zip(self.state_in, out[1:]))
 
 
-def prepare(workdir: Path, preset_name: str, extra: dict[str, Path], log) -> tuple[Path, dict[str, Path]]:
-    """The random HF checkpoint, our cpu-fp32 export and the mobius graph of it, each made once per workdir."""
+def _rss_mib() -> float:
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return float("nan")
+    return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS")) / 1024
+
+
+def prepare(workdir: Path, preset_name: str, extra: dict[str, Path], log) -> tuple[Path, dict[str, tuple]]:
+    """The random HF checkpoint, our cpu-fp32 export and the mobius graph of it, each made once per workdir: each
+    graph's (model file, decode companion file or None)."""
     ckpt = workdir / f"ckpt-{preset_name}"
     if not (ckpt / "config.json").is_file():
         log(f"writing a random {preset_name} checkpoint (HF format)")
         write_checkpoint(random_model(preset(preset_name), seed=0), ckpt, "hf")
     ours = workdir / f"cpu-fp32-{preset_name}"
-    if not (ours / "model.onnx").is_file():
+    if not (ours / DECODE_FILE).is_file():  # (a workdir of an earlier run holds an export without it)
         log("exporting with the cpu-fp32 recipe")
         opts, recipe = resolve_options("cpu-fp32")
-        export(ckpt, ours, opts, recipe)
+        export(ckpt, ours, opts, recipe, force=True)
     mob = workdir / f"mobius-{preset_name}"
     if not (mob / "model.onnx").is_file():
         log("building the mobius graph")
         import mobius
 
         mobius.build(str(ckpt), dtype="f32", execution_provider="cpu").save(str(mob))
-    return ckpt, {"ssd-deploy": ours / "model.onnx", **{k: v / "model.onnx" for k, v in extra.items()},
-                  "mobius": mob / "model.onnx"}
+    companion = lambda d: d / DECODE_FILE if (d / DECODE_FILE).is_file() else None  # noqa: E731
+    return ckpt, {"ssd-deploy": (ours / "model.onnx", ours / DECODE_FILE),
+                  "ssd-deploy unified": (ours / "model.onnx", None),
+                  **{k: (v / "model.onnx", companion(v)) for k, v in extra.items()}, "mobius": (mob / "model.onnx", None)}
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -145,14 +173,21 @@ def check_parity(graphs: dict[str, Graph], ckpt: Path, ids: np.ndarray) -> dict:
     return out
 
 
+def _rotated(names: list[str], i: int) -> list[str]:
+    """The i-th round's order: rotated, so that no graph always follows itself (ONNX Runtime's worker threads spin
+    a while after a call and slow the next session's call; alternating the order gave the middle graph of three
+    that handicap every round)."""
+    return names[i % len(names):] + names[:i % len(names)]
+
+
 def time_prefill(graphs: dict[str, Graph], ids: np.ndarray, repeats: int) -> dict[str, float]:
-    """Median seconds per prefill; call by call, the order of the graphs alternating."""
+    """Median seconds per prefill; call by call, the order of the graphs rotating."""
     times = defaultdict(list)
     names = list(graphs)
     for name in names:  # warm-up
         graphs[name](ids, graphs[name].zero_states())
     for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in _rotated(names, r):
             g = graphs[name]
             states = g.zero_states()
             t = time.perf_counter()
@@ -163,7 +198,7 @@ def time_prefill(graphs: dict[str, Graph], ids: np.ndarray, repeats: int) -> dic
 
 def time_decode(graphs: dict[str, Graph], ids: np.ndarray, steps: int, block: int = 5) -> dict[str, float]:
     """Median seconds per decode step (batch 1, states carried from a prefill of ``ids``), in blocks of ``block``
-    steps per graph in turn."""
+    steps per graph in turn (the order rotating)."""
     carried = {}
     for name, g in graphs.items():
         logits, states = g(ids, g.zero_states())
@@ -172,7 +207,7 @@ def time_decode(graphs: dict[str, Graph], ids: np.ndarray, steps: int, block: in
     times = defaultdict(list)
     names = list(graphs)
     for b in range(max(1, steps // block)):
-        for name in (names if b % 2 == 0 else names[::-1]):
+        for name in _rotated(names, b):
             g, (token, states) = graphs[name], carried[name]
             for _ in range(block):
                 t = time.perf_counter()
@@ -246,9 +281,10 @@ def floors(cfg, prompt: int, weight_bytes: int, repeats: int) -> dict:
 # ---- profile --------------------------------------------------------------------------------------------------------
 
 def profile(graph: Graph, ids: np.ndarray, steps: int, workdir: Path) -> dict:
-    """Per op type, mean microseconds per call in one prefill and in one decode step (ONNX Runtime's profiler; a
-    fresh session, warm-up calls left out of the summary)."""
-    prefix = str(workdir / f"profile-{graph.name}")
+    """Per op type, mean microseconds per call in one prefill and in one decode step (ONNX Runtime's profiler; fresh
+    sessions, warm-up calls left out of the summary; the decode steps from the companion's session where the graph
+    has one)."""
+    prefix = str(workdir / f"profile-{graph.name.replace(' ', '-')}")
     graph.open(prefix)
     try:
         graph(ids, graph.zero_states())  # warm-up
@@ -257,21 +293,27 @@ def profile(graph: Graph, ids: np.ndarray, steps: int, workdir: Path) -> dict:
         graph(token, states)  # warm-up of the one-token path
         for _ in range(steps):
             logits, states = graph(token, states)
-        trace = json.loads(Path(graph.session.end_profiling()).read_text())
+        traces = [json.loads(Path(graph.session.end_profiling()).read_text())]
+        if graph.decode_session is not None:
+            traces.append(json.loads(Path(graph.decode_session.end_profiling()).read_text()))
     finally:
         graph.open()
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("name") == "model_run")
-    kinds = {1: "prefill", **{i: "decode" for i in range(3, 3 + steps)}}
+    # the runs of each session, in order: the unified one's warm-up and prefill, then (without a companion) the
+    # decode warm-up and steps; the companion's decode warm-up and steps
+    plan = [{1: "prefill", **{i: "decode" for i in range(3, 3 + steps)}}] if len(traces) == 1 else \
+        [{1: "prefill"}, {i: "decode" for i in range(1, 1 + steps)}]
     per = {"prefill": defaultdict(float), "decode": defaultdict(float)}
     total = {"prefill": 0.0, "decode": 0.0}
-    for e in trace:
-        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
-            continue
-        idx = next((i for i, (a, b) in enumerate(runs) if a <= e["ts"] <= b), None)
-        if idx in kinds:
-            per[kinds[idx]][e["args"]["op_name"]] += e["dur"]
-    for i, kind in kinds.items():
-        total[kind] += runs[i][1] - runs[i][0]
+    for trace, kinds in zip(traces, plan):
+        runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("name") == "model_run")
+        for e in trace:
+            if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+                continue
+            idx = next((i for i, (a, b) in enumerate(runs) if a <= e["ts"] <= b), None)
+            if idx in kinds:
+                per[kinds[idx]][e["args"]["op_name"]] += e["dur"]
+        for i, kind in kinds.items():
+            total[kind] += runs[i][1] - runs[i][0]
     n = {"prefill": 1, "decode": steps}
     return {k: {"run_us": total[k] / n[k], "ops_us": dict(sorted(((op, us / n[k]) for op, us in per[k].items()),
                                                                   key=lambda t: -t[1]))} for k in per}
@@ -283,10 +325,12 @@ def report(result: dict) -> str:
     names = list(result["prefill_s"])
     p, d, fl = result["prefill_s"], result["decode_s"], result["floors"]
     prompt = result["prompt"]
-    lines = [f"| graph | prefill 1x{prompt} tok/s | vs mobius | decode ms/step | vs mobius |", "|---|---|---|---|---|"]
+    rss = result.get("rss_mib", {})
+    lines = [f"| graph | prefill 1x{prompt} tok/s | vs mobius | decode ms/step | vs mobius | sessions' RSS MiB |",
+             "|---|---|---|---|---|---|"]
     for n in names:
         lines.append(f"| {n} | {prompt / p[n]:.0f} | {p['mobius'] / p[n]:.2f}x | {d[n] * 1e3:.2f} | "
-                     f"{d[n] / d['mobius']:.2f}x |")
+                     f"{d[n] / d['mobius']:.2f}x | {rss.get(n, float('nan')):.0f} |")
     lines += ["", f"floors: prefill matrix products alone (torch sgemm) {fl['prefill_tok_s_ceiling_last_logits_torch']:.0f}"
               f" tok/s with last-token logits, {fl['prefill_tok_s_ceiling_all_logits_torch']:.0f} with all; "
               f"(ORT MatMul) {fl['prefill_tok_s_ceiling_last_logits_ort']:.0f} / "
@@ -308,7 +352,7 @@ def _labelled(_ctx, _param, values) -> dict[str, Path]:
     out = {}
     for v in values:
         label, _, path = v.partition("=")
-        if not path or label in ("ssd-deploy", "mobius"):
+        if not path or label in ("ssd-deploy", "ssd-deploy unified", "mobius"):
             raise click.BadParameter(f"{v!r}: expected LABEL=DIR with a label other than ssd-deploy/mobius")
         out[label] = Path(path)
     return out
@@ -343,11 +387,12 @@ def main(preset_name, workdir, extra, prompt, repeats, steps, profile_steps, jso
     # lm_head, the other tables are not there)
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
     del model
-    graphs = {name: Graph(name, path) for name, path in paths.items()}
+    graphs = {name: Graph(name, *files) for name, files in paths.items()}
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, prompt))
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "commit": _commit(), "machine": _machine(), "preset": preset_name, "prompt": prompt,
-              "graphs": {k: str(v) for k, v in paths.items()}}
+              "graphs": {k: [str(f) for f in v if f is not None] for k, v in paths.items()},
+              "rss_mib": {k: g.rss_mib for k, g in graphs.items()}}
     log("parity")
     result["parity"] = check_parity(graphs, ckpt, ids)
     if not result["parity"]["ok"]:

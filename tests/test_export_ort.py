@@ -406,3 +406,17 @@ def test_bad_companion_is_refused_before_any_work(tiny_ckpt, tmp_path, opts, mes
     with pytest.raises(UserError, match=message):
         export(tiny_ckpt, tmp_path / "x", opts)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_quantized_export_shares_its_quantized_weights_with_the_companion(exports):
+    """Both graphs are quantized by ONNX Runtime's quantizer; the companion's quantized weights are the main
+    graph's bytes (shared by content: same ranges of the one data file), and it validates within int8's bound."""
+    ckpt, out = exports("g4", logits="last", companion="decode", quant="int8", quant_block=32)
+    main_proto, main_ext = _initializers(out / "model.onnx")
+    dec_proto, dec_ext = _initializers(out / "decode.onnx")
+    assert "MatMulNBits" in {n.op_type for n in dec_proto.graph.node}
+    assert dec_ext and all(main_ext.get(name) == where for name, where in dec_ext.items())
+    assert not [t.name for t in dec_proto.graph.initializer if t.data_location != TensorProto.EXTERNAL
+                and len(t.raw_data) > 1 << 12]
+    assert validate(out, ckpt, ort_runner(out), steps=2, batch=2).ok

@@ -17,8 +17,9 @@ Semantics of each contrib op, checked numerically against ONNX Runtime 1.32 (CPU
   (8.5 vs 1.5 ms per 130m layer at 512 tokens) and faster at decode (0.2 vs 1.9 ms at batch 8). So each layer's
   conv is an ``If`` on the sequence length: the contrib op for one token, the standard Conv (portable's lowering)
   for longer calls. The ``If`` is not free: on a quiet machine the 24 of the 130m preset cost 5 ms of a 60 ms decode
-  step, against 36-62 ms they save in a 512-token prefill (benchmarks/RESULTS.md, CPU against mobius, quiet rerun);
-  a decode-heavy deployment would rather not pay it, which needs a decode path without it (not built yet).
+  step, against 36-62 ms they save in a 512-token prefill (benchmarks/RESULTS.md, CPU against mobius, quiet rerun;
+  that profile's If time holds its branch's nodes). Exports with a decode companion (``--companion decode``, the
+  cpu-fp32 recipe) decode through the ``--graph decode`` lowering instead, which has no If (docs/flavors.md).
 * RMSNorm: the block's residual sum and pre-norm become ``SkipSimplifiedLayerNormalization`` (``finalize``); the
   norms without a sum before them and the one-group gated norm are written in the form ONNX Runtime's session
   fuses into ``SimplifiedLayerNormalization`` (that op's name is ONNX Runtime's own in the ONNX domain, which the
