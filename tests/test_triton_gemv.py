@@ -36,10 +36,11 @@ def strided_rows(t: torch.Tensor, extra: int = 5) -> torch.Tensor:
     return wide[:, extra:]
 
 
-def gemv_errors(b, n, k, dtype, bias, gated, groups, residual_dtype, device, seed) -> dict:
+def gemv_errors(b, n, k, dtype, bias, gated, groups, residual_dtype, device, seed, config=None) -> dict:
     """``norm_gemv`` against the float64 listing: rmsnorm(x) · w (or the ``gated_rmsnorm`` op's listing over
-    ``groups`` groups, z strided) @ W.T (+ bias) (+ residual, kept in ``residual_dtype``)."""
-    from ssd_deploy.ssd.triton.gemv import norm_gemv
+    ``groups`` groups, z strided) @ W.T (+ bias) (+ residual, kept in ``residual_dtype``). ``config``: an index into
+    ``gemv.CONFIGS`` to force (else the tuned or untuned choice)."""
+    from ssd_deploy.ssd.triton.gemv import CONFIGS, norm_gemv
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, k, generator=g).to(dtype).to(device)
@@ -50,7 +51,8 @@ def gemv_errors(b, n, k, dtype, bias, gated, groups, residual_dtype, device, see
     bb = torch.randn(n, generator=g).to(dtype).to(device) if bias else None
     res = torch.randn(b, n, generator=g).to(residual_dtype).to(device) if residual_dtype else None
     out = norm_gemv(x, nw, EPS, w, bb, gate=strided_rows(z) if gated else None,
-                    group_size=k // groups if gated else None, residual=res, residual_dtype=residual_dtype)
+                    group_size=k // groups if gated else None, residual=res, residual_dtype=residual_dtype,
+                    config=None if config is None else CONFIGS[config])
     if gated:
         normed = reference.gated_rmsnorm(x.double(), z.double(), nw.double(), EPS, k // groups)
     else:
@@ -113,6 +115,11 @@ def cases(device: str, large: bool) -> dict:
     # (N, K): outputs and channels not multiples of any block; K over the first config's BLOCK_K (several steps)
     n, k = (10576, 2560) if large else (70, 300)
     n_out, k_in = (2560, 5120) if large else (45, 300)
+    n_configs = 0
+    if HAVE_TRITON:
+        from ssd_deploy.ssd.triton.gemv import CONFIGS
+
+        n_configs = len(CONFIGS)
     out = {}
     for dt in dtypes:
         for b in (1, 3, 16):
@@ -124,6 +131,10 @@ def cases(device: str, large: bool) -> dict:
                                                                      torch.float32, device, 10 + b), dt)
             out[f"gated_{dt}_b{b}_g1_res16"] = (gemv_errors, (b, n_out, k_in, dt, b == 1, True, 1, dt, device,
                                                               20 + b), dt)
+        # every config, once (the untuned choice takes blocks of 512 at these few outputs)
+        for i in range(n_configs):
+            out[f"gated_{dt}_b3_config{i}"] = (gemv_errors, (3, n_out, k_in, dt, True, True, 3 if not large else 8,
+                                                             torch.float32, device, 30 + i, i), dt)
         for b in (1, 3):  # with the decode kernel: once in the interpreter (slow there), always on the GPU
             kernel = large or (b == 1 and dt == torch.float32)
             out[f"model_{dt}_b{b}{'' if kernel else '_step_listing'}"] = (model_errors, (device, dt, b, {}, kernel),

@@ -26,17 +26,24 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dependent_launch, dot_precision, on_device, tuned
+from .common import AUTOTUNE, dependent_launch, dot_precision, on_device, tuned
 
 MAX_BATCH = 16  # the rows of one tensor-core tile; larger batches are GEMMs (cuBLAS)
 
-# (BLOCK_N, BLOCK_K, warps, stages). The first is the one used untuned (interpreter,
-# SSD_DEPLOY_TRITON_AUTOTUNE=0): 660 programs for a 2.7b in_proj, each with two 8 KB weight blocks in flight.
-# Longer blocks of K and more stages put more bytes in flight per program, which a batch-1 GEMV is bound by where
-# the grid is small (out_proj: d_model outputs).
+# (BLOCK_N, BLOCK_K, warps, stages), tuned per shape. Longer blocks of K and more stages put more bytes in flight
+# per program, which a batch-1 GEMV is bound by where the grid is small (out_proj: d_model outputs).
 CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
-           for n, k, w, st in ((16, 256, 4, 3), (16, 512, 4, 3), (16, 256, 4, 5), (16, 128, 4, 6), (32, 256, 4, 3),
+           for n, k, w, st in ((16, 256, 4, 3), (16, 512, 4, 4), (16, 256, 4, 5), (16, 128, 4, 6), (32, 256, 4, 3),
                                (32, 128, 4, 4), (64, 128, 4, 4), (16, 1024, 4, 2))]
+# Programs that fill an H100/H200 a few times over (132 multiprocessors)
+MANY_PROGRAMS = 264
+
+
+def untuned_config(n: int) -> triton.Config:
+    """The config without tuning (``SSD_DEPLOY_TRITON_AUTOTUNE=0``, the interpreter), by the bytes in flight: with
+    many programs (in_proj, lm_head) 16 rows x 256 channels, two blocks ahead (a 2.7b in_proj: 660 programs, 10 MB
+    in flight); with few (out_proj: d_model / 16 programs) blocks of 512, three ahead."""
+    return CONFIGS[0] if triton.cdiv(n, CONFIGS[0].kwargs["BLOCK_N"]) >= MANY_PROGRAMS else CONFIGS[1]
 
 
 @triton.jit
@@ -105,7 +112,7 @@ def norm_gemv(x, norm_weight, eps, weight, bias=None, *, gate=None, group_size=N
     ``group_size`` channels (the ``gated_rmsnorm`` op). ``residual`` [b, N] (contiguous, any float dtype): returns
     ``residual + projection`` in ``residual_dtype`` (default: the residual's) instead of the projection. ``pdl``:
     launched as a programmatic dependent launch (``common.dependent_launch``; Hopper and later). ``config``: one of
-    ``CONFIGS`` instead of the tuned one (benchmarks/bench_gemv_gpu.py times each)."""
+    ``CONFIGS`` instead of the tuned one (benchmarks/bench_gemv_gpu.py times each); untuned, ``untuned_config``."""
     b, k = x.shape
     n = weight.shape[0]
     group_size = k if group_size is None else group_size
@@ -126,6 +133,8 @@ def norm_gemv(x, norm_weight, eps, weight, bias=None, *, gate=None, group_size=N
         out = torch.empty(b, n, dtype=residual_dtype or residual.dtype, device=x.device)
     else:
         out = torch.empty(b, n, dtype=weight.dtype, device=x.device)
+    if config is None and not AUTOTUNE:
+        config = untuned_config(n)
     kernel = _norm_gemv_kernel if config is None else _norm_gemv_kernel.fn
     options = {} if config is None else config.all_kwargs()
     with on_device(x):
