@@ -188,7 +188,7 @@ def test_kernel_compiles_for_sm90(gated, act):
     (what the interpreter cannot check): the products on the tensor cores and the weight blocks streamed into shared
     memory ahead of use (cp.async), which is what the design rests on (model-sized dimensions are multiples of 16,
     and a launch specialises on that); launched as a programmatic dependent launch, nothing is read before the wait
-    for the previous kernel."""
+    for the previous kernel but L2 prefetches of weights."""
     pytest.importorskip("triton.backends.nvidia", reason="Triton's NVIDIA backend is not installed")
     from test_triton_decode import sm90_ptx
 
@@ -207,9 +207,11 @@ def test_kernel_compiles_for_sm90(gated, act):
                         "PRECISION": precision, "PDL": True, **config.kwargs},
                        num_warps=config.num_warps, num_stages=config.num_stages, divisible=divisible)
         assert "cp.async" in ptx, config.kwargs
-        # as a programmatic dependent launch: it waits for the previous kernel before it reads or writes anything
-        assert ptx.index("griddepcontrol.wait") < min(ptx.index(op) for op in ("ld.global", "cp.async", "st.global")
-                                                      if op in ptx)
+        # as a programmatic dependent launch: it waits for the previous kernel before it reads or writes anything,
+        # and only asks for its first weight blocks in the L2 before that
+        wait = ptx.index("griddepcontrol.wait")
+        assert wait < min(ptx.index(op) for op in ("ld.global", "cp.async", "st.global") if op in ptx)
+        assert ptx.index("prefetch.global.L2") < wait
         if act != "*fp32":
             assert "mma.sync" in ptx or "wgmma" in ptx, config.kwargs
 

@@ -55,8 +55,16 @@ def dependent_launch(PDL: tl.constexpr):
     """First thing in a kernel launched with ``launch_pdl`` (programmatic dependent launch, Hopper and later): let
     the next kernel's programs start (they wait in their own call of this), then wait until the previous kernel has
     finished and its writes are visible. What the kernel does before this call may only read what no kernel writes
-    (it does nothing here). Since every program of every such kernel waits, each kernel still finishes after all
-    earlier ones: only the launch latency overlaps (docs/performance.md, "Decode with CUDA graphs")."""
+    (``gemv`` prefetches its weights). Since every program of every such kernel waits, each kernel still finishes
+    after all earlier ones: only the launch latency overlaps (docs/performance.md, "Decode with CUDA graphs")."""
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
+
+
+@triton.jit
+def prefetch_l2(ptrs):
+    """Asks for the lines at ``ptrs`` to be brought into the L2 (``prefetch.global.L2``: a hint, nothing is loaded
+    into registers, no fault on its own). Compiled code only: the interpreter has no inline assembly."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import AUTOTUNE, dependent_launch, dot_precision, on_device, tuned
+from .common import AUTOTUNE, dependent_launch, dot_precision, on_device, prefetch_l2, tuned
 
 MAX_BATCH = 16  # the rows of one tensor-core tile; larger batches are GEMMs (cuBLAS)
 
@@ -63,12 +63,19 @@ def _norm_gemv_kernel(x_ptr, z_ptr, nw_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, b
     # A [BB, BLOCK_K] x [BLOCK_K, BLOCK_N] product per block of K on the tensor cores (rows past the batch are
     # zeros): Triton streams the weight blocks of a tl.dot loop through shared memory ahead of use (num_stages),
     # which is what keeps enough bytes in flight; it pipelines no plain loads.
-    dependent_launch(PDL)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * K
+    if PDL:
+        # While the previous kernel ends, this program's first two blocks of weights (written by no kernel) come
+        # into the L2, one prefetch per 128-byte line: the first loads after the wait do not pay the DRAM latency.
+        PER_LINE: tl.constexpr = 1024 // w_ptr.dtype.element_ty.primitive_bitwidth
+        lines = tl.arange(0, 2 * BLOCK_K // PER_LINE) * PER_LINE
+        rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * K
+        prefetch_l2(rows + tl.minimum(lines, K - 1)[None, :])
+    dependent_launch(PDL)
     offs_b = tl.arange(0, BB)
     nmask = offs_n < N
     bmask = offs_b < batch
-    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * K
     blocks_per_group = tl.cdiv(group_size, BLOCK_K)
     acc = tl.zeros([BB, BLOCK_N], dtype=tl.float32)
     part = tl.zeros([BB, BLOCK_N], dtype=tl.float32)  # the current group's products, unnormalised
