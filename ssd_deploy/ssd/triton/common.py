@@ -8,7 +8,12 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+try:  # Triton >= 3.4; without it no kernel launches as a programmatic dependent launch (HAVE_PDL)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    HAVE_PDL = True
+except ImportError:
+    gdc_launch_dependents = gdc_wait = None
+    HAVE_PDL = False
 
 from .. import reference
 
