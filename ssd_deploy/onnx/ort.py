@@ -41,11 +41,11 @@ cost nothing measurable.
 from __future__ import annotations
 
 import onnx_ir
-import numpy as np
 from onnxscript import opset18 as op
 from onnxscript.rewriter import pattern
 
 from .custom import custom_op
+from .rms_norm import DIV_FORM, const as _const, fp32 as _fp32_rms, traced as _rms
 from .options import PREFILLS  # what calls of more than one token run: LinearAttention, or the portable scan
 from .portable import (OPSET, Dims, d_skip, f32, if_one_token, ints, packed_lowerings, process_dt, scalar, silu,
                        ssd_chunked)
@@ -147,12 +147,6 @@ def gated_rmsnorm(y, z, weight, eps: float, group_size: int, dims: Dims):
     return op.CastLike(op.Mul(op.Div(v, op.Sqrt(op.Add(ms, scalar(eps)))), weight), y)
 
 
-def _rms(op, x, weight, eps, two, axes):
-    """model.py's RMSNorm as traced in fp32: x · 1/sqrt(mean(x², -1) + eps) · weight."""
-    ms = op.ReduceMean(op.Pow(x, two), axes, keepdims=1)
-    return op.Mul(op.Mul(x, op.Reciprocal(op.Sqrt(op.Add(ms, eps)))), weight)
-
-
 def _residual_rms(op, a, b, weight, eps, two, axes):
     total = op.Add(a, b)
     return _rms(op, total, weight, eps, two, axes), total
@@ -164,40 +158,8 @@ def _skip_rms(op, a, b, weight, eps, **_):
     return normed, total
 
 
-def _div_rms(op, x, weight, eps, two, axes):
-    ms = op.ReduceMean(op.Pow(x, two), axes, keepdims=1)
-    return op.Mul(op.Div(x, op.Sqrt(op.Add(ms, eps))), weight)
-
-
-def _const(value) -> np.ndarray | None:
-    """The value of a constant as traced (before constant folding): an initializer, a Constant, or a Reshape of
-    those (how the exporter writes reduction axes)."""
-    tensor = onnx_ir.convenience.get_const_tensor(value)
-    if tensor is not None:
-        return tensor.numpy()
-    node = value.producer()
-    if node is not None and node.op_type == "Reshape":
-        data, shape = (_const(v) for v in node.inputs[:2])
-        if data is not None and shape is not None:
-            return data.reshape(shape)
-    return None
-
-
-def _fp32_rms(context, weight, eps, two, axes, **values) -> bool:
-    """fp32 throughout, x², the mean over the last axis, a scalar eps, one weight per channel (3-D activations, the
-    same shape on both sides of the residual sum)."""
-    tensors = list(values.values())
-    shapes = {None if v.shape is None else tuple(v.shape) for v in tensors}
-    consts = [_const(v) for v in (eps, two, axes)]
-    return (all(v.dtype == onnx_ir.DataType.FLOAT for v in (*tensors, weight)) and len(shapes) == 1
-            and None not in shapes and len(next(iter(shapes))) == 3 and weight.shape is not None
-            and len(weight.shape) == 1 and all(c is not None and c.size == 1 for c in consts)
-            and float(consts[1].item()) == 2.0 and int(consts[2].item()) in (-1, 2))
-
-
 # module docstring, "RMSNorm"
-NORM_RULES = (pattern.RewriteRule(_residual_rms, _skip_rms, _fp32_rms),
-              pattern.RewriteRule(_rms, _div_rms, _fp32_rms))
+NORM_RULES = (pattern.RewriteRule(_residual_rms, _skip_rms, _fp32_rms), DIV_FORM)
 
 
 def finalize(model: onnx_ir.Model, cfg) -> onnx_ir.Model:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import Mamba2Config
 from ..ssd import ops  # noqa: F401  (registers torch.ops.ssd_deploy)
+from . import rms_norm
 from .portable import OPSET, Dims
 
 MAX_BATCH = 4096
@@ -90,6 +91,7 @@ def to_onnx(module: nn.Module, args: tuple, input_names: list[str], output_names
         bind(model)
     if hasattr(flavor, "finalize"):  # first: tidy's shape inference starts from the shapes it fixes
         model = flavor.finalize(model, cfg)
+    rms_norm.DIV_FORM.apply_to_model(model)  # RMSNorms as ONNX Runtime fuses them (rms_norm.py)
     tidy(model)
     return model
 
