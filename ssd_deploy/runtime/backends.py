@@ -25,7 +25,7 @@ import torch
 from ..errors import UserError
 from ..config import Mamba2Config
 from ..interface import CU_SEQLENS, DTYPES, INPUT_IDS, LOGITS, companion_path, read_metadata, verify_weights
-from .feeds import carried_states, zero_states
+from .feeds import carried_states, state_specs, zero_states
 from .kinds import BACKENDS
 
 
@@ -194,8 +194,12 @@ class OrtBackend(Backend):
             self.decode_reuses_states = True
 
     def zero_states(self, batch: int):
-        host = zero_states(self.meta, batch)
-        return {k: torch.from_numpy(v).to(self.device) for k, v in host.items()} if self.io_binding else host
+        if not self.io_binding:
+            return zero_states(self.meta, batch)
+        # made on the device: built on the host and copied, a 2.7b batch's states (168 MB a sequence) cost a
+        # pageable host-to-device copy per new batch (benchmarks/RESULTS.md, "Whole models ... ONNX Runtime CUDA")
+        return {name: torch.zeros(shape, dtype=dtype.torch, device=self.device)
+                for name, (shape, dtype) in state_specs(self.meta, batch).items()}
 
     def forward(self, ids, states):
         ids = np.ascontiguousarray(ids, np.int64)

@@ -10,8 +10,13 @@ import numpy as np
 
 from ..interface import DTYPES, INPUT_IDS, ExportMetadata
 
+def state_specs(meta: ExportMetadata, batch: int) -> dict:
+    """Each state input's name -> (shape at this batch, its entry of interface.DTYPES)."""
+    return {s.name: ((batch, *s.shape[1:]), DTYPES[s.dtype]) for s in meta.states}
+
+
 def zero_states(meta: ExportMetadata, batch: int) -> dict[str, np.ndarray]:
-    return {s.name: np.zeros((batch, *s.shape[1:]), DTYPES[s.dtype].numpy) for s in meta.states}
+    return {name: np.zeros(shape, dtype.numpy) for name, (shape, dtype) in state_specs(meta, batch).items()}
 
 
 def feed(input_ids: np.ndarray, states: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
