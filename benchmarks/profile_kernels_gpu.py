@@ -22,15 +22,16 @@ import shutil
 import sys
 from pathlib import Path
 
+# ncu 2025.3's spellings (its --names listing on the H200): mma.sync's pipe cycles, and warpgroup-MMA instructions
 TENSOR_METRICS = ("sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,"
-                  "sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active")
+                  "sm__inst_executed_pipe_tensor_op_gmma.avg.pct_of_peak_sustained_active")
 COLUMNS = {  # label: (metric, format)
     "µs": ("gpu__time_duration.sum", lambda v: f"{v / 1e3:.1f}"),
     "SM %": ("sm__throughput.avg.pct_of_peak_sustained_elapsed", "{:.0f}".format),
     "DRAM %": ("gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed", "{:.0f}".format),
     "L2 %": ("lts__throughput.avg.pct_of_peak_sustained_elapsed", "{:.0f}".format),
     "HMMA %": ("sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active", "{:.0f}".format),
-    "GMMA %": ("sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active", "{:.0f}".format),
+    "GMMA %": ("sm__inst_executed_pipe_tensor_op_gmma.avg.pct_of_peak_sustained_active", "{:.0f}".format),
     "issue %": ("smsp__issue_active.avg.pct_of_peak_sustained_active", "{:.0f}".format),
     "occupancy %": ("sm__warps_active.avg.pct_of_peak_sustained_active", "{:.0f}".format),
     "regs": ("launch__registers_per_thread", "{:.0f}".format),
