@@ -148,12 +148,24 @@ def _custom_ops(given: Path | None) -> Path:
     return given if given is not None else ort_custom_ops_path()
 
 
-def open_backends(work: Path, name: str, dtype: str, provider: str, custom_ops: Path | None = None):
+def _open_all(makers: dict, what: str) -> tuple[dict, dict]:
+    """Each backend its maker opens, by label, and why any could not be opened (said, not fatal)."""
     from ssd_deploy.errors import UserError
+
+    opened, missing = {}, {}
+    for label, make in makers.items():
+        try:
+            opened[label] = make()
+        except (UserError, OSError, RuntimeError) as e:
+            missing[label] = str(e)[:500]
+            _log(f"{what} {label}: not run: {missing[label]}")
+    return opened, missing
+
+
+def open_backends(work: Path, name: str, dtype: str, provider: str, custom_ops: Path | None = None):
     from ssd_deploy.runtime.backends import OrtBackend, TorchBackend
 
     ckpt = work / f"ckpt-{name}"
-    opened, missing = {}, {}
     makers = {f"torch-{provider}": lambda: TorchBackend(ckpt, provider, dtype, triton=False)}
     if provider == "cuda":
         makers.update({f"torch-cuda{'-triton' * t}{'-graphs' * g}": (lambda t=t, g=g: TorchBackend(
@@ -162,13 +174,7 @@ def open_backends(work: Path, name: str, dtype: str, provider: str, custom_ops: 
     if provider == "cuda":
         makers[CUSTOM_OPS_LABEL] = lambda: OrtBackend(_export_dir(work, name, dtype, CUSTOM_OPS_FLAVOR), provider,
                                                       custom_ops=_custom_ops(custom_ops))
-    for label, make in makers.items():
-        try:
-            opened[label] = make()
-        except (UserError, OSError, RuntimeError) as e:
-            missing[label] = str(e)[:500]
-            _log(f"{name} {dtype} {label}: not run: {missing[label]}")
-    return opened, missing
+    return _open_all(makers, f"{name} {dtype}")
 
 
 def machine() -> dict:
@@ -236,7 +242,6 @@ def decode_backends(work: Path, name: str, dtype: str, provider: str, custom_ops
     """The decode rows: PyTorch on Triton with CUDA graphs, and each decode export on ONNX Runtime CUDA, plain and
     with CUDA graphs (the `trt` one through the custom-op library). On the CPU (a smoke run of the script) the rows
     that need CUDA say why they are missing."""
-    from ssd_deploy.errors import UserError
     from ssd_deploy.runtime.backends import OrtBackend, TorchBackend
 
     makers = {}
@@ -249,14 +254,7 @@ def decode_backends(work: Path, name: str, dtype: str, provider: str, custom_ops
             makers[f"{flavor}-decode{'-customops' * (flavor == CUSTOM_OPS_FLAVOR)}{'-graphs' * graphs}"] = (
                 lambda f=flavor, g=graphs, ops=ops: OrtBackend(_decode_dir(work, name, dtype, f), provider,
                                                                custom_ops=ops(), cuda_graph=g))
-    opened, missing = {}, {}
-    for label, make in makers.items():
-        try:
-            opened[label] = make()
-        except (UserError, OSError, RuntimeError) as e:
-            missing[label] = str(e)[:500]
-            _log(f"{name} {dtype} {label}: not run: {missing[label]}")
-    return opened, missing
+    return _open_all(makers, f"{name} {dtype}")
 
 
 def decode_point(backend, reference, ids: np.ndarray, steps: int) -> dict:
