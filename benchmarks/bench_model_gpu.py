@@ -10,11 +10,11 @@ keys); ssd-deploy's ``Mamba2LM`` runs on its Triton kernels in two configuration
   step's conv and SSM step in one fused in-place kernel (``ssd/triton/decode.py``);
 * ``ssd-all-2k`` (decode only): the same with that conv and SSM step in two in-place kernels (``decode_fused`` off):
   what the fusion saves;
-* ``ssd-all-apart`` (decode only): ``ssd-all`` with the decode step's norms and projections apart (``decode_gemv``
-  off: add + RMSNorm, cuBLAS in_proj, decode kernel, gated norm, cuBLAS out_proj) instead of folded into three
-  launches per layer (``ssd/triton/gemv.py``): what the folding saves;
-* ``ssd-all-nopdl`` (decode only): ``ssd-all`` with its kernels launched plainly (``decode_pdl`` off) instead of as
-  programmatic dependent launches (Hopper: each kernel's launch overlaps the previous kernel's end).
+* ``ssd-all-gemv`` (decode only): ``ssd-all`` with the decode step's norms folded into Triton GEMVs (opt-in,
+  ``triton.enabled("cuda", ("decode_gemv",))``: three launches per layer, ``ssd/triton/gemv.py``) instead of the
+  norms and cuBLAS's projections apart (five);
+* ``ssd-all-gemv-nopdl`` (decode only): the same with its kernels launched plainly (``decode_pdl`` off) instead of
+  as programmatic dependent launches.
 
 Prefill: one forward of b × l tokens returning the last position's logits (``num_last_tokens=1`` for mamba_ssm),
 CUDA events, median of repeats after warm-up. Decode: ssd-deploy's per-step time with its CUDA graphs
@@ -48,7 +48,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -61,8 +61,9 @@ from ssd_deploy.runtime.cuda_graphs import DecodeGraphs
 from ssd_deploy.ssd import triton as tri
 
 SCAN_ONLY_OFF = ("causal_conv1d", "gated_rmsnorm", "add_rmsnorm")  # left on their listings in "ssd-scan-only"
-OFF = {"ssd-scan-only": SCAN_ONLY_OFF, "ssd-all": (), "ssd-all-2k": ("decode_fused",),
-       "ssd-all-apart": ("decode_gemv",), "ssd-all-nopdl": ("decode_pdl",)}
+OFF = {"ssd-scan-only": SCAN_ONLY_OFF, "ssd-all": (), "ssd-all-2k": ("decode_fused",), "ssd-all-gemv": (),
+       "ssd-all-gemv-nopdl": ("decode_pdl",)}
+ON = {"ssd-all-gemv": ("decode_gemv",), "ssd-all-gemv-nopdl": ("decode_gemv",)}  # opt-in kernels (triton.enabled)
 
 
 def log(msg):
@@ -111,9 +112,12 @@ def mamba_ssm_model(cfg, sd, dtype):
     return m.eval()
 
 
+@contextmanager
 def ours_config(name: str):
     """The context in which a configuration of ours runs."""
-    return tri.disabled("cuda", OFF[name]) if OFF[name] else nullcontext()
+    with tri.disabled("cuda", OFF[name]) if OFF[name] else nullcontext(), \
+            tri.enabled("cuda", ON[name]) if name in ON else nullcontext():
+        yield
 
 
 def prefill_graph(model, ids):

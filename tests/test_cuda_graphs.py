@@ -60,13 +60,13 @@ def test_a_step_that_allocates_new_states_is_refused():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("kernels", ["triton", "triton-no-pdl", "triton-norms-apart", "triton-two-kernels",
+@pytest.mark.parametrize("kernels", ["triton", "triton-gemv", "triton-gemv-no-pdl", "triton-two-kernels",
                                      "listings"])
 @torch.no_grad()
 def test_graph_decode_matches_eager_decode(kernels, dtype):
-    """On the Triton kernels (norms folded into the projections and the fused decode kernel, launched as
-    programmatic dependent launches on Hopper, and not; the norms and projections apart; the two-launch decode), and
-    on the listings: 48 greedy steps from a prefill at batch 2, then
+    """On the Triton kernels (the default: norms and projections apart, the fused decode kernel; opt-in: norms
+    folded into the projections, launched as programmatic dependent launches on Hopper, and not; the two-launch
+    decode), and on the listings: 48 greedy steps from a prefill at batch 2, then
     5, then 2 again (new prompts: a hand-over into the existing
     graph): the captured in-place decode against the plain eager decode on the same kernels. fp32: the same tokens
     and logits within 1e-5; bf16: each side fed the eager side's tokens, logits within 1e-2."""
@@ -82,9 +82,10 @@ def test_graph_decode_matches_eager_decode(kernels, dtype):
     model = random_model(cfg, seed=11).cast(dtype).cuda().eval()
     graphs = DecodeGraphs(partial(model, decode=True, last_token_only=True, in_place=True))
     gen = torch.Generator().manual_seed(12)
-    off = {"triton": (), "triton-no-pdl": ("decode_pdl",), "triton-norms-apart": ("decode_gemv",),
-           "triton-two-kernels": ("decode_gemv", "decode_fused"), "listings": (*tri.OPS, "add_rmsnorm")}[kernels]
-    with tri.disabled("cuda", off) if off else nullcontext():
+    off = {"triton-gemv": (), "triton-gemv-no-pdl": ("decode_pdl",), "triton": (),
+           "triton-two-kernels": ("decode_fused",), "listings": (*tri.OPS, "add_rmsnorm")}[kernels]
+    on = ("decode_gemv",) if kernels.startswith("triton-gemv") else ()
+    with tri.disabled("cuda", off) if off else nullcontext(), tri.enabled("cuda", on):
         for turn, batch in enumerate((2, 5, 2)):
             ids = torch.randint(0, cfg.vocab_size, (batch, 19), generator=gen).cuda()
             logits, conv, ssm = model(ids, *model.init_states(batch, "cuda"), last_token_only=True)
@@ -104,12 +105,12 @@ def test_graph_decode_matches_eager_decode(kernels, dtype):
     assert sorted(graphs.captured) == [2, 5]
 
 
-TRITON_PER_LAYER = {  # what disabled() turns off, and the Triton kernels a layer launches then
-    # norms folded into the projections (ssd/triton/gemv.py): RMSNorm + in_proj, decode, gated norm + out_proj
-    "gemv": ((), {"_norm_gemv_kernel": 2, "_decode_kernel": 1}),
-    # the norms and cuBLAS's projections apart, decode_fused on: one kernel for conv + SSM step; off: two
-    "fused": (("decode_gemv",), {"_add_rmsnorm_kernel": 1, "_decode_kernel": 1, "_gated_rmsnorm_kernel": 1}),
-    "two-kernels": (("decode_gemv", "decode_fused"),
+TRITON_PER_LAYER = {  # what enabled() turns on and disabled() off, and the Triton kernels a layer launches then
+    # norms folded into the projections (ssd/triton/gemv.py, opt-in): RMSNorm + in_proj, decode, gated norm + out_proj
+    "gemv": (("decode_gemv",), (), {"_norm_gemv_kernel": 2, "_decode_kernel": 1}),
+    # the norms and cuBLAS's projections apart (the default), decode_fused on: one kernel for conv + SSM step; off: two
+    "fused": ((), (), {"_add_rmsnorm_kernel": 1, "_decode_kernel": 1, "_gated_rmsnorm_kernel": 1}),
+    "two-kernels": ((), ("decode_fused",),
                     {"_add_rmsnorm_kernel": 1, "_conv_step_kernel": 1, "_step_kernel": 1, "_gated_rmsnorm_kernel": 1}),
 }
 
@@ -134,14 +135,14 @@ def test_launches_per_layer(variant):
     from ssd_deploy.ssd import triton as tri
 
     assert tri.register("cuda")
-    off, triton_kernels = TRITON_PER_LAYER[variant]
+    on, off, triton_kernels = TRITON_PER_LAYER[variant]
     counts = {}
     for n_layer in (2, 4):
         model = random_model(dataclasses.replace(VARIANTS["g4"], n_layer=n_layer), seed=1)
         model = model.cast(torch.bfloat16).cuda().eval()
         conv, ssm = model.init_states(1, "cuda")
         token = torch.zeros(1, 1, dtype=torch.long, device="cuda")
-        with tri.disabled("cuda", off) if off else nullcontext():
+        with tri.disabled("cuda", off) if off else nullcontext(), tri.enabled("cuda", on):
             model(token, conv, ssm, decode=True, last_token_only=True, in_place=True)  # compiles first
             torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CUDA]) as prof:

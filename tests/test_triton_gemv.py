@@ -80,9 +80,11 @@ def model_errors(device, dtype, batch, cfg_changes: dict, decode_kernel: bool = 
                                            chunk_size=16, D_has_hdim=True), **cfg_changes)
     model = random_model(cfg, seed).cast(dtype).to(device)
     assert tri.register(device), "register() refused"
-    assert tri.norm_gemv_enabled(device, batch)
-    with tri.disabled(device, ("decode_gemv",)):
-        assert not tri.norm_gemv_enabled(device, batch)
+    assert not tri.norm_gemv_enabled(device, batch)  # opt-in
+    with tri.enabled(device, ("decode_gemv",)):
+        assert tri.norm_gemv_enabled(device, batch)
+        with tri.disabled(device, ("decode_gemv",)):
+            assert not tri.norm_gemv_enabled(device, batch)
     ids = torch.randint(0, 50, (batch, 7), generator=torch.Generator().manual_seed(seed)).to(device)
     errs = {}
     with torch.no_grad():
@@ -97,7 +99,7 @@ def model_errors(device, dtype, batch, cfg_changes: dict, decode_kernel: bool = 
             off = () if decode_kernel else ("ssd_step",)
             with tri.disabled(device, ("decode_gemv", *off)):
                 old, *_ = model(token, *apart, decode=True, in_place=True)
-            with tri.disabled(device, off) if off else nullcontext():
+            with tri.disabled(device, off) if off else nullcontext(), tri.enabled(device, ("decode_gemv",)):
                 logits, *out = model(token, *mine, decode=True, in_place=True)
             errs[f"in_place_{t}"] = float(not all(a is b for a, b in zip(out[0] + out[1], mine[0] + mine[1])))
             errs[f"shape_{t}"] = float(logits.shape != old.shape or logits.dtype != old.dtype)

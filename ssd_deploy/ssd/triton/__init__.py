@@ -18,6 +18,8 @@ from typing import NamedTuple
 OPS = ("ssd_scan", "ssd_step", "ssd_scan_packed", "causal_conv1d", "causal_conv1d_packed", "gated_rmsnorm")
 _registered: set[str] = set()  # devices register() attached the kernels to
 _disabled: dict[str, set[str]] = {}  # device: the names inside a disabled() block (ops, "add_rmsnorm", "decode_...")
+OPT_IN = ("decode_gemv",)  # off unless an enabled() block names them
+_opted_in: dict[str, set[str]] = {}  # device: the names inside an enabled() block
 
 
 class Registration(NamedTuple):
@@ -63,8 +65,9 @@ def disabled(device: str = "cuda", names: tuple[str, ...] = (*OPS, "add_rmsnorm"
     side by side, or one kernel's share of a model. The in-place decode (``decode_step_``) counts as
     ``causal_conv1d`` and ``ssd_step``: disabling either disables it; the name ``decode_fused`` keeps it but in
     two launches instead of one (``decode.py``). The decode step's norms folded into its projections
-    (``norm_gemv_enabled``) count as ``add_rmsnorm`` and ``gated_rmsnorm``; the name ``decode_gemv`` turns off only
-    the folding (the step then runs the norms and cuBLAS's projections, five launches per layer); ``decode_pdl``
+    (``norm_gemv_enabled``, opt-in: ``enabled()``) count as ``add_rmsnorm`` and ``gated_rmsnorm``; the name
+    ``decode_gemv`` turns off only the folding (the step then runs the norms and cuBLAS's projections, five
+    launches per layer); ``decode_pdl``
     launches those kernels plainly instead of as programmatic dependent launches (``_pdl``)."""
     with ExitStack() as stack:
         if device in _registered:  # set_kernel_enabled warns about a kernel that was never registered
@@ -79,6 +82,18 @@ def disabled(device: str = "cuda", names: tuple[str, ...] = (*OPS, "add_rmsnorm"
             yield
         finally:
             _disabled[device] -= off
+
+
+@contextmanager
+def enabled(device: str = "cuda", names: tuple[str, ...] = OPT_IN):
+    """The opt-in kernels ``names`` (``OPT_IN``) run inside this block on ``device`` (where ``register()`` attached
+    the kernels and no ``disabled()`` block covers them)."""
+    on = set(names) - _opted_in.setdefault(device, set())
+    _opted_in[device] |= on
+    try:
+        yield
+    finally:
+        _opted_in[device] -= on
 
 
 def _enabled(device: str, *names: str) -> bool:
@@ -98,10 +113,13 @@ def add_rmsnorm(residual, delta, weight, eps):
 
 def norm_gemv_enabled(device: str, batch: int) -> bool:
     """Whether a CUDA-graph decode step of ``batch`` rows on ``device`` folds its norms into the projections
-    (``gemv.norm_gemv``: three launches per layer instead of five, the model's ``forward(in_place=True)``): where
-    ``register()`` attached the kernels, for batches up to ``gemv.MAX_BATCH``, and unless a ``disabled()`` block
-    covers ``decode_gemv`` or either norm it replaces (``add_rmsnorm``, ``gated_rmsnorm``)."""
-    if not _enabled(device, "decode_gemv", "add_rmsnorm", "gated_rmsnorm"):
+    (``gemv.norm_gemv``: three launches per layer instead of five, the model's ``forward(in_place=True)``): OPT-IN,
+    inside an ``enabled()`` block naming ``decode_gemv`` (it measured slower than the norms and cuBLAS's
+    projections apart on the H200, ``NOTES.md``), where ``register()`` attached the kernels, for batches up to
+    ``gemv.MAX_BATCH``, and unless a ``disabled()`` block covers ``decode_gemv`` or either norm it replaces
+    (``add_rmsnorm``, ``gated_rmsnorm``)."""
+    if "decode_gemv" not in _opted_in.get(device, set()) \
+            or not _enabled(device, "decode_gemv", "add_rmsnorm", "gated_rmsnorm"):
         return False
     from .gemv import MAX_BATCH
 

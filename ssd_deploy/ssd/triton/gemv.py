@@ -1,4 +1,7 @@
-"""A decode step's projections with the norms folded in: one kernel computes ``rmsnorm(x) @ W.T`` for a few rows
+"""OPT-IN (``triton.enabled("cuda", ("decode_gemv",))``): measured slower than the norms and cuBLAS's projections
+apart on the H200 (``NOTES.md``, "Folded decode GEMV: measured").
+
+A decode step's projections with the norms folded in: one kernel computes ``rmsnorm(x) @ W.T`` for a few rows
 (small batch), optionally gated (``rmsnorm(y * silu(z))`` per group, the ``gated_rmsnorm`` op) and followed by the
 residual add. A layer's CUDA-graph decode step is then three launches (docs/performance.md, "Decode with CUDA
 graphs"): the block's RMSNorm + in_proj, the in-place conv + SSM step (``decode.py``), the gated norm + out_proj +
