@@ -149,11 +149,13 @@ def decode_step_(xBC, dt, conv_state, ssm_state, *args, **kwargs):
 
 def _pdl(t) -> bool:
     """Whether the decode step's kernels (``norm_gemv``, the fused ``decode_step_``) launch as programmatic
-    dependent launches (``common.dependent_launch``): on CUDA devices of compute capability 9 (Hopper) and later,
-    with a Triton that has it, unless a ``disabled()`` block covers ``decode_pdl``."""
+    dependent launches (``common.dependent_launch``): part of the opt-in folded step (``decode_gemv`` in an
+    ``enabled()`` block; the default step launches plainly, as measured before), on CUDA devices of compute
+    capability 9 (Hopper) and later, with a Triton that has it, unless a ``disabled()`` block covers
+    ``decode_pdl``."""
     import torch
 
     from .common import HAVE_PDL
 
-    return HAVE_PDL and t.is_cuda and _enabled(t.device.type, "decode_pdl") \
-        and torch.cuda.get_device_capability(t.device)[0] >= 9
+    return HAVE_PDL and t.is_cuda and "decode_gemv" in _opted_in.get(t.device.type, set()) \
+        and _enabled(t.device.type, "decode_pdl") and torch.cuda.get_device_capability(t.device)[0] >= 9
