@@ -222,10 +222,12 @@ def test_decode_only_export_prefills_token_by_token(untied, tmp_path):
 
 @pytest.mark.slow
 def test_run_command_on_an_export_with_a_decode_companion(untied, tmp_path):
-    """`ssd-deploy export --recipe cpu-fp32` writes the decode companion; `run` on it (decode steps through the
-    companion, batch of two unequal prompts) gives the tokens of the torch backend on the checkpoint."""
+    """`ssd-deploy export --recipe cpu-fp32 --companion decode` writes the decode companion; `run` on it (decode
+    steps through the companion, batch of two unequal prompts) gives the tokens of the torch backend on the
+    checkpoint."""
     ckpt, _ = untied
-    r = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(tmp_path / "cpu"), "--recipe", "cpu-fp32"])
+    r = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(tmp_path / "cpu"), "--recipe", "cpu-fp32",
+                                  "--companion", "decode"])
     assert r.exit_code == 0 and (tmp_path / "cpu" / "decode.onnx").is_file(), r.output
     (tmp_path / "prompts.txt").write_text("5,6,7,8\n9,10\n")
     args = ["--batch-file", str(tmp_path / "prompts.txt"), "--max-new-tokens", "6", "--json"]
