@@ -32,6 +32,21 @@ def rel_err(out, ref) -> float:
     return float((out - ref).norm() / ref.norm())
 
 
+KERNEL_TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}  # docs/verification.md
+
+
+def check_kernel_errors(name: str, errs: dict, dtype, exact: dict[str, str]) -> None:
+    """A Triton kernel test's errors: each relative error within ``KERNEL_TOL[dtype]`` (NaN fails too); a key that
+    starts with a prefix of ``exact`` is a property that must hold exactly (0.0), its value saying why."""
+    tol = KERNEL_TOL[dtype]
+    for key, err in errs.items():
+        why = next((m for prefix, m in exact.items() if key.startswith(prefix)), None)
+        if why is not None:
+            assert err == 0.0, f"{name} {key} = {err}: {why}"
+        else:
+            assert err <= tol, f"{name} {key}: relative error {err} > {tol}"
+
+
 def triton_interpreter_results(script: str) -> dict:
     """Runs a kernel test file as a script under Triton's interpreter and returns the JSON its last line prints.
     Triton reads TRITON_INTERPRET when it is imported, so the cases run in a subprocess and the rest of the suite

@@ -10,6 +10,7 @@ strided views where the model hands the kernels views (x and z are slices of in_
 
 from __future__ import annotations
 
+from functools import partial
 import importlib.util
 import json
 import math
@@ -19,13 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import rel_err, triton_interpreter_results
+from conftest import check_kernel_errors, rel_err, triton_interpreter_results
 from ssd_deploy.ssd import reference
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
-TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
 def strided(t: torch.Tensor, extra: int = 5) -> torch.Tensor:
@@ -149,13 +149,8 @@ def run_cases(device: str, large: bool) -> dict:
     return {name: fn(*args) for name, (fn, args, _) in cases(device, large).items()}
 
 
-def check(name, errs, dtype):
-    tol = TOL[dtype]
-    for key, err in errs.items():
-        if key == "first_keeps_residual":
-            assert err == 0.0, f"{name}: add_rmsnorm without a delta must hand the residual back unchanged"
-        else:
-            assert err <= tol, f"{name} {key}: relative error {err} > {tol}"  # NaN fails too
+check = partial(check_kernel_errors, exact={
+    "first_keeps_residual": "add_rmsnorm without a delta must hand the residual back unchanged"})
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ kernels are also compiled for sm_90 on the CPU (Triton's pipeline and ptxas, no 
 
 from __future__ import annotations
 
+from functools import partial
 import importlib.util
 import json
 import math
@@ -21,13 +22,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import rel_err, triton_interpreter_results
+from conftest import check_kernel_errors, rel_err, triton_interpreter_results
 from ssd_deploy.ssd import reference
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
-TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
 def strided_rows(t: torch.Tensor, extra: int = 5) -> torch.Tensor:
@@ -142,15 +142,9 @@ def run_cases(device: str, large: bool) -> dict:
     return {name: fn(*args) for name, (fn, args, _) in cases(device, large).items()}
 
 
-def check(name, errs, dtype):
-    tol = TOL[dtype]
-    for key, err in errs.items():
-        if key.startswith("in_place"):
-            assert err == 0.0, f"{name}: the in-place decode must return the states it was given"
-        elif key == "counters_left":
-            assert err == 0.0, f"{name}: the fused kernel left its counters at {err} (must reset them)"
-        else:
-            assert err <= tol, f"{name} {key}: relative error {err} > {tol}"  # NaN fails too
+check = partial(check_kernel_errors, exact={
+    "in_place": "the in-place decode must return the states it was given",
+    "counters_left": "the fused kernel must reset its counters"})
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ CPU (Triton's pipeline and ptxas, no GPU), which the interpreter skips.
 
 from __future__ import annotations
 
+from functools import partial
 import dataclasses
 import importlib.util
 import json
@@ -20,12 +21,11 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from conftest import rel_err, triton_interpreter_results
+from conftest import check_kernel_errors, rel_err, triton_interpreter_results
 from ssd_deploy.ssd import reference
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
-TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 EPS = 1e-5
 
 
@@ -152,15 +152,9 @@ def run_cases(device: str, large: bool) -> dict:
     return {name: fn(*args) for name, (fn, args, _) in cases(device, large).items()}
 
 
-def check(name, errs, dtype):
-    tol = TOL[dtype]
-    for key, err in errs.items():
-        if key.startswith("in_place"):
-            assert err == 0.0, f"{name}: the in-place decode must return the states it was given"
-        elif key.startswith(("shape", "dtype")):
-            assert err == 0.0, f"{name}: {key} differs from the listing's"
-        else:
-            assert err <= tol, f"{name} {key}: relative error {err} > {tol}"  # NaN fails too
+check = partial(check_kernel_errors, exact={
+    "in_place": "the in-place decode must return the states it was given",
+    "shape": "differs from the listing's", "dtype": "differs from the listing's"})
 
 
 @pytest.fixture(scope="module")
