@@ -199,16 +199,16 @@ class Mamba2LM(nn.Module):
         in and out, and ``last_token_only`` gives each sequence's last-token logits, [n, 1, padded_vocab].
 
         ``in_place`` (decode, l = 1): the given state tensors are updated in place and returned, nothing else is
-        allocated for them (runtime/cuda_graphs.py replays this with the states it owns); where the Triton kernels
-        are registered, with the norms folded into the projections (``_step_in_place``). Otherwise the given
-        states are never written."""
-        if in_place and (not decode or cu_seqlens is not None):
-            raise ValueError("in_place needs decode=True and no cu_seqlens")
-        from .ssd import triton
+        allocated for them (runtime/cuda_graphs.py replays this with the states it owns); inside
+        ``triton.enabled(names=("decode_gemv",))``, with the norms folded into the projections (``_step_in_place``,
+        opt-in). Otherwise the given states are never written."""
+        if in_place:
+            if not decode or cu_seqlens is not None:
+                raise ValueError("in_place needs decode=True and no cu_seqlens")
+            from .ssd import triton
 
-        if in_place and input_ids.shape[1] == 1 and triton.norm_gemv_enabled(input_ids.device.type,
-                                                                            input_ids.shape[0]):
-            return self._step_in_place(input_ids, conv_states, ssm_states)
+            if input_ids.shape[1] == 1 and triton.norm_gemv_enabled(input_ids.device.type, input_ids.shape[0]):
+                return self._step_in_place(input_ids, conv_states, ssm_states)
         hidden = self.backbone.embedding(input_ids)
         residual = hidden.float() if self.cfg.residual_in_fp32 else hidden
         out = None  # the previous mixer's output, added to the residual by the next norm

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..interface import DTYPES, INPUT_IDS, LOGITS, ExportMetadata
+from ..interface import INPUT_IDS, LOGITS, ExportMetadata
+from .feeds import state_specs
 from .ort_runner import NO_GRAPH, bind_tensor, run_options
 
 
@@ -74,7 +75,7 @@ class OrtDecodeGraphs:
         """Batch size b's buffers and bindings, and one run without a graph: the session's allocations for this
         batch size happen there, not during the capture that follows."""
         zeros = lambda shape, dtype: torch.zeros(shape, dtype=dtype, device=self.device)  # noqa: E731
-        sides = tuple({s.name: zeros((b, *s.shape[1:]), DTYPES[s.dtype].torch) for s in self.meta.states}
+        sides = tuple({name: zeros(shape, dtype.torch) for name, (shape, dtype) in state_specs(self.meta, b).items()}
                       for _ in range(2))
         g = _Batch(zeros((b, 1), torch.int64), zeros((b, 1, self.vocab), self.logits_dtype), sides)
         for side in (0, 1):

@@ -76,24 +76,25 @@ def disabled(device: str = "cuda", names: tuple[str, ...] = (*OPS, "add_rmsnorm"
             for name in OPS:
                 if name in names:
                     stack.enter_context(getattr(ops, name).set_kernel_enabled(device, False))
-        off = set(names) - _disabled.setdefault(device, set())
-        _disabled[device] |= off
-        try:
-            yield
-        finally:
-            _disabled[device] -= off
+        stack.enter_context(_named(_disabled, device, names))
+        yield
 
 
-@contextmanager
 def enabled(device: str = "cuda", names: tuple[str, ...] = OPT_IN):
     """The opt-in kernels ``names`` (``OPT_IN``) run inside this block on ``device`` (where ``register()`` attached
     the kernels and no ``disabled()`` block covers them)."""
-    on = set(names) - _opted_in.setdefault(device, set())
-    _opted_in[device] |= on
+    return _named(_opted_in, device, names)
+
+
+@contextmanager
+def _named(registry: dict[str, set[str]], device: str, names: tuple[str, ...]):
+    """``names`` in ``registry[device]`` for the block; names an outer block already holds stay when it ends."""
+    added = set(names) - registry.setdefault(device, set())
+    registry[device] |= added
     try:
         yield
     finally:
-        _opted_in[device] -= on
+        registry[device] -= added
 
 
 def _enabled(device: str, *names: str) -> bool:
